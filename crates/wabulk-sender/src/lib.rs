@@ -1,1 +1,23 @@
-//! placeholder
+//! The sending side of wabulk: a pool of HTTP/2 connections to the Graph API
+//! host (more than one, because one connection carries only the server's
+//! stream limit of requests at once) and the classification of every answer,
+//! timeout and connection error into a [`wabulk_model::Outcome`].
+//!
+//! The scheduler calls [`Sender::send`] once per attempt and acts on the
+//! outcome; nothing else in wabulk reads HTTP statuses or Graph error codes.
+
+mod classify;
+mod config;
+mod pool;
+mod sender;
+mod token;
+
+pub use classify::{
+    backoff_ceiling, business_use_case_regain, classify, classify_with_cap, request_backoff, retry_after,
+    BACKOFF_BASE, DEFAULT_LIMIT_PAUSE, DEFAULT_MAX_REQUEST_BACKOFF, MAX_HINTED_PAUSE, NUMBER_LIMIT_PAUSE,
+    NUMBER_UPGRADING_PAUSE, PAIR_LIMIT_PAUSE, SPAM_LIMIT_PAUSE,
+};
+pub use config::{SenderConfig, SenderError};
+pub use pool::PoolStats;
+pub use sender::Sender;
+pub use token::AccessToken;

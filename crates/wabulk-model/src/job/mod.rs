@@ -246,12 +246,14 @@ fn validate_message(message: &Map<String, Value>) -> Result<(), JobError> {
     match message.get("biz_opaque_callback_data") {
         None => {}
         Some(Value::String(s)) if s.chars().count() <= MAX_CALLBACK_DATA_CHARS => {}
-        Some(_) => return Err(JobError::field(
-            "message",
-            format!(
+        Some(_) => {
+            return Err(JobError::field(
+                "message",
+                format!(
                 "`biz_opaque_callback_data` must be a string of at most {MAX_CALLBACK_DATA_CHARS} characters"
             ),
-        )),
+            ))
+        }
     }
     Ok(())
 }

@@ -1,0 +1,487 @@
+//! The HTTP side: accept loop → one task per connection (HTTP/1.1 or HTTP/2
+//! prior knowledge, detected per connection) → [`handle`] per request, which
+//! judges the request under the ledger lock, then waits out the latency outside it.
+//!
+//! Judging happens at arrival and the answer only after the latency, so thousands
+//! of requests can be pending at once while the limits see their true arrival
+//! order.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::config::{Faults, SimConfig};
+use crate::latency;
+use crate::ledger::{Arrival, Ledger, PairState};
+use crate::respond::{self, Body, GraphError};
+use crate::stats::SimStats;
+
+/// Largest request body read; Cloud API message bodies are a few kilobytes, so
+/// anything bigger is answered 100 instead of being buffered.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Starts simulators. (A namespace: all state lives in the [`SimHandle`].)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Simulator;
+
+impl Simulator {
+    /// Serves on `listener` (HTTP/1.1 and HTTP/2 cleartext prior knowledge on one
+    /// port) until the handle is shut down or dropped. Fails with
+    /// `InvalidInput` when the configuration does not validate.
+    pub async fn start(config: SimConfig, listener: TcpListener) -> io::Result<SimHandle> {
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let local_addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(config, shutdown_rx.clone()));
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(shared.config.max_concurrent_streams)
+            // Resets are an injected fault here, not abuse: without this, hyper
+            // would GOAWAY a connection after 1024 of them and skew the counts.
+            .max_local_error_reset_streams(None);
+
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), Arc::new(builder), shutdown_rx));
+        tracing::info!(%local_addr, "graph api simulator listening");
+        Ok(SimHandle { local_addr, shared, shutdown: shutdown_tx, task: Some(task) })
+    }
+}
+
+/// A running simulator. Dropping it stops the simulator too (without waiting).
+pub struct SimHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl SimHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://IP:PORT/v21.0`, ready to be a sender's `graph.base_url`. A wildcard
+    /// listen address is replaced by loopback, since nobody can connect to it.
+    pub fn base_url(&self) -> String {
+        let ip = match self.local_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}/v21.0", SocketAddr::new(ip, self.local_addr.port()))
+    }
+
+    /// The same data as `GET /__sim/stats`.
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting, drops every connection (pending and hanging requests
+    /// included) and waits until the accept loop is gone.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            // A panic in the accept loop has already been reported by tokio.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// State shared by every connection of one simulator.
+struct Shared {
+    config: SimConfig,
+    /// Number id → its WABA's token, so authentication needs no lock.
+    tokens: HashMap<String, String>,
+    /// Arrival times are measured from here. tokio's clock, so that tests with a
+    /// paused runtime control it.
+    start: Instant,
+    /// A std mutex is enough: nothing awaits while holding it, and one lock gives
+    /// the arrivals the total order the limits are judged in.
+    state: Mutex<State>,
+    /// Turns true at shutdown; hanging requests wait on it.
+    shutdown: watch::Receiver<bool>,
+}
+
+struct State {
+    ledger: Ledger,
+    rng: StdRng,
+}
+
+impl Shared {
+    fn new(config: SimConfig, shutdown: watch::Receiver<bool>) -> Shared {
+        let waba_tokens: HashMap<&str, &str> =
+            config.wabas.iter().map(|w| (w.id.as_str(), w.token.as_str())).collect();
+        let tokens = config
+            .numbers
+            .iter()
+            .filter_map(|n| waba_tokens.get(n.waba_id.as_str()).map(|t| (n.id.clone(), (*t).to_owned())))
+            .collect();
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let ledger = Ledger::new(&config);
+        Shared { config, tokens, start: Instant::now(), state: Mutex::new(State { ledger, rng }), shutdown }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The ledger stays consistent between statements, so a panic elsewhere
+        // while holding the lock does not make its data unusable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> SimStats {
+        self.lock().ledger.snapshot()
+    }
+}
+
+/// Per-connection state the request handlers need.
+#[derive(Default)]
+struct ConnCtx {
+    /// Wakes the connection task to start a graceful shutdown (GOAWAY).
+    goaway: Notify,
+    /// Whether a GOAWAY was already injected, so it is counted once per connection.
+    goaway_sent: AtomicBool,
+}
+
+/// The service's error: makes hyper reset the stream (HTTP/2) or drop the
+/// connection (HTTP/1.1). Only ever returned on purpose.
+#[derive(Debug, thiserror::Error)]
+#[error("simulated reset")]
+struct ResetFault;
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Also completes when the handle is dropped (the sender goes away).
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    shared.lock().ledger.count_connection();
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared), Arc::clone(&builder)));
+                }
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Completes when shutdown is signalled or the handle is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it at once.
+    let _ = shutdown.wait_for(|&stop| stop).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    // Answers are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let ctx = Arc::new(ConnCtx::default());
+    let service = {
+        let ctx = Arc::clone(&ctx);
+        service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&ctx), req))
+    };
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = ctx.goaway.notified() => {
+            // GOAWAY (HTTP/1.1: no keep-alive); streams in flight still finish.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ResetFault> {
+    if req.method() == Method::POST {
+        if let Some(number) = messages_path(req.uri().path()) {
+            let number = number.to_owned();
+            return messages(&shared, &ctx, number, req).await;
+        }
+    }
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/__sim/stats") => respond::json_response(StatusCode::OK, &shared.stats()),
+        (_, path) => GraphError::not_found(path).into_response("simulator"),
+    };
+    Ok(response)
+}
+
+/// `/{version}/{phone_number_id}/messages` → the number id.
+fn messages_path(path: &str) -> Option<&str> {
+    let mut parts = path.strip_prefix('/')?.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(version), Some(number), Some("messages"), None)
+            if !version.is_empty() && !number.is_empty() =>
+        {
+            Some(number)
+        }
+        _ => None,
+    }
+}
+
+/// The parts of a message body the referee needs.
+#[derive(Debug)]
+struct Message {
+    to: String,
+    callback_data: Option<String>,
+}
+
+/// What the judge decided, carried out after the lock is released.
+enum Action {
+    Answer(Response<Body>),
+    Hang,
+    Reset,
+}
+
+async fn messages(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    number: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ResetFault> {
+    let http2 = req.version() == Version::HTTP_2;
+    let auth_ok = match (bearer_token(&req), shared.tokens.get(&number)) {
+        (Some(given), Some(expected)) => given == expected,
+        _ => false,
+    };
+    // The body is read before judging, so "arrival" is the moment the whole
+    // request is in; for bodies of a few kilobytes that is the same instant.
+    let message = read_message(req.into_body()).await;
+
+    let (action, delay) = judge(shared, ctx, &number, auth_ok, message, http2);
+    match action {
+        Action::Answer(response) => {
+            tokio::time::sleep(delay).await;
+            Ok(response)
+        }
+        Action::Reset => {
+            tokio::time::sleep(delay).await;
+            Err(ResetFault)
+        }
+        Action::Hang => {
+            // Held until the client gives up (hyper then drops this future) or the
+            // simulator stops; a dropped handle also ends the wait.
+            stopped(&mut shared.shutdown.clone()).await;
+            Err(ResetFault)
+        }
+    }
+}
+
+/// The judge's decision on one request.
+enum Verdict<'m> {
+    Error(GraphError),
+    /// A bare HTTP failure without a JSON body.
+    Bare(StatusCode),
+    /// Accepted; the pair-rule state to commit.
+    Accept(PairState, &'m Message),
+    Hang,
+    Reset,
+}
+
+/// Judges one request at its arrival under the lock, counts it, and returns what
+/// to do and how long to wait first.
+fn judge(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    number: &str,
+    auth_ok: bool,
+    message: Result<Message, String>,
+    http2: bool,
+) -> (Action, Duration) {
+    let config = &shared.config;
+    let mut guard = shared.lock();
+    let State { ledger, rng } = &mut *guard;
+    let t = shared.start.elapsed();
+    let delay = latency::sample(&config.latency, rng);
+    let fbtrace_id: String = (0..23).map(|_| char::from(rng.sample(rand::distr::Alphanumeric))).collect();
+
+    // GOAWAY does not change this request's answer, so it has its own roll.
+    let goaway = config.faults.goaway;
+    if goaway > 0.0 && rng.random_bool(goaway) && !ctx.goaway_sent.swap(true, Ordering::Relaxed) {
+        ledger.count_goaway();
+        ctx.goaway.notify_one();
+    }
+
+    let Some(n) = ledger.number_index(number) else {
+        ledger.arrive_unknown(http2);
+        let error = GraphError::unknown_number(number);
+        ledger.count_error(&error.stats_key());
+        return (Action::Answer(error.into_response(&fbtrace_id)), delay);
+    };
+    let arrival = ledger.arrive(n, t, http2);
+
+    let verdict = match &message {
+        _ if !auth_ok => Verdict::Error(GraphError::bad_token()),
+        Err(details) => Verdict::Error(GraphError::invalid(details.clone())),
+        Ok(message) => verdict(ledger, rng, &config.faults, n, number, t, &arrival, message),
+    };
+    let action = match verdict {
+        Verdict::Error(error) => {
+            ledger.count_error(&error.stats_key());
+            Action::Answer(error.into_response(&fbtrace_id))
+        }
+        Verdict::Bare(status) => {
+            ledger.count_error(&format!("http_{}", status.as_u16()));
+            Action::Answer(respond::bare_status(status))
+        }
+        Verdict::Accept(pair, message) => {
+            let seq = ledger.accept(n, &message.to, t, pair, message.callback_data.as_deref());
+            Action::Answer(respond::accepted(&message.to, &format!("wamid.SIM{seq:016X}")))
+        }
+        Verdict::Hang => {
+            ledger.count_hang();
+            Action::Hang
+        }
+        Verdict::Reset => {
+            ledger.count_reset();
+            Action::Reset
+        }
+    };
+    (action, delay)
+}
+
+/// The checks for an authenticated, well-formed request, in the order Meta's
+/// edge plausibly applies them: throughput, WABA cap, storm, pair rule; then, for
+/// a request that passed them all, the injected faults.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+fn verdict<'m>(
+    ledger: &mut Ledger,
+    rng: &mut StdRng,
+    faults: &Faults,
+    n: usize,
+    number: &str,
+    t: Duration,
+    arrival: &Arrival,
+    message: &'m Message,
+) -> Verdict<'m> {
+    if arrival.phone_over {
+        return Verdict::Error(GraphError::throughput(false));
+    }
+    if let Some(over) = &arrival.waba_over {
+        return Verdict::Error(GraphError::waba(over));
+    }
+    if ledger.in_storm(n, t, faults.throttle_storm, rng) {
+        return Verdict::Error(GraphError::throughput(true));
+    }
+    let pair = match ledger.check_pair(n, &message.to, t) {
+        Ok(pair) => pair,
+        Err(free_at) => return Verdict::Error(GraphError::pair(free_at.saturating_sub(t))),
+    };
+
+    // Passed every limit: now Meta's own failures, if any.
+    let forced = faults.forced.iter().find(|f| {
+        f.phone_number_id.as_deref().is_none_or(|id| id == number)
+            && f.probability > 0.0
+            && rng.random_bool(f.probability)
+    });
+    if let Some(forced) = forced {
+        return Verdict::Error(GraphError::forced(forced));
+    }
+    // One roll over the cumulative probabilities keeps each rate exact while
+    // they sum to at most 1.
+    let roll: f64 = rng.random();
+    let mut threshold = faults.hang;
+    if roll < threshold {
+        return Verdict::Hang;
+    }
+    threshold += faults.reset;
+    if roll < threshold {
+        return Verdict::Reset;
+    }
+    threshold += faults.transient;
+    if roll < threshold {
+        return match rng.random_range(0..3) {
+            0 => Verdict::Error(GraphError::transient()),
+            1 => Verdict::Bare(StatusCode::INTERNAL_SERVER_ERROR),
+            _ => Verdict::Bare(StatusCode::SERVICE_UNAVAILABLE),
+        };
+    }
+    threshold += faults.permanent;
+    if roll < threshold {
+        return Verdict::Error(GraphError::undeliverable());
+    }
+    Verdict::Accept(pair, message)
+}
+
+fn bearer_token(req: &Request<Incoming>) -> Option<&str> {
+    let value = req.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Reads and checks the body; `Err` carries the details of the 100 answer.
+async fn read_message(body: Incoming) -> Result<Message, String> {
+    let bytes = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("The request body could not be read: {e}"))?
+        .to_bytes();
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("The request body is not valid JSON: {e}"))?;
+    if value.get("messaging_product").and_then(|v| v.as_str()) != Some("whatsapp") {
+        return Err("The parameter messaging_product is required and must be \"whatsapp\".".to_owned());
+    }
+    let to = match value.get("to").and_then(|v| v.as_str()) {
+        Some(to) if !to.is_empty() => to.to_owned(),
+        _ => return Err("The parameter to is required.".to_owned()),
+    };
+    let callback_data = value.get("biz_opaque_callback_data").and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(Message { to, callback_data })
+}

@@ -1,0 +1,33 @@
+//! wabulk's Kafka edge: the jobs consumer with its offset watermark and
+//! backpressure ([`Ingest`]), the results/DLQ producer ([`Output`]), a plain
+//! producer for load generators and tests ([`JobWriter`]), a topic reader for
+//! checks ([`TopicReader`]) and librdkafka's in-process mock cluster
+//! ([`EmbeddedKafka`]).
+//!
+//! The invariant this crate owns (CONTRACT §5): an input offset is stored for
+//! commit only after the job's result or dead letter was acknowledged by Kafka.
+//! [`Ingest::done`] is the only path to `store_offsets`, and it stores the
+//! contiguous watermark of its partition, never an offset beyond one that is
+//! still unresolved.
+//!
+//! Nothing here knows what a job is: records are bytes, results are bytes.
+
+mod context;
+mod embedded;
+mod error;
+mod ingest;
+mod output;
+mod reader;
+mod settings;
+mod tracker;
+
+pub use embedded::EmbeddedKafka;
+pub use error::KafkaError;
+pub use ingest::{Assignment, Ingest, Record};
+pub use output::{JobWriter, Output};
+pub use reader::TopicReader;
+pub use settings::KafkaSettings;
+pub use tracker::OffsetTracker;
+
+/// The librdkafka error type, for callers that match on its codes.
+pub use rdkafka::error::KafkaError as RdKafkaError;

@@ -1,0 +1,291 @@
+//! Throughput of one business number (PLATFORM.md "Limits": 80, 1000, ... msg/s;
+//! error 130429 when over).
+//!
+//! [`NumberLimiter`] owns two checks that must both pass:
+//!
+//! * the **hard guarantee**: never more than the effective limit of sends in any
+//!   window `(t - 1 s, t]`. It is an exact sliding-window log: the times of the
+//!   last `limit` sends, so the answer is never approximate and never over.
+//! * **pacing**: GCRA with emission interval `1 s / limit` and a small burst
+//!   tolerance (about 5 % of a second's worth), so a full second's quota is not
+//!   sent in the first few milliseconds of each second. Bunched sends arrive at
+//!   Meta even more bunched (PLATFORM.md "Margins"); spreading them keeps the
+//!   arrival rate, not only the send rate, under the limit.
+//!
+//! A refusal names the later of the two "not until" instants, which is exact.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::clock::duration_nanos;
+use crate::{Moment, NotUntil};
+
+#[cfg(test)]
+mod tests;
+
+const SEC: u64 = 1_000_000_000;
+
+/// Pacing burst as a fraction of one second's quota: 1/20 = 5 %. Raising it
+/// lets more sends go back to back after an idle spell (more bunching on the
+/// wire); lowering it towards one send paces strictly at `1 s / limit`.
+const PACING_BURST_DIVISOR: u64 = 20;
+
+/// The parameters that follow from one effective limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pace {
+    /// Sends allowed in any 1 s window.
+    limit: u32,
+    /// GCRA emission interval in ns: `1 s / limit`, rounded up so pacing alone
+    /// never exceeds the limit.
+    interval: u64,
+    /// GCRA tolerance in ns: `(burst - 1) * interval`, so `burst` sends may
+    /// go back to back when the limiter has been idle.
+    tolerance: u64,
+}
+
+impl Pace {
+    fn new(limit: u32, burst_override: Option<u32>) -> Self {
+        let limit = limit.max(1);
+        let interval = SEC.div_ceil(u64::from(limit));
+        let burst = match burst_override {
+            Some(b) => u64::from(b.max(1)),
+            None => u64::from(limit).div_ceil(PACING_BURST_DIVISOR).max(1),
+        };
+        Pace { limit, interval, tolerance: (burst - 1).saturating_mul(interval) }
+    }
+}
+
+/// Throughput limiter of one business number. Not shared: the scheduler shard
+/// that owns the number owns its limiter, so there is no locking inside.
+///
+/// Time is expected to be non-decreasing across calls. An earlier `now` is
+/// handled conservatively: sends are recorded at the latest time seen, so they
+/// leave the window later, never earlier, than they really should.
+#[derive(Debug, Clone)]
+#[cfg_attr(test, derive(PartialEq, Eq))]
+pub struct NumberLimiter {
+    /// The configured messages per second, kept for reporting.
+    mps: u32,
+    /// Custom GCRA burst (sends), set only by [`NumberLimiter::with_burst_tolerance`];
+    /// `None` means the default 5 % of the limit.
+    burst_override: Option<u32>,
+    /// Parameters at the full effective limit (configured mps less the margin).
+    full: Pace,
+    /// Parameters while slowed down after a 130429; meaningful only before `slow_until`.
+    slowed: Pace,
+    /// End of the current slow-down (exclusive); at and after it `full` applies.
+    slow_until: u64,
+    /// How many times the limit is halved while slowed; grows with repeated 130429s.
+    slow_halvings: u32,
+    /// Nothing is allowed before this (handover, 131057 upgrade, 131048 spam pause).
+    paused_until: u64,
+    /// GCRA theoretical arrival time in ns: the instant the next send would be
+    /// due if sends were perfectly paced; it runs ahead of `now` by the debt.
+    tat: u64,
+    /// Times (ns) of the most recent sends, oldest first and non-decreasing; at
+    /// most `full.limit` entries, because the hard window check never needs to
+    /// look further back than the limit-th most recent send.
+    sends: VecDeque<u64>,
+}
+
+impl NumberLimiter {
+    /// The margin a number is paced under its configured mps unless configured
+    /// otherwise, in percent. Absorbs network jitter that bunches arrivals.
+    pub const DEFAULT_MARGIN_PERCENT: f64 = 2.0;
+
+    /// `mps`: configured messages/s (20..=1000 and beyond, >=1). `margin_percent` (0.0..50.0, default 2.0): pace this much under mps.
+    ///
+    /// No history: may send at once. An `mps` of 0 is taken as 1, a margin
+    /// outside `0.0..=50.0` is clamped into it and NaN means the default, so a
+    /// bad configuration slows a number down rather than failing it.
+    pub fn new(mps: u32, margin_percent: f64) -> Self {
+        Self::build(mps, margin_percent, None)
+    }
+
+    /// Like [`NumberLimiter::new`] with the pacing burst set to `burst` sends
+    /// (at least 1) instead of 5 % of the limit. `u32::MAX` effectively turns
+    /// pacing off and leaves only the exact 1 s window, which tests use to check
+    /// the window on its own.
+    pub fn with_burst_tolerance(mps: u32, margin_percent: f64, burst: u32) -> Self {
+        Self::build(mps, margin_percent, Some(burst))
+    }
+
+    /// Conservative start after a rebalance: assume the previous owner used the
+    /// whole last second, so nothing is allowed before `now + 1 s`, and no burst
+    /// credit, so from then on sends are paced from the first one.
+    pub fn after_handover(mps: u32, margin_percent: f64, now: Moment) -> Self {
+        let mut l = Self::new(mps, margin_percent);
+        let start = now.as_nanos().saturating_add(SEC);
+        l.paused_until = start;
+        // GCRA allows a send at t iff t >= tat - tolerance: the first one at
+        // `start`, and each further one only one interval after the previous.
+        l.tat = start.saturating_add(l.full.tolerance);
+        l
+    }
+
+    fn build(mps: u32, margin_percent: f64, burst_override: Option<u32>) -> Self {
+        let mps = mps.max(1);
+        let margin = if margin_percent.is_nan() {
+            Self::DEFAULT_MARGIN_PERCENT
+        } else {
+            margin_percent.clamp(0.0, 50.0)
+        };
+        // The epsilon keeps 1000 * 0.98 from landing on 979.999... and flooring to 979.
+        let limit = (f64::from(mps) * (100.0 - margin) / 100.0 + 1e-9).floor() as u32;
+        let full = Pace::new(limit.max(1), burst_override);
+        NumberLimiter {
+            mps,
+            burst_override,
+            full,
+            slowed: full,
+            slow_until: 0,
+            slow_halvings: 0,
+            paused_until: 0,
+            tat: 0,
+            sends: VecDeque::with_capacity(full.limit as usize),
+        }
+    }
+
+    /// Peek, no state change: `Ok` if one send is allowed at `now`, else the
+    /// exact instant it would be.
+    pub fn check(&self, now: Moment) -> Result<(), NotUntil> {
+        let at = self.earliest(now.as_nanos());
+        if at <= now.as_nanos() {
+            Ok(())
+        } else {
+            Err(NotUntil(Moment::from_nanos(at)))
+        }
+    }
+
+    /// Records one send at `now` if allowed.
+    pub fn acquire(&mut self, now: Moment) -> Result<(), NotUntil> {
+        self.check(now)?;
+        let n = now.as_nanos();
+        let pace = self.pace_at(n);
+        self.forget_expired(n);
+        self.record(n, 1, pace);
+        Ok(())
+    }
+
+    /// Admits as many sends as allowed at `now`, up to `n`, and returns how many
+    /// were recorded. Same result as calling [`NumberLimiter::acquire`] until it
+    /// refuses, in O(log limit + admitted) instead of one full check per send.
+    pub fn acquire_up_to(&mut self, now: Moment, n: u32) -> u32 {
+        let t = now.as_nanos();
+        if n == 0 || t < self.paused_until {
+            return 0;
+        }
+        let pace = self.pace_at(t);
+        // GCRA: the k-th send (k from 0) is allowed iff t >= max(tat, t) + k*T - tolerance.
+        let tat = self.tat.max(t);
+        let slack = t.saturating_add(pace.tolerance);
+        if slack < tat {
+            return 0;
+        }
+        let by_pace = (slack - tat) / pace.interval + 1;
+        // Window: with c sends in (t - 1 s, t], limit - c more fit.
+        self.forget_expired(t);
+        let by_window = u64::from(pace.limit).saturating_sub(self.sends.len() as u64);
+        let k = by_pace.min(by_window).min(u64::from(n)) as u32;
+        if k > 0 {
+            self.record(t, k, pace);
+        }
+        k
+    }
+
+    /// After error 130429: halve the effective limit (minimum 1) until
+    /// `now + for_`. Another call while still slowed halves again and extends
+    /// the end (never shortens it); afterwards the full limit applies again.
+    pub fn slow_down(&mut self, now: Moment, for_: Duration) {
+        let t = now.as_nanos();
+        self.slow_halvings = if t < self.slow_until { (self.slow_halvings + 1).min(31) } else { 1 };
+        self.slow_until = self.slow_until.max(t.saturating_add(duration_nanos(for_)));
+        self.slowed = Pace::new((self.full.limit >> self.slow_halvings).max(1), self.burst_override);
+    }
+
+    /// Nothing allowed before `until`; keeps the later of the existing and the new pause.
+    pub fn pause_until(&mut self, until: Moment) {
+        self.paused_until = self.paused_until.max(until.as_nanos());
+    }
+
+    /// Sends allowed per 1 s window at `now`: the configured mps less the
+    /// margin, halved while slowed down.
+    pub fn effective_limit(&self, now: Moment) -> u32 {
+        self.pace_at(now.as_nanos()).limit
+    }
+
+    pub fn configured_mps(&self) -> u32 {
+        self.mps
+    }
+
+    /// The end of the current pause (the origin if never paused).
+    pub fn paused_until(&self) -> Moment {
+        Moment::from_nanos(self.paused_until)
+    }
+
+    fn pace_at(&self, t: u64) -> Pace {
+        if t < self.slow_until {
+            self.slowed
+        } else {
+            self.full
+        }
+    }
+
+    /// Earliest instant (ns) `>= t` at which one send is allowed, given the
+    /// current state. Each constraint has the form "instant >= x" for a fixed
+    /// pace, and the pace changes only once (at `slow_until`), so the answer is
+    /// the earliest instant in the slowed span if there is one, else the
+    /// earliest one after it.
+    fn earliest(&self, t: u64) -> u64 {
+        if t < self.slow_until {
+            let at = t.max(self.earliest_with(self.slowed));
+            if at < self.slow_until {
+                return at;
+            }
+            return self.slow_until.max(self.earliest_with(self.full));
+        }
+        t.max(self.earliest_with(self.full))
+    }
+
+    /// Earliest instant at which pause, window and GCRA all allow a send under `pace`.
+    fn earliest_with(&self, pace: Pace) -> u64 {
+        let len = self.sends.len();
+        let limit = pace.limit as usize;
+        // With `limit` sends in the log, the limit-th most recent must have left
+        // the window: it is outside (t - 1 s, t] exactly when t >= it + 1 s.
+        let window = if len >= limit { self.sends[len - limit].saturating_add(SEC) } else { 0 };
+        let gcra = self.tat.saturating_sub(pace.tolerance);
+        self.paused_until.max(window).max(gcra)
+    }
+
+    /// Drops sends that left the window: they can never count again, and the
+    /// shorter log keeps `acquire_up_to`'s room a plain length.
+    fn forget_expired(&mut self, t: u64) {
+        while self.sends.front().is_some_and(|&s| s.saturating_add(SEC) <= t) {
+            self.sends.pop_front();
+        }
+    }
+
+    /// The same limiter with sends that left the window dropped, so states
+    /// that differ only in such garbage compare equal.
+    #[cfg(test)]
+    fn normalised(&self, t: u64) -> Self {
+        let mut l = self.clone();
+        l.forget_expired(t);
+        l
+    }
+
+    fn record(&mut self, t: u64, k: u32, pace: Pace) {
+        self.tat = self.tat.max(t).saturating_add(u64::from(k).saturating_mul(pace.interval));
+        // Keeping the log sorted lets the window check index it directly; a
+        // late `now` is recorded at the latest time seen (conservative).
+        let at = self.sends.back().map_or(t, |&b| b.max(t));
+        let cap = self.full.limit as usize;
+        for _ in 0..k {
+            if self.sends.len() >= cap {
+                self.sends.pop_front();
+            }
+            self.sends.push_back(at);
+        }
+    }
+}

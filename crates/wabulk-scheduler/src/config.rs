@@ -1,0 +1,35 @@
+//! Tunables of the scheduler, each with its range and effect.
+
+use std::time::Duration;
+
+use wabulk_limits::PairRule;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// The pair rule with its safety margin (PLATFORM.md: 6 s + 50 ms, burst 45).
+    pub pair_rule: PairRule,
+    /// Pace each number this many percent under its tier (0.0..50.0). Higher
+    /// leaves more room for jitter between our send and Meta's arrival time;
+    /// lower gets closer to the tier.
+    pub mps_margin_percent: f64,
+    /// How long a number runs at half rate after a 130429.
+    pub slow_down_for: Duration,
+    /// Most jobs one number hands out per round before the next number gets
+    /// its turn. Higher means fewer wake-ups; lower means fairer interleaving.
+    pub max_batch: usize,
+    /// Most HTTP requests for one job, every kind of retry included; the job
+    /// then fails with `retries_exhausted`.
+    pub max_attempts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            pair_rule: PairRule::default(),
+            mps_margin_percent: 2.0,
+            slow_down_for: Duration::from_secs(10),
+            max_batch: 256,
+            max_attempts: 10,
+        }
+    }
+}

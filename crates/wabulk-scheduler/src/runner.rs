@@ -1,0 +1,274 @@
+//! Runs each [`Shard`] on its own task and routes commands to it by number.
+//!
+//! A shard task is the only owner of its shard: commands reach it over a
+//! bounded channel and batches of ready jobs leave it over another, so no
+//! limiter state is ever behind a lock.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wabulk_limits::{Clock, Moment};
+use wabulk_model::{RetryReason, Scope};
+
+use crate::config::SchedulerConfig;
+use crate::shard::{Envelope, Ready, RetryVerdict, Shard, Ticket};
+use crate::waba::WabaRegistry;
+
+/// Moments measured from a tokio instant, so that `#[tokio::test(start_paused
+/// = true)]` drives the scheduler on virtual time.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Self {
+        Self { origin: tokio::time::Instant::now() }
+    }
+
+    pub fn instant(&self, moment: Moment) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(moment.as_nanos())
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Moment {
+        let nanos = self.origin.elapsed().as_nanos();
+        Moment::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// What the engine tells the scheduler.
+#[derive(Debug)]
+pub enum Command<J> {
+    Enqueue(Envelope<J>),
+    /// Sent or failed for good.
+    Finish(Ticket),
+    Retry {
+        ticket: Ticket,
+        job: J,
+        scope: Scope,
+        reason: RetryReason,
+        after: Duration,
+    },
+    /// The WABA's token is invalid; keep the job and stop the WABA.
+    Halt {
+        ticket: Ticket,
+        job: J,
+    },
+    /// A halted WABA was resumed in the registry; numbers may send again.
+    Resume,
+}
+
+/// The handle to the running shards.
+#[derive(Debug)]
+pub struct Scheduler<J> {
+    shards: Vec<mpsc::Sender<Command<J>>>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl<J> Clone for Scheduler<J> {
+    fn clone(&self) -> Self {
+        Self { shards: self.shards.clone(), hasher: self.hasher }
+    }
+}
+
+/// The shard tasks are gone (the engine is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the scheduler has stopped")]
+pub struct Stopped;
+
+impl<J: Send + 'static> Scheduler<J> {
+    /// Spawns `shards` shard tasks. Ready jobs and give-ups leave on `out`;
+    /// `queue` bounds each shard's command channel.
+    pub fn spawn(
+        config: SchedulerConfig,
+        wabas: Arc<WabaRegistry>,
+        shards: usize,
+        queue: usize,
+        clock: TokioClock,
+        out: mpsc::Sender<Vec<Output<J>>>,
+    ) -> (Self, Vec<JoinHandle<()>>) {
+        let config = Arc::new(config);
+        let mut senders = Vec::with_capacity(shards);
+        let mut tasks = Vec::with_capacity(shards);
+        for _ in 0..shards.max(1) {
+            let (tx, rx) = mpsc::channel(queue.max(1));
+            let shard = Shard::new(Arc::clone(&config), Arc::clone(&wabas));
+            tasks.push(tokio::spawn(run_shard(shard, clock, rx, out.clone())));
+            senders.push(tx);
+        }
+        // A fixed seed: every instance of the engine must agree on nothing
+        // here, but one process must route a number to one shard forever.
+        (Self { shards: senders, hasher: foldhash::fast::FixedState::with_seed(0x5ab0) }, tasks)
+    }
+
+    pub fn shard_of(&self, phone: u64) -> usize {
+        (self.hasher.hash_one(phone) % self.shards.len() as u64) as usize
+    }
+
+    pub async fn send(&self, command: Command<J>) -> Result<(), Stopped> {
+        let phone = match &command {
+            Command::Enqueue(envelope) => envelope.phone,
+            Command::Finish(ticket) | Command::Retry { ticket, .. } | Command::Halt { ticket, .. } => {
+                ticket.phone
+            }
+            Command::Resume => {
+                for shard in &self.shards {
+                    shard.send(Command::Resume).await.map_err(|_| Stopped)?;
+                }
+                return Ok(());
+            }
+        };
+        self.shards[self.shard_of(phone)].send(command).await.map_err(|_| Stopped)
+    }
+}
+
+/// What leaves a shard.
+#[derive(Debug)]
+pub enum Output<J> {
+    Ready(Ready<J>),
+    /// A retry was refused: `max_attempts` reached.
+    GaveUp {
+        ticket: Ticket,
+        job: J,
+        attempts: u32,
+    },
+}
+
+async fn run_shard<J>(
+    mut shard: Shard<J>,
+    clock: TokioClock,
+    mut commands: mpsc::Receiver<Command<J>>,
+    out: mpsc::Sender<Vec<Output<J>>>,
+) {
+    let mut ready = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        let wake = shard.next_wake(clock.now());
+        tokio::select! {
+            biased;
+            command = commands.recv() => match command {
+                Some(command) => apply(&mut shard, command, clock.now(), &mut batch),
+                None => return,
+            },
+            () = sleep_until(clock, wake) => {}
+        }
+        // Take every command already waiting before the next round: feedback
+        // frees pairs, and admitting it first keeps the round's view current.
+        while let Ok(command) = commands.try_recv() {
+            apply(&mut shard, command, clock.now(), &mut batch);
+        }
+        shard.poll(clock.now(), &mut ready);
+        batch.extend(ready.drain(..).map(Output::Ready));
+        if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn apply<J>(shard: &mut Shard<J>, command: Command<J>, now: Moment, out: &mut Vec<Output<J>>) {
+    match command {
+        Command::Enqueue(envelope) => shard.enqueue(envelope, now),
+        Command::Finish(ticket) => shard.finish(ticket, now),
+        Command::Retry { ticket, job, scope, reason, after } => {
+            if let RetryVerdict::GiveUp { job, attempts } =
+                shard.retry(ticket, job, scope, reason, after, now)
+            {
+                out.push(Output::GaveUp { ticket, job, attempts });
+            }
+        }
+        Command::Halt { ticket, job } => shard.halt(ticket, job, now),
+        Command::Resume => shard.wake_halted(),
+    }
+}
+
+async fn sleep_until(clock: TokioClock, wake: Option<Moment>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(clock.instant(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two shards on virtual time: every job comes out, each number within
+    /// its tier, and a WABA pause from one number holds the other shard too.
+    #[tokio::test(start_paused = true)]
+    async fn shards_route_by_number_and_answer_feedback() {
+        let wabas = Arc::new(WabaRegistry::new(1_000_000));
+        let (out_tx, mut out) = mpsc::channel(64);
+        let clock = TokioClock::new();
+        let (scheduler, _tasks) =
+            Scheduler::spawn(SchedulerConfig::default(), Arc::clone(&wabas), 2, 1024, clock, out_tx);
+        let phones = [11u64, 12, 13, 14];
+        assert!(phones.iter().any(|&p| scheduler.shard_of(p) == 0));
+        assert!(phones.iter().any(|&p| scheduler.shard_of(p) == 1));
+        for (i, &phone) in phones.iter().enumerate() {
+            for recipient in 0..50u64 {
+                let envelope = Envelope {
+                    phone,
+                    recipient: 4_400_000_000 + recipient,
+                    waba: 7,
+                    mps: 20,
+                    not_before: None,
+                    expires_at: None,
+                    job: (i, recipient),
+                };
+                scheduler.send(Command::Enqueue(envelope)).await.unwrap();
+            }
+        }
+        let mut sends: Vec<(u64, Moment)> = Vec::new();
+        let mut retried_at = None;
+        while sends.len() < 200 {
+            let batch = out.recv().await.expect("shards are running");
+            for output in batch {
+                let Output::Ready(Ready::Send(dispatch)) = output else {
+                    panic!("nothing expires or gives up")
+                };
+                if retried_at.is_none() {
+                    // The first answer is a WABA limit: everyone waits 30 s.
+                    retried_at = Some(clock.now());
+                    let command = Command::Retry {
+                        ticket: dispatch.ticket,
+                        job: dispatch.job,
+                        scope: Scope::Waba,
+                        reason: RetryReason::WabaLimit,
+                        after: Duration::from_secs(30),
+                    };
+                    scheduler.send(command).await.unwrap();
+                    continue;
+                }
+                sends.push((dispatch.ticket.phone, clock.now()));
+                scheduler.send(Command::Finish(dispatch.ticket)).await.unwrap();
+            }
+        }
+        for phone in phones {
+            let times: Vec<Moment> = sends.iter().filter(|(p, _)| *p == phone).map(|(_, t)| *t).collect();
+            assert_eq!(times.len(), 50);
+            for (i, &t) in times.iter().enumerate() {
+                let in_second = times[i..].iter().take_while(|&&u| u < t + Duration::from_secs(1)).count();
+                assert!(in_second <= 19, "number {phone}: {in_second} in one second (tier 20, 2 % margin)");
+            }
+        }
+        // Sends already handed out in the same instant may go; nothing after it
+        // until the pause ends, in either shard.
+        let retried_at = retried_at.unwrap();
+        let resumed = retried_at + Duration::from_secs(30);
+        for (phone, t) in &sends {
+            assert!(*t <= retried_at || *t >= resumed, "number {phone} sent at {t:?} during the WABA pause");
+        }
+        assert!(sends.iter().any(|(_, t)| *t >= resumed));
+    }
+}

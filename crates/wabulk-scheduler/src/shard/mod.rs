@@ -1,0 +1,507 @@
+//! One shard: the queues, timers and limiter state of the business numbers
+//! hashed to it, driven with an explicit `now`.
+//!
+//! Per number there is a FIFO of *recipients* whose next job may go now
+//! (`ready`), and per recipient a FIFO of that pair's jobs. A pair that must
+//! wait (pair budget, `not_before`, backoff) leaves `ready` and sits on the
+//! timer heap with its jobs behind it, so other recipients of the number are
+//! never held up by it. A pair has at most one request in flight, which is
+//! what keeps its jobs in the order they were read even across retries.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use wabulk_limits::{Moment, NotUntil, NumberLimiter, PairBudgets};
+use wabulk_model::{RetryReason, Scope};
+
+use crate::config::SchedulerConfig;
+use crate::waba::{WabaCell, WabaRegistry};
+
+/// A job as the scheduler sees it: where it goes, when it may go, and the
+/// caller's payload, which the scheduler never looks into.
+#[derive(Debug, Clone)]
+pub struct Envelope<J> {
+    pub phone: u64,
+    pub recipient: u64,
+    pub waba: u64,
+    /// Tier of the number; read when the shard first meets the number.
+    pub mps: u32,
+    pub not_before: Option<Moment>,
+    pub expires_at: Option<Moment>,
+    pub job: J,
+}
+
+/// Names the one in-flight request of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub phone: u64,
+    pub recipient: u64,
+}
+
+/// A job to send now. Its payload travels with it; report back with
+/// [`Shard::finish`], [`Shard::retry`] or [`Shard::halt`] using the ticket.
+#[derive(Debug)]
+pub struct Dispatch<J> {
+    pub ticket: Ticket,
+    pub waba: u64,
+    pub job: J,
+    /// 1 for the first request of this job.
+    pub attempt: u32,
+    /// Time since the job entered the scheduler.
+    pub queued: Duration,
+}
+
+#[derive(Debug)]
+pub enum Ready<J> {
+    Send(Dispatch<J>),
+    /// `expires_at` passed before the job could be sent; it left the queue.
+    Expired {
+        ticket: Ticket,
+        job: J,
+        attempts: u32,
+    },
+}
+
+#[derive(Debug)]
+pub enum RetryVerdict<J> {
+    /// Back at the head of its pair's queue.
+    Queued,
+    /// `max_attempts` reached: the job left the scheduler and has failed.
+    GiveUp { job: J, attempts: u32 },
+}
+
+struct Entry<J> {
+    job: J,
+    not_before: Option<Moment>,
+    expires_at: Option<Moment>,
+    enqueued_at: Moment,
+    /// Requests already made for this job.
+    attempts: u32,
+}
+
+/// What the entry keeps while its job is out with the sender.
+struct InFlight {
+    not_before: Option<Moment>,
+    expires_at: Option<Moment>,
+    enqueued_at: Moment,
+    attempts: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// In the number's `ready` list.
+    Ready,
+    /// On the timer heap until this instant.
+    Waiting(Moment),
+    /// The head job is out with the sender.
+    InFlight,
+}
+
+struct PairQueue<J> {
+    jobs: VecDeque<Entry<J>>,
+    stage: Stage,
+    in_flight: Option<InFlight>,
+    /// Backoff or penalty: the head may not go before this, whatever the
+    /// pair budget says.
+    hold_until: Option<Moment>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    /// Nothing ready.
+    Idle,
+    /// In the shard's `active` list.
+    Active,
+    /// Has ready pairs but its limiter or WABA says not before this instant.
+    Blocked(Moment),
+    /// Its WABA's token is invalid; woken by [`Shard::wake_halted`].
+    Halted,
+}
+
+struct NumberState<J> {
+    /// Messages/s of this number, paced with the configured margin.
+    limiter: NumberLimiter,
+    /// The pair rule's state for every recipient that still carries debt.
+    pairs: PairBudgets,
+    waba_id: u64,
+    /// Shared with the other shards that send for this WABA.
+    waba: Arc<WabaCell>,
+    /// Recipients with jobs queued or in flight; empty queues are removed.
+    queues: HashMap<u64, PairQueue<J>>,
+    /// Recipients whose head job may go now, in the order they became ready.
+    ready: VecDeque<u64>,
+    activity: Activity,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Pair { phone: u64, recipient: u64 },
+    Number { phone: u64 },
+}
+
+/// What a number's dispatch round ended with.
+enum RoundEnd {
+    Drained,
+    BatchFull,
+    Blocked(Moment),
+    Halted,
+}
+
+pub struct Shard<J> {
+    config: Arc<SchedulerConfig>,
+    wabas: Arc<WabaRegistry>,
+    numbers: HashMap<u64, NumberState<J>>,
+    /// Numbers with ready pairs that are not blocked, served round robin.
+    active: VecDeque<u64>,
+    /// Pair waits and number blocks. Entries are not removed when they become
+    /// stale; a popped timer is checked against the state it names.
+    timers: BinaryHeap<Reverse<(Moment, TimerKey)>>,
+    /// Jobs held: queued plus in flight.
+    held: usize,
+}
+
+impl<J> std::fmt::Debug for Shard<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("numbers", &self.numbers.len())
+            .field("active", &self.active.len())
+            .field("timers", &self.timers.len())
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl<J> Shard<J> {
+    pub fn new(config: Arc<SchedulerConfig>, wabas: Arc<WabaRegistry>) -> Self {
+        Self {
+            config,
+            wabas,
+            numbers: HashMap::new(),
+            active: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            held: 0,
+        }
+    }
+
+    /// Jobs queued or in flight.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Takes a job. A number met for the first time starts conservatively:
+    /// another instance may have sent for it during the last second.
+    pub fn enqueue(&mut self, envelope: Envelope<J>, now: Moment) {
+        let Envelope { phone, recipient, waba, mps, not_before, expires_at, job } = envelope;
+        let margin = self.config.mps_margin_percent;
+        let rule = self.config.pair_rule;
+        let wabas = &self.wabas;
+        let number = self.numbers.entry(phone).or_insert_with(|| NumberState {
+            limiter: NumberLimiter::after_handover(mps, margin, now),
+            pairs: PairBudgets::new(rule),
+            waba_id: waba,
+            waba: wabas.get_or_insert(waba),
+            queues: HashMap::new(),
+            ready: VecDeque::new(),
+            activity: Activity::Idle,
+        });
+        let entry = Entry { job, not_before, expires_at, enqueued_at: now, attempts: 0 };
+        self.held += 1;
+        match number.queues.get_mut(&recipient) {
+            // Behind the pair's earlier jobs, whatever they are waiting for.
+            Some(queue) => queue.jobs.push_back(entry),
+            None => {
+                let queue = PairQueue {
+                    jobs: VecDeque::from([entry]),
+                    stage: Stage::Ready,
+                    in_flight: None,
+                    hold_until: None,
+                };
+                number.queues.insert(recipient, queue);
+                self.schedule_head(phone, recipient, now);
+            }
+        }
+    }
+
+    /// The request for `ticket` ended for good (sent or failed): the pair's
+    /// next job may go.
+    pub fn finish(&mut self, ticket: Ticket, now: Moment) {
+        let Some(queue) = self.queue_mut(ticket) else { return };
+        if queue.in_flight.take().is_some() {
+            self.held -= 1;
+        }
+        self.schedule_head(ticket.phone, ticket.recipient, now);
+    }
+
+    /// The request for `ticket` is to be retried after `after`; `scope` says
+    /// what waits: the pair, the number, the WABA, every WABA of the token, or
+    /// this job alone (its pair waits with it, to keep the order).
+    pub fn retry(
+        &mut self,
+        ticket: Ticket,
+        job: J,
+        scope: Scope,
+        reason: RetryReason,
+        after: Duration,
+        now: Moment,
+    ) -> RetryVerdict<J> {
+        let max_attempts = self.config.max_attempts;
+        let slow_down_for = self.config.slow_down_for;
+        let Some(number) = self.numbers.get_mut(&ticket.phone) else {
+            return RetryVerdict::GiveUp { job, attempts: 0 };
+        };
+        let Some(queue) = number.queues.get_mut(&ticket.recipient) else {
+            return RetryVerdict::GiveUp { job, attempts: 0 };
+        };
+        let Some(flight) = queue.in_flight.take() else {
+            return RetryVerdict::GiveUp { job, attempts: 0 };
+        };
+        if flight.attempts >= max_attempts {
+            self.held -= 1;
+            self.schedule_head(ticket.phone, ticket.recipient, now);
+            return RetryVerdict::GiveUp { job, attempts: flight.attempts };
+        }
+        queue.jobs.push_front(Entry {
+            job,
+            not_before: flight.not_before,
+            expires_at: flight.expires_at,
+            enqueued_at: flight.enqueued_at,
+            attempts: flight.attempts,
+        });
+        let until = now + after;
+        match scope {
+            Scope::Pair => {
+                let penalty = number.pairs.penalise(ticket.recipient, now);
+                queue.hold_until = Some(penalty.max(until));
+            }
+            Scope::Request => queue.hold_until = Some(until),
+            Scope::Number => {
+                if reason == RetryReason::NumberLimit {
+                    number.limiter.slow_down(now, slow_down_for);
+                }
+                number.limiter.pause_until(until);
+            }
+            Scope::Waba => number.waba.window().pause_until(until),
+            Scope::Token => match self.wabas.token_group(number.waba_id) {
+                Some(group) => self.wabas.pause_token_group(group, until),
+                None => number.waba.window().pause_until(until),
+            },
+        }
+        self.schedule_head(ticket.phone, ticket.recipient, now);
+        RetryVerdict::Queued
+    }
+
+    /// The token of the ticket's WABA is invalid: the job goes back to the
+    /// head of its pair and nothing more is sent for that WABA until it is
+    /// resumed ([`WabaRegistry::resume`], then [`Shard::wake_halted`]).
+    pub fn halt(&mut self, ticket: Ticket, job: J, now: Moment) {
+        let Some(number) = self.numbers.get_mut(&ticket.phone) else { return };
+        self.wabas.halt(number.waba_id);
+        let Some(queue) = number.queues.get_mut(&ticket.recipient) else { return };
+        if let Some(flight) = queue.in_flight.take() {
+            queue.jobs.push_front(Entry {
+                job,
+                not_before: flight.not_before,
+                expires_at: flight.expires_at,
+                enqueued_at: flight.enqueued_at,
+                attempts: flight.attempts,
+            });
+        }
+        self.schedule_head(ticket.phone, ticket.recipient, now);
+    }
+
+    /// Puts numbers whose WABA was resumed back to work.
+    pub fn wake_halted(&mut self) {
+        for (&phone, number) in &mut self.numbers {
+            if number.activity == Activity::Halted && !number.waba.is_halted() {
+                number.activity = Activity::Active;
+                self.active.push_back(phone);
+            }
+        }
+    }
+
+    /// The earliest instant at which [`Shard::poll`] has something to do:
+    /// `now` when a number can send at once.
+    pub fn next_wake(&self, now: Moment) -> Option<Moment> {
+        if !self.active.is_empty() {
+            return Some(now);
+        }
+        self.timers.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// One round: fires due timers, then lets every active number hand out
+    /// up to `max_batch` jobs its limits allow at `now`.
+    pub fn poll(&mut self, now: Moment, out: &mut Vec<Ready<J>>) {
+        self.fire_timers(now);
+        for _ in 0..self.active.len() {
+            let Some(phone) = self.active.pop_front() else { break };
+            let end = self.dispatch_number(phone, now, out);
+            let Some(number) = self.numbers.get_mut(&phone) else { continue };
+            number.activity = match end {
+                RoundEnd::Drained => Activity::Idle,
+                RoundEnd::BatchFull => {
+                    self.active.push_back(phone);
+                    Activity::Active
+                }
+                RoundEnd::Blocked(until) => {
+                    self.timers.push(Reverse((until, TimerKey::Number { phone })));
+                    Activity::Blocked(until)
+                }
+                RoundEnd::Halted => Activity::Halted,
+            };
+        }
+    }
+
+    fn dispatch_number(&mut self, phone: u64, now: Moment, out: &mut Vec<Ready<J>>) -> RoundEnd {
+        let max_batch = self.config.max_batch;
+        let Some(number) = self.numbers.get_mut(&phone) else { return RoundEnd::Drained };
+        if number.waba.is_halted() {
+            return RoundEnd::Halted;
+        }
+        let waba = Arc::clone(&number.waba);
+        let mut window = waba.window();
+        let mut sent = 0;
+        let mut resched = Vec::new();
+        let end = loop {
+            let Some(&recipient) = number.ready.front() else { break RoundEnd::Drained };
+            if sent == max_batch {
+                break RoundEnd::BatchFull;
+            }
+            let queue = number.queues.get_mut(&recipient).expect("a ready pair has a queue");
+            let head = queue.jobs.front().expect("a ready pair has a job");
+            // Expired jobs leave without spending any budget.
+            if head.expires_at.is_some_and(|at| at <= now) {
+                number.ready.pop_front();
+                let entry = queue.jobs.pop_front().expect("checked above");
+                self.held -= 1;
+                out.push(Ready::Expired {
+                    ticket: Ticket { phone, recipient },
+                    job: entry.job,
+                    attempts: entry.attempts,
+                });
+                resched.push(recipient);
+                continue;
+            }
+            if let Err(NotUntil(until)) = number.limiter.check(now) {
+                break RoundEnd::Blocked(until);
+            }
+            if let Err(NotUntil(until)) = window.check(now, 1) {
+                break RoundEnd::Blocked(until);
+            }
+            number.ready.pop_front();
+            // Penalties and pauses may have arrived since the pair became ready.
+            let hold = [head.not_before, queue.hold_until].into_iter().flatten().max();
+            if hold.is_some_and(|at| at > now) || number.pairs.check(recipient, now).is_err() {
+                resched.push(recipient);
+                continue;
+            }
+            number.pairs.acquire(recipient, now).expect("checked above");
+            number.limiter.acquire(now).expect("checked above");
+            window.acquire_up_to(now, 1);
+            let entry = queue.jobs.pop_front().expect("checked above");
+            queue.hold_until = None;
+            queue.stage = Stage::InFlight;
+            let attempt = entry.attempts + 1;
+            queue.in_flight = Some(InFlight {
+                not_before: entry.not_before,
+                expires_at: entry.expires_at,
+                enqueued_at: entry.enqueued_at,
+                attempts: attempt,
+            });
+            out.push(Ready::Send(Dispatch {
+                ticket: Ticket { phone, recipient },
+                waba: number.waba_id,
+                job: entry.job,
+                attempt,
+                queued: now.saturating_since(entry.enqueued_at),
+            }));
+            sent += 1;
+        };
+        drop(window);
+        for recipient in resched {
+            self.schedule_head(phone, recipient, now);
+        }
+        // Rescheduling may have made pairs ready again at `now`.
+        match end {
+            RoundEnd::Drained if self.numbers.get(&phone).is_some_and(|n| !n.ready.is_empty()) => {
+                RoundEnd::BatchFull
+            }
+            end => end,
+        }
+    }
+
+    /// Decides where a pair's head job waits: in `ready` if it may go at
+    /// `now`, else on the timer heap until the earliest instant it might.
+    fn schedule_head(&mut self, phone: u64, recipient: u64, now: Moment) {
+        let Some(number) = self.numbers.get_mut(&phone) else { return };
+        let Some(queue) = number.queues.get_mut(&recipient) else { return };
+        if queue.in_flight.is_some() {
+            queue.stage = Stage::InFlight;
+            return;
+        }
+        let Some(head) = queue.jobs.front() else {
+            number.queues.remove(&recipient);
+            return;
+        };
+        let budget = number.pairs.check(recipient, now).err().map(NotUntil::earliest);
+        let due =
+            [budget, head.not_before, queue.hold_until].into_iter().flatten().max().filter(|&at| at > now);
+        // A job that will expire while waiting comes out as soon as it does.
+        let due = match (due, head.expires_at) {
+            (Some(due), Some(expiry)) if expiry < due => Some(expiry.max(now)).filter(|&at| at > now),
+            (due, _) => due,
+        };
+        match due {
+            Some(at) => {
+                queue.stage = Stage::Waiting(at);
+                self.timers.push(Reverse((at, TimerKey::Pair { phone, recipient })));
+            }
+            None => {
+                queue.stage = Stage::Ready;
+                number.ready.push_back(recipient);
+                if number.activity == Activity::Idle {
+                    number.activity = Activity::Active;
+                    self.active.push_back(phone);
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Moment) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, key))) = self.timers.pop() else { break };
+            match key {
+                TimerKey::Pair { phone, recipient } => {
+                    let current = self
+                        .numbers
+                        .get(&phone)
+                        .and_then(|n| n.queues.get(&recipient))
+                        .is_some_and(|q| q.stage == Stage::Waiting(due));
+                    if current {
+                        self.schedule_head(phone, recipient, now);
+                    }
+                }
+                TimerKey::Number { phone } => {
+                    if let Some(number) = self.numbers.get_mut(&phone) {
+                        if number.activity == Activity::Blocked(due) {
+                            number.activity = Activity::Active;
+                            self.active.push_back(phone);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue_mut(&mut self, ticket: Ticket) -> Option<&mut PairQueue<J>> {
+        self.numbers.get_mut(&ticket.phone)?.queues.get_mut(&ticket.recipient)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! The access token, kept out of every `Debug`/`Display` so that it cannot
+//! reach a log line, a metric or a result by accident (CONTRACT §7).
+
+use std::fmt;
+
+/// An access token. `Debug` and `Display` print `***`; the only way to the
+/// text is [`AccessToken::expose`], used when building the `Authorization`
+/// header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The secret itself. Call it only to build the request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_never_prints() {
+        let token = AccessToken::new("EAAG-secret".into());
+        assert_eq!(format!("{token}"), "***");
+        assert_eq!(format!("{token:?}"), "***");
+        assert_eq!(format!("{:?}", Some(&token)), "Some(***)");
+        assert_eq!(token.expose(), "EAAG-secret");
+    }
+}

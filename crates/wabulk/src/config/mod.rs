@@ -1,0 +1,341 @@
+//! The engine's configuration (CONTRACT §10): a TOML file, then
+//! `WABULK_<SECTION>__<KEY>` environment overrides, then validation. Every
+//! error names the key it is about; unknown keys are errors too, because a
+//! misspelt limit silently left at its default is the worst kind of mistake.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of override variables; `__` separates section and key.
+const ENV_PREFIX: &str = "WABULK_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) graph: GraphConfig,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) phones: Vec<PhoneConfig>,
+    pub(crate) wabas: Vec<WabaConfig>,
+    pub(crate) http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct KafkaConfig {
+    pub(crate) brokers: String,
+    pub(crate) group_id: String,
+    pub(crate) jobs_topic: String,
+    pub(crate) results_topic: String,
+    pub(crate) dlq_topic: String,
+    /// Jobs larger than this go to the DLQ unread.
+    pub(crate) max_job_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GraphConfig {
+    /// `https://` uses TLS with ALPN h2; `http://` HTTP/2 cleartext (prior knowledge).
+    pub(crate) base_url: String,
+    /// Variable holding the token of WABAs without one of their own.
+    pub(crate) token_env: String,
+    pub(crate) request_timeout_ms: u64,
+    pub(crate) connect_timeout_ms: u64,
+    /// Cap of concurrent streams per connection; the server's own limit wins if lower.
+    pub(crate) max_streams_per_connection: u32,
+    pub(crate) max_connections: u32,
+    /// Most HTTP requests for one job before it fails with `retries_exhausted`.
+    pub(crate) max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsConfig {
+    pub(crate) default_mps: u32,
+    pub(crate) pair_interval_s: f64,
+    pub(crate) pair_burst: u32,
+    /// Added to the pair interval so that arrival times, not only send times,
+    /// respect it (PLATFORM.md "Margins").
+    pub(crate) pair_margin_ms: u64,
+    /// Pace each number this many percent under its tier.
+    pub(crate) mps_margin_percent: f64,
+    pub(crate) waba_hourly_calls_per_number: u64,
+    pub(crate) strict_phones: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PhoneConfig {
+    pub(crate) id: String,
+    pub(crate) waba_id: String,
+    #[serde(default)]
+    pub(crate) mps: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WabaConfig {
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) token_env: Option<String>,
+    #[serde(default)]
+    pub(crate) hourly_call_cap: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HttpConfig {
+    pub(crate) listen: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "wabulk".into(),
+            jobs_topic: "wabulk.jobs".into(),
+            results_topic: "wabulk.results".into(),
+            dlq_topic: "wabulk.dlq".into(),
+            max_job_bytes: wabulk_model::DEFAULT_MAX_JOB_BYTES,
+        }
+    }
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://graph.facebook.com/v21.0".into(),
+            token_env: "WABULK_GRAPH_TOKEN".into(),
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            max_streams_per_connection: 100,
+            max_connections: 64,
+            max_attempts: 10,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_mps: 80,
+            pair_interval_s: 6.0,
+            pair_burst: 45,
+            pair_margin_ms: 50,
+            mps_margin_percent: 2.0,
+            waba_hourly_calls_per_number: 1_800_000,
+            strict_phones: false,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// A configuration that cannot be used; the text names the key.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    /// Reads `path`, applies the environment overrides from `env`, validates.
+    pub(crate) fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text, &path.display().to_string(), env)
+    }
+
+    pub(crate) fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        apply_env_overrides(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(key, e.into_inner().message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.default_mps == 0 {
+            return Err(invalid("limits.default_mps", "must be at least 1"));
+        }
+        if !(limits.pair_interval_s > 0.0 && limits.pair_interval_s <= 3600.0) {
+            return Err(invalid("limits.pair_interval_s", "must be above 0 and at most 3600"));
+        }
+        if !(1..=62).contains(&limits.pair_burst) {
+            return Err(invalid("limits.pair_burst", "must be 1 to 62"));
+        }
+        if !(0.0..50.0).contains(&limits.mps_margin_percent) {
+            return Err(invalid("limits.mps_margin_percent", "must be 0 or more and under 50"));
+        }
+        if limits.waba_hourly_calls_per_number == 0 {
+            return Err(invalid("limits.waba_hourly_calls_per_number", "must be at least 1"));
+        }
+        let graph = &self.graph;
+        if !(graph.base_url.starts_with("https://") || graph.base_url.starts_with("http://")) {
+            return Err(invalid("graph.base_url", "must start with https:// or http://"));
+        }
+        for (key, value) in [
+            ("graph.request_timeout_ms", graph.request_timeout_ms),
+            ("graph.connect_timeout_ms", graph.connect_timeout_ms),
+            ("graph.max_streams_per_connection", u64::from(graph.max_streams_per_connection)),
+            ("graph.max_connections", u64::from(graph.max_connections)),
+            ("graph.max_attempts", u64::from(graph.max_attempts)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.kafka.max_job_bytes == 0 {
+            return Err(invalid("kafka.max_job_bytes", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("kafka.brokers", &self.kafka.brokers),
+            ("kafka.group_id", &self.kafka.group_id),
+            ("kafka.jobs_topic", &self.kafka.jobs_topic),
+            ("kafka.results_topic", &self.kafka.results_topic),
+            ("kafka.dlq_topic", &self.kafka.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        self.http.listen.parse::<SocketAddr>().map_err(|e| invalid("http.listen", e.to_string()))?;
+        let mut phones = BTreeMap::new();
+        for (i, phone) in self.phones.iter().enumerate() {
+            wabulk_model::NumericId::parse(&phone.id)
+                .map_err(|e| invalid(format!("phones[{i}].id"), e.to_string()))?;
+            wabulk_model::NumericId::parse(&phone.waba_id)
+                .map_err(|e| invalid(format!("phones[{i}].waba_id"), e.to_string()))?;
+            if phone.mps == Some(0) {
+                return Err(invalid(format!("phones[{i}].mps"), "must be at least 1"));
+            }
+            if phones.insert(phone.id.as_str(), i).is_some() {
+                return Err(invalid(format!("phones[{i}].id"), format!("{} is listed twice", phone.id)));
+            }
+        }
+        let mut wabas = BTreeMap::new();
+        for (i, waba) in self.wabas.iter().enumerate() {
+            wabulk_model::NumericId::parse(&waba.id)
+                .map_err(|e| invalid(format!("wabas[{i}].id"), e.to_string()))?;
+            if waba.hourly_call_cap == Some(0) {
+                return Err(invalid(format!("wabas[{i}].hourly_call_cap"), "must be at least 1"));
+            }
+            if !self.phones.iter().any(|p| p.waba_id == waba.id) {
+                return Err(invalid(format!("wabas[{i}].id"), "no [[phones]] entry names this WABA"));
+            }
+            if wabas.insert(waba.id.as_str(), i).is_some() {
+                return Err(invalid(format!("wabas[{i}].id"), format!("{} is listed twice", waba.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The WABA's hourly cap: its own, else the per-number figure times its
+    /// registered numbers (the `[[phones]]` naming it, at least 1).
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the engine wiring"))]
+    pub(crate) fn waba_cap(&self, waba_id: &str) -> u64 {
+        let own = self.wabas.iter().find(|w| w.id == waba_id).and_then(|w| w.hourly_call_cap);
+        own.unwrap_or_else(|| {
+            let registered = self.phones.iter().filter(|p| p.waba_id == waba_id).count().max(1) as u64;
+            self.limits.waba_hourly_calls_per_number * registered
+        })
+    }
+
+    /// The variable that holds a WABA's token.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the engine wiring"))]
+    pub(crate) fn token_env(&self, waba_id: &str) -> &str {
+        self.wabas
+            .iter()
+            .find(|w| w.id == waba_id)
+            .and_then(|w| w.token_env.as_deref())
+            .unwrap_or(&self.graph.token_env)
+    }
+
+    /// The effective configuration as TOML, with whether each token variable
+    /// is set, never its value.
+    pub(crate) fn render_masked(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
+        let mut text = toml::to_string_pretty(self).expect("a config always serialises");
+        let mut vars: Vec<&str> = vec![self.graph.token_env.as_str()];
+        vars.extend(self.wabas.iter().filter_map(|w| w.token_env.as_deref()));
+        vars.sort_unstable();
+        vars.dedup();
+        text.push_str("\n# access tokens (values never printed)\n");
+        for var in vars {
+            let state = if env(var).is_some_and(|v| !v.is_empty()) { "set" } else { "NOT SET" };
+            text.push_str(&format!("# {var} = \"***\"  ({state})\n"));
+        }
+        text
+    }
+}
+
+/// `WABULK_SECTION__KEY=value` sets `key` in `[section]`. Values are read as
+/// TOML when they parse as a TOML value (numbers, booleans, quoted strings),
+/// else as a bare string, so `WABULK_KAFKA__BROKERS=host:9092` works.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let Some((section, key)) = rest.split_once("__") else { continue };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        if !matches!(section.as_str(), "kafka" | "graph" | "limits" | "http") {
+            return Err(ConfigError::Env {
+                var,
+                message: format!("no section [{section}] takes overrides (kafka, graph, limits, http do)"),
+            });
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(section_table) => {
+                section_table.insert(key, value);
+            }
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{section}] is not a table in the file"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
