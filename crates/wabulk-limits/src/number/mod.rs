@@ -4,9 +4,10 @@
 //! [`NumberLimiter`] owns two checks that must both pass:
 //!
 //! * the **hard guarantee**: never more than the effective limit of sends in any
-//!   window `(t - 1 s, t]`. It is an exact sliding-window log: the times of the
+//!   window `(t - w, t]`, w being 1 s stretched by the margin. It is an exact
+//!   sliding-window log: the times of the
 //!   last `limit` sends, so the answer is never approximate and never over.
-//! * **pacing**: GCRA with emission interval `1 s / limit` and a small burst
+//! * **pacing**: GCRA with emission interval `w / limit` and a small burst
 //!   tolerance (about 5 % of a second's worth), so a full second's quota is not
 //!   sent in the first few milliseconds of each second. Bunched sends arrive at
 //!   Meta even more bunched (PLATFORM.md "Margins"); spreading them keeps the
@@ -33,10 +34,14 @@ const PACING_BURST_DIVISOR: u64 = 20;
 /// The parameters that follow from one effective limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pace {
-    /// Sends allowed in any 1 s window.
+    /// Sends allowed in any window of `window` ns.
     limit: u32,
-    /// GCRA emission interval in ns: `1 s / limit`, rounded up so pacing alone
-    /// never exceeds the limit.
+    /// The window: 1 s stretched by the margin. Stretching the window rather
+    /// than cutting the count keeps small tiers whole (20/s less 1 % would
+    /// floor to 19/s) while still leaving room for arrivals bunched by jitter.
+    window: u64,
+    /// GCRA emission interval in ns: `window / limit`, rounded up so pacing
+    /// alone never exceeds the limit.
     interval: u64,
     /// GCRA tolerance in ns: `(burst - 1) * interval`, so `burst` sends may
     /// go back to back when the limiter has been idle.
@@ -44,14 +49,16 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(limit: u32, burst_override: Option<u32>) -> Self {
+    fn new(limit: u32, window: u64, burst_override: Option<u32>) -> Self {
         let limit = limit.max(1);
-        let interval = SEC.div_ceil(u64::from(limit));
+        let interval = window.div_ceil(u64::from(limit));
         let burst = match burst_override {
             Some(b) => u64::from(b.max(1)),
-            None => u64::from(limit).div_ceil(PACING_BURST_DIVISOR).max(1),
+            // At least 2: with no tolerance every late timer wake-up would be
+            // lost for good, and small tiers would run a few percent slow.
+            None => u64::from(limit).div_ceil(PACING_BURST_DIVISOR).max(2),
         };
-        Pace { limit, interval, tolerance: (burst - 1).saturating_mul(interval) }
+        Pace { limit, window, interval, tolerance: (burst - 1).saturating_mul(interval) }
     }
 }
 
@@ -91,9 +98,9 @@ pub struct NumberLimiter {
 impl NumberLimiter {
     /// The margin a number is paced under its configured mps unless configured
     /// otherwise, in percent. Absorbs network jitter that bunches arrivals.
-    pub const DEFAULT_MARGIN_PERCENT: f64 = 2.0;
+    pub const DEFAULT_MARGIN_PERCENT: f64 = 1.0;
 
-    /// `mps`: configured messages/s (20..=1000 and beyond, >=1). `margin_percent` (0.0..50.0, default 2.0): pace this much under mps.
+    /// `mps`: configured messages/s (20..=1000 and beyond, >=1). `margin_percent` (0.0..50.0, default 1.0): pace this much under mps.
     ///
     /// No history: may send at once. An `mps` of 0 is taken as 1, a margin
     /// outside `0.0..=50.0` is clamped into it and NaN means the default, so a
@@ -130,9 +137,8 @@ impl NumberLimiter {
         } else {
             margin_percent.clamp(0.0, 50.0)
         };
-        // The epsilon keeps 1000 * 0.98 from landing on 979.999... and flooring to 979.
-        let limit = (f64::from(mps) * (100.0 - margin) / 100.0 + 1e-9).floor() as u32;
-        let full = Pace::new(limit.max(1), burst_override);
+        let window = (SEC as f64 * (100.0 + margin) / 100.0).ceil() as u64;
+        let full = Pace::new(mps, window, burst_override);
         NumberLimiter {
             mps,
             burst_override,
@@ -183,7 +189,7 @@ impl NumberLimiter {
             return 0;
         }
         let by_pace = (slack - tat) / pace.interval + 1;
-        // Window: with c sends in (t - 1 s, t], limit - c more fit.
+        // Window: with c sends in (t - window, t], limit - c more fit.
         self.forget_expired(t);
         let by_window = u64::from(pace.limit).saturating_sub(self.sends.len() as u64);
         let k = by_pace.min(by_window).min(u64::from(n)) as u32;
@@ -200,7 +206,8 @@ impl NumberLimiter {
         let t = now.as_nanos();
         self.slow_halvings = if t < self.slow_until { (self.slow_halvings + 1).min(31) } else { 1 };
         self.slow_until = self.slow_until.max(t.saturating_add(duration_nanos(for_)));
-        self.slowed = Pace::new((self.full.limit >> self.slow_halvings).max(1), self.burst_override);
+        self.slowed =
+            Pace::new((self.full.limit >> self.slow_halvings).max(1), self.full.window, self.burst_override);
     }
 
     /// Nothing allowed before `until`; keeps the later of the existing and the new pause.
@@ -208,8 +215,8 @@ impl NumberLimiter {
         self.paused_until = self.paused_until.max(until.as_nanos());
     }
 
-    /// Sends allowed per 1 s window at `now`: the configured mps less the
-    /// margin, halved while slowed down.
+    /// Sends allowed per window (1 s stretched by the margin) at `now`: the
+    /// configured mps, halved while slowed down.
     pub fn effective_limit(&self, now: Moment) -> u32 {
         self.pace_at(now.as_nanos()).limit
     }
@@ -252,8 +259,8 @@ impl NumberLimiter {
         let len = self.sends.len();
         let limit = pace.limit as usize;
         // With `limit` sends in the log, the limit-th most recent must have left
-        // the window: it is outside (t - 1 s, t] exactly when t >= it + 1 s.
-        let window = if len >= limit { self.sends[len - limit].saturating_add(SEC) } else { 0 };
+        // the window: it is outside (t - window, t] exactly when t >= it + window.
+        let window = if len >= limit { self.sends[len - limit].saturating_add(pace.window) } else { 0 };
         let gcra = self.tat.saturating_sub(pace.tolerance);
         self.paused_until.max(window).max(gcra)
     }
@@ -261,7 +268,8 @@ impl NumberLimiter {
     /// Drops sends that left the window: they can never count again, and the
     /// shorter log keeps `acquire_up_to`'s room a plain length.
     fn forget_expired(&mut self, t: u64) {
-        while self.sends.front().is_some_and(|&s| s.saturating_add(SEC) <= t) {
+        let window = self.full.window;
+        while self.sends.front().is_some_and(|&s| s.saturating_add(window) <= t) {
             self.sends.pop_front();
         }
     }

@@ -15,33 +15,32 @@ fn in_window(log: &[u64], t: u64) -> usize {
 }
 
 #[test]
-fn effective_limit_is_mps_less_margin_floored() {
-    assert_eq!(NumberLimiter::new(1000, 2.0).effective_limit(Moment::ZERO), 980);
-    assert_eq!(NumberLimiter::new(80, 2.0).effective_limit(Moment::ZERO), 78);
-    assert_eq!(NumberLimiter::new(20, 2.0).effective_limit(Moment::ZERO), 19);
-    assert_eq!(NumberLimiter::new(250, 0.0).effective_limit(Moment::ZERO), 250);
-    assert_eq!(NumberLimiter::new(1, 2.0).effective_limit(Moment::ZERO), 1);
+fn margin_stretches_the_window_and_keeps_the_count() {
+    assert_eq!(NumberLimiter::new(1000, 2.0).effective_limit(Moment::ZERO), 1000);
+    assert_eq!(NumberLimiter::new(20, 1.0).effective_limit(Moment::ZERO), 20, "small tiers stay whole");
     assert_eq!(NumberLimiter::new(0, 2.0).effective_limit(Moment::ZERO), 1);
-    assert_eq!(NumberLimiter::new(100, f64::NAN).effective_limit(Moment::ZERO), 98);
-    assert_eq!(NumberLimiter::new(100, 99.0).effective_limit(Moment::ZERO), 50);
-    assert_eq!(NumberLimiter::new(100, -5.0).effective_limit(Moment::ZERO), 100);
     assert_eq!(NumberLimiter::new(1000, 2.0).configured_mps(), 1000);
+    let window = |l: &NumberLimiter| l.full.window;
+    assert_eq!(window(&NumberLimiter::new(80, 2.0)), 1_020_000_000);
+    assert_eq!(window(&NumberLimiter::new(80, f64::NAN)), 1_010_000_000, "NaN means the default 1 %");
+    assert_eq!(window(&NumberLimiter::new(80, 99.0)), 1_500_000_000, "clamped to 50 %");
+    assert_eq!(window(&NumberLimiter::new(80, -5.0)), SEC);
 }
 
 #[test]
 fn fresh_limiter_sends_at_once_with_a_five_percent_burst() {
     let mut l = NumberLimiter::new(1000, 2.0);
     assert_eq!(l.check(ms(0)), Ok(()));
-    // 980/s: burst of ceil(980 / 20) = 49, then one every ceil(1 s / 980) ns.
-    assert_eq!(l.acquire_up_to(ms(0), 1000), 49);
-    let interval = SEC.div_ceil(980);
+    // 1000 per 1.02 s: burst of ceil(1000 / 20) = 50, then one every 1.02 ms.
+    assert_eq!(l.acquire_up_to(ms(0), 1000), 50);
+    let interval = 1_020_000_000u64.div_ceil(1000);
     assert_eq!(l.check(ms(0)), Err(NotUntil(ns(interval))));
     assert_eq!(l.acquire(ns(interval - 1)), Err(NotUntil(ns(interval))));
     assert_eq!(l.acquire(ns(interval)), Ok(()));
 }
 
 #[test]
-fn driven_flat_out_it_never_exceeds_the_limit_in_any_second() {
+fn driven_flat_out_it_stays_under_the_limit_in_any_second() {
     let mut l = NumberLimiter::new(80, 2.0);
     let mut log = Vec::new();
     let mut t = 0;
@@ -52,10 +51,11 @@ fn driven_flat_out_it_never_exceeds_the_limit_in_any_second() {
         }
     }
     for &s in &log {
-        assert!(in_window(&log, s) <= 78);
+        assert!(in_window(&log, s) <= 80);
     }
-    // Paced, not bunched: 5 s at 78/s plus the initial burst of 4.
-    assert!(log.len() >= 5 * 78 && log.len() <= 5 * 78 + 4, "{}", log.len());
+    // Paced, not bunched: 5 s at 80 per 1.02 s plus the initial burst of 4.
+    let paced = (5.0 * 80.0 / 1.02) as usize;
+    assert!(log.len() >= paced && log.len() <= paced + 4, "{}", log.len());
 }
 
 #[test]
@@ -71,12 +71,12 @@ fn window_alone_refuses_the_limit_plus_first_until_the_oldest_leaves() {
 #[test]
 fn after_handover_refuses_before_one_second_and_gives_no_burst() {
     let now = ms(5_000);
-    let mut l = NumberLimiter::after_handover(1000, 2.0, now);
+    let mut l = NumberLimiter::after_handover(1000, 0.0, now);
     let start = ms(6_000);
     assert_eq!(l.check(now), Err(NotUntil(start)));
     assert_eq!(l.check(ns(start.as_nanos() - 1)), Err(NotUntil(start)));
     assert_eq!(l.acquire_up_to(start, 100), 1, "no burst credit right after a handover");
-    assert_eq!(l.check(start), Err(NotUntil(ns(start.as_nanos() + SEC.div_ceil(980)))));
+    assert_eq!(l.check(start), Err(NotUntil(ns(start.as_nanos() + SEC.div_ceil(1000)))));
     assert_eq!(l.paused_until(), start);
 }
 
@@ -84,13 +84,13 @@ fn after_handover_refuses_before_one_second_and_gives_no_burst() {
 fn slow_down_halves_repeatedly_then_recovers() {
     let mut l = NumberLimiter::new(1000, 2.0);
     l.slow_down(ms(0), Duration::from_secs(10));
-    assert_eq!(l.effective_limit(ms(0)), 490);
+    assert_eq!(l.effective_limit(ms(0)), 500);
     l.slow_down(ms(1_000), Duration::from_secs(10));
-    assert_eq!(l.effective_limit(ms(1_000)), 245);
-    assert_eq!(l.effective_limit(ms(10_999)), 245, "the second call extended the end");
-    assert_eq!(l.effective_limit(ms(11_000)), 980);
+    assert_eq!(l.effective_limit(ms(1_000)), 250);
+    assert_eq!(l.effective_limit(ms(10_999)), 250, "the second call extended the end");
+    assert_eq!(l.effective_limit(ms(11_000)), 1000);
     l.slow_down(ms(20_000), Duration::from_secs(1));
-    assert_eq!(l.effective_limit(ms(20_000)), 490, "a new slow-down starts from one halving");
+    assert_eq!(l.effective_limit(ms(20_000)), 500, "a new slow-down starts from one halving");
     let mut one = NumberLimiter::new(1, 0.0);
     one.slow_down(ms(0), Duration::from_secs(1));
     assert_eq!(one.effective_limit(ms(0)), 1, "never below one");

@@ -150,6 +150,17 @@ enum RoundEnd {
     Halted,
 }
 
+/// How often each limit held work back, for `wabulk_throttled_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleCounts {
+    /// A number's round ended on its throughput limit (or a pause).
+    pub phone: u64,
+    /// A pair's next job had to wait for the pair budget.
+    pub pair: u64,
+    /// A number's round ended on its WABA's hourly cap (or a pause).
+    pub waba: u64,
+}
+
 pub struct Shard<J> {
     config: Arc<SchedulerConfig>,
     wabas: Arc<WabaRegistry>,
@@ -161,6 +172,7 @@ pub struct Shard<J> {
     timers: BinaryHeap<Reverse<(Moment, TimerKey)>>,
     /// Jobs held: queued plus in flight.
     held: usize,
+    throttled: ThrottleCounts,
 }
 
 impl<J> std::fmt::Debug for Shard<J> {
@@ -183,7 +195,33 @@ impl<J> Shard<J> {
             active: VecDeque::new(),
             timers: BinaryHeap::new(),
             held: 0,
+            throttled: ThrottleCounts::default(),
         }
+    }
+
+    pub fn throttled(&self) -> ThrottleCounts {
+        self.throttled
+    }
+
+    /// Drops every queued job (not those in flight) for which `drop` is true,
+    /// e.g. the jobs of partitions this instance no longer owns; returns how
+    /// many. Their offsets were never stored, so the next owner reads them again.
+    pub fn purge(&mut self, drop: &dyn Fn(&J) -> bool) -> usize {
+        let mut purged = 0;
+        for number in self.numbers.values_mut() {
+            number.queues.retain(|_, queue| {
+                let before = queue.jobs.len();
+                queue.jobs.retain(|entry| !drop(&entry.job));
+                purged += before - queue.jobs.len();
+                !queue.jobs.is_empty() || queue.in_flight.is_some()
+            });
+            let queues = &number.queues;
+            number.ready.retain(|recipient| {
+                queues.get(recipient).is_some_and(|q| q.stage == Stage::Ready && !q.jobs.is_empty())
+            });
+        }
+        self.held -= purged;
+        purged
     }
 
     /// Jobs queued or in flight.
@@ -385,9 +423,11 @@ impl<J> Shard<J> {
                 continue;
             }
             if let Err(NotUntil(until)) = number.limiter.check(now) {
+                self.throttled.phone += 1;
                 break RoundEnd::Blocked(until);
             }
             if let Err(NotUntil(until)) = window.check(now, 1) {
+                self.throttled.waba += 1;
                 break RoundEnd::Blocked(until);
             }
             number.ready.pop_front();
@@ -446,6 +486,9 @@ impl<J> Shard<J> {
             return;
         };
         let budget = number.pairs.check(recipient, now).err().map(NotUntil::earliest);
+        if budget.is_some() {
+            self.throttled.pair += 1;
+        }
         let due =
             [budget, head.not_before, queue.hold_until].into_iter().flatten().max().filter(|&at| at > now);
         // A job that will expire while waiting comes out as soon as it does.

@@ -294,6 +294,32 @@ fn retries_are_bounded() {
     assert_eq!(h.shard.held(), 0);
 }
 
+#[test]
+fn purge_drops_queued_jobs_but_not_those_in_flight() {
+    let mut h = Harness::new(config());
+    for recipient in [100, 200] {
+        for _ in 0..3 {
+            h.enqueue(1, recipient, 1000, ms(0));
+        }
+    }
+    h.poll(ms(SEC));
+    h.poll(ms(SEC + 1));
+    let in_flight: Vec<u64> = h.sends.iter().map(|(_, d)| d.job).collect();
+    assert_eq!(in_flight, vec![0, 3], "one in flight per pair");
+    // Drop even-numbered jobs: 0 is in flight and stays; 2 and 4 go.
+    assert_eq!(h.shard.purge(&|job| job % 2 == 0), 2);
+    assert_eq!(h.shard.held(), 4);
+    h.run_until(ms(2 * SEC));
+    for (_, dispatch) in h.sends.drain(..2).collect::<Vec<_>>() {
+        h.shard.finish(dispatch.ticket, ms(2 * SEC));
+    }
+    h.run_until(ms(3 * SEC));
+    let mut jobs: Vec<u64> = h.sends.iter().map(|(_, d)| d.job).collect();
+    jobs.sort_unstable();
+    assert_eq!(jobs, vec![1, 5]);
+    assert_eq!(h.shard.held(), 0);
+}
+
 /// What the test does with one send.
 #[derive(Debug, Clone, Copy)]
 enum Answer {

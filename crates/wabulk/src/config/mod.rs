@@ -14,81 +14,81 @@ const ENV_PREFIX: &str = "WABULK_";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct Config {
-    pub(crate) kafka: KafkaConfig,
-    pub(crate) graph: GraphConfig,
-    pub(crate) limits: LimitsConfig,
-    pub(crate) phones: Vec<PhoneConfig>,
-    pub(crate) wabas: Vec<WabaConfig>,
-    pub(crate) http: HttpConfig,
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub graph: GraphConfig,
+    pub limits: LimitsConfig,
+    pub phones: Vec<PhoneConfig>,
+    pub wabas: Vec<WabaConfig>,
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct KafkaConfig {
-    pub(crate) brokers: String,
-    pub(crate) group_id: String,
-    pub(crate) jobs_topic: String,
-    pub(crate) results_topic: String,
-    pub(crate) dlq_topic: String,
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub jobs_topic: String,
+    pub results_topic: String,
+    pub dlq_topic: String,
     /// Jobs larger than this go to the DLQ unread.
-    pub(crate) max_job_bytes: usize,
+    pub max_job_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct GraphConfig {
+pub struct GraphConfig {
     /// `https://` uses TLS with ALPN h2; `http://` HTTP/2 cleartext (prior knowledge).
-    pub(crate) base_url: String,
+    pub base_url: String,
     /// Variable holding the token of WABAs without one of their own.
-    pub(crate) token_env: String,
-    pub(crate) request_timeout_ms: u64,
-    pub(crate) connect_timeout_ms: u64,
+    pub token_env: String,
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
     /// Cap of concurrent streams per connection; the server's own limit wins if lower.
-    pub(crate) max_streams_per_connection: u32,
-    pub(crate) max_connections: u32,
+    pub max_streams_per_connection: u32,
+    pub max_connections: u32,
     /// Most HTTP requests for one job before it fails with `retries_exhausted`.
-    pub(crate) max_attempts: u32,
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct LimitsConfig {
-    pub(crate) default_mps: u32,
-    pub(crate) pair_interval_s: f64,
-    pub(crate) pair_burst: u32,
+pub struct LimitsConfig {
+    pub default_mps: u32,
+    pub pair_interval_s: f64,
+    pub pair_burst: u32,
     /// Added to the pair interval so that arrival times, not only send times,
     /// respect it (PLATFORM.md "Margins").
-    pub(crate) pair_margin_ms: u64,
+    pub pair_margin_ms: u64,
     /// Pace each number this many percent under its tier.
-    pub(crate) mps_margin_percent: f64,
-    pub(crate) waba_hourly_calls_per_number: u64,
-    pub(crate) strict_phones: bool,
+    pub mps_margin_percent: f64,
+    pub waba_hourly_calls_per_number: u64,
+    pub strict_phones: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PhoneConfig {
-    pub(crate) id: String,
-    pub(crate) waba_id: String,
+pub struct PhoneConfig {
+    pub id: String,
+    pub waba_id: String,
     #[serde(default)]
-    pub(crate) mps: Option<u32>,
+    pub mps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct WabaConfig {
-    pub(crate) id: String,
+pub struct WabaConfig {
+    pub id: String,
     #[serde(default)]
-    pub(crate) token_env: Option<String>,
+    pub token_env: Option<String>,
     #[serde(default)]
-    pub(crate) hourly_call_cap: Option<u64>,
+    pub hourly_call_cap: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct HttpConfig {
-    pub(crate) listen: String,
+pub struct HttpConfig {
+    pub listen: String,
 }
 
 impl Default for KafkaConfig {
@@ -125,7 +125,7 @@ impl Default for LimitsConfig {
             pair_interval_s: 6.0,
             pair_burst: 45,
             pair_margin_ms: 50,
-            mps_margin_percent: 2.0,
+            mps_margin_percent: 1.0,
             waba_hourly_calls_per_number: 1_800_000,
             strict_phones: false,
         }
@@ -140,7 +140,7 @@ impl Default for HttpConfig {
 
 /// A configuration that cannot be used; the text names the key.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ConfigError {
+pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
@@ -157,16 +157,13 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Reads `path`, applies the environment overrides from `env`, validates.
-    pub(crate) fn load(
-        path: &Path,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml(&text, &path.display().to_string(), env)
     }
 
-    pub(crate) fn from_toml(
+    pub fn from_toml(
         text: &str,
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -263,8 +260,7 @@ impl Config {
 
     /// The WABA's hourly cap: its own, else the per-number figure times its
     /// registered numbers (the `[[phones]]` naming it, at least 1).
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by the engine wiring"))]
-    pub(crate) fn waba_cap(&self, waba_id: &str) -> u64 {
+    pub fn waba_cap(&self, waba_id: &str) -> u64 {
         let own = self.wabas.iter().find(|w| w.id == waba_id).and_then(|w| w.hourly_call_cap);
         own.unwrap_or_else(|| {
             let registered = self.phones.iter().filter(|p| p.waba_id == waba_id).count().max(1) as u64;
@@ -273,8 +269,7 @@ impl Config {
     }
 
     /// The variable that holds a WABA's token.
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by the engine wiring"))]
-    pub(crate) fn token_env(&self, waba_id: &str) -> &str {
+    pub fn token_env(&self, waba_id: &str) -> &str {
         self.wabas
             .iter()
             .find(|w| w.id == waba_id)
@@ -284,7 +279,7 @@ impl Config {
 
     /// The effective configuration as TOML, with whether each token variable
     /// is set, never its value.
-    pub(crate) fn render_masked(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
+    pub fn render_masked(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
         let mut text = toml::to_string_pretty(self).expect("a config always serialises");
         let mut vars: Vec<&str> = vec![self.graph.token_env.as_str()];
         vars.extend(self.wabas.iter().filter_map(|w| w.token_env.as_deref()));

@@ -1,0 +1,22 @@
+//! Telemetry of the wabulk engine: the metric set of CONTRACT §9 (plus what
+//! ops need to answer "why is it slow?", specified in docs/metrics.md) and the
+//! HTTP endpoints of CONTRACT §8 that expose it.
+//!
+//! The engine creates one [`Metrics`] and one [`Health`], shares them as
+//! `Arc`s with its stages, and runs [`serve`] on the `[http] listen` address.
+//! Nothing here spawns work of its own outside [`serve`].
+
+mod health;
+mod metrics;
+mod server;
+
+pub use health::Health;
+pub use metrics::{Metrics, DEFAULT_SERIES_CAP, OVERFLOW_LABEL, RESULT_STATUSES, THROTTLE_LIMITS};
+pub use server::serve;
+
+/// Re-exported so that callers can name the handle types (`IntCounter`, ...)
+/// and register extra metrics without a dependency of their own.
+pub use prometheus;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! The engine's metric set: every metric of CONTRACT §9 plus what an operator
+//! needs to answer "why is it slow?" (docs/metrics.md is the written spec).
+//!
+//! Everything lives in one `prometheus::Registry` owned by [`Metrics`], never
+//! in the crate's global registry, so that tests and the `demo` subcommand can
+//! run several engines in one process without their counters mixing.
+//!
+//! Labels are bounded. The reason/code/limit/status values come from closed
+//! enums (wabulk-model's `RetryReason::label()`, `FailReason::label()`,
+//! `JobError::reason()`, `RejectReason::code()`); `phone_number_id` and
+//! `waba_id` are bounded by the configuration (and, for numbers that are not
+//! configured, by [`Metrics::phone_label`] / [`Metrics::waba_label`]);
+//! `partition` is bounded by the partition count of the jobs topic. Recipients,
+//! tokens and API message text never become label values.
+//!
+//! Hot paths should resolve a labelled child once (`with_label_values`, which
+//! hashes the labels and takes a read lock) and keep the returned handle:
+//! incrementing it is a single atomic add.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The `limit` values of `wabulk_throttled_total` (CONTRACT §9): a fixed set,
+/// so the series exist at zero from the start and `rate()` works at once.
+pub const THROTTLE_LIMITS: [&str; 3] = ["phone", "pair", "waba"];
+
+/// The `status` values of `wabulk_results_total` (CONTRACT §3), pre-created at
+/// zero for the same reason.
+pub const RESULT_STATUSES: [&str; 4] = ["sent", "failed", "expired", "rejected"];
+
+/// The label value that [`Metrics::phone_label`] and [`Metrics::waba_label`]
+/// answer once their budget of distinct values is spent.
+pub const OVERFLOW_LABEL: &str = "other";
+
+/// How many distinct `phone_number_id` (and, separately, `waba_id`) values the
+/// label guards admit by default. A WABA holds a few dozen numbers at most, so
+/// 1000 covers any real deployment; raising it costs ~10 series per number in
+/// Prometheus, lowering it folds more numbers into `other`.
+pub const DEFAULT_SERIES_CAP: usize = 1000;
+
+/// Send latency buckets, in seconds: a healthy Graph API answers in tens of
+/// milliseconds, a struggling one in seconds, and the request timeout
+/// (`graph.request_timeout_ms`, 10 s by default) caps what is observed; 30 s
+/// leaves room for a raised timeout.
+const SEND_LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Queue wait buckets, in seconds: from "sent as soon as read" (milliseconds)
+/// through pair-limit waits (6 s per message) to WABA hourly-cap waits and
+/// `not_before` schedules (up to an hour and beyond, which lands in `+Inf`).
+const QUEUE_WAIT_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0];
+
+/// Every metric of CONTRACT §9 plus what ops need to answer "why is it slow?".
+/// Labels are bounded: never recipients, tokens or free text.
+///
+/// Fields are public handles: the engine increments them directly. See
+/// docs/metrics.md for what each means and which label values are allowed.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `wabulk_jobs_consumed_total`: records read from the jobs topic (valid or not).
+    pub jobs_consumed: IntCounter,
+    /// `wabulk_messages_sent_total{phone_number_id}`: jobs whose result is `sent`.
+    pub messages_sent: IntCounterVec,
+    /// `wabulk_messages_failed_total{phone_number_id,reason}`: jobs that ended
+    /// without being sent; `reason` is a `FailReason` label or `expired`.
+    pub messages_failed: IntCounterVec,
+    /// `wabulk_api_errors_total{code}`: error answers by Graph API error code
+    /// (or engine code such as `timeout` when the API never answered).
+    pub api_errors: IntCounterVec,
+    /// `wabulk_throttled_total{limit}`: sends the engine's own limiters held
+    /// back; `limit` is one of [`THROTTLE_LIMITS`].
+    pub throttled: IntCounterVec,
+    /// `wabulk_retries_total{reason}`: attempts that will be retried; `reason`
+    /// is a `RetryReason` label.
+    pub retries: IntCounterVec,
+    /// `wabulk_dlq_total{reason}`: records sent to the DLQ; `reason` is a
+    /// `JobError::reason()` value.
+    pub dlq: IntCounterVec,
+    /// `wabulk_send_latency_seconds`: one HTTP request to `/messages`, from
+    /// write to answer (or timeout).
+    pub send_latency: Histogram,
+    /// `wabulk_queue_wait_seconds`: from the record being read (or its
+    /// `not_before`) to its first request being sent.
+    pub queue_wait: Histogram,
+    /// `wabulk_inflight_requests`: requests written and not yet answered.
+    pub inflight: IntGauge,
+    /// `wabulk_backlog_jobs`: jobs accepted by the scheduler and not yet sent
+    /// or resolved (waiting on a limit, a retry timer or `not_before`).
+    pub backlog: IntGauge,
+    /// `wabulk_phone_rate_limit{phone_number_id}`: the configured throughput
+    /// tier of the number, messages/s.
+    pub phone_rate_limit: IntGaugeVec,
+    /// `wabulk_waba_hourly_calls{waba_id}`: calls counted in the WABA's
+    /// rolling hour.
+    pub waba_hourly_calls: IntGaugeVec,
+    /// `wabulk_consumer_lag{partition}`: high watermark minus the consumer's
+    /// position, per assigned partition.
+    pub consumer_lag: IntGaugeVec,
+    /// `wabulk_results_total{status}`: final results written, one per job;
+    /// `status` is one of [`RESULT_STATUSES`].
+    pub results: IntCounterVec,
+    /// `wabulk_rejected_total{code}`: jobs rejected (`RejectReason::code()`).
+    /// Kept apart from `messages_failed` because a rejected job's number may be
+    /// one the configuration does not know, which must not become a label.
+    pub rejected: IntCounterVec,
+    /// `wabulk_waba_hourly_cap{waba_id}`: the WABA's configured hourly call cap,
+    /// to compare with `wabulk_waba_hourly_calls`.
+    pub waba_hourly_cap: IntGaugeVec,
+    /// `wabulk_waba_halted{waba_id}`: 1 while sending for the WABA is halted
+    /// because its token is invalid, else 0.
+    pub waba_halted: IntGaugeVec,
+    /// `wabulk_phone_effective_rate{phone_number_id}`: what the limiter allows
+    /// now, messages/s, after the safety margin and any slow-down.
+    pub phone_effective_rate: IntGaugeVec,
+    /// `wabulk_pool_connections`: open connections to the Graph API.
+    pub pool_connections: IntGauge,
+    /// `wabulk_pool_connections_opened_total`: connections opened (churn).
+    pub pool_connections_opened: IntCounter,
+    /// `wabulk_pool_connections_broken_total`: connections lost to errors.
+    pub pool_connections_broken: IntCounter,
+    /// `wabulk_unknown_outcome_retries_total`: retries after a timeout or a
+    /// lost connection, where the message may already have gone out.
+    pub unknown_outcome_retries: IntCounter,
+    /// `wabulk_jobs_in_memory`: Kafka records read and not yet resolved
+    /// (result or DLQ record not yet acknowledged).
+    pub jobs_in_memory: IntGauge,
+    /// `wabulk_partitions_paused`: partitions paused for backpressure.
+    pub partitions_paused: IntGauge,
+    /// `wabulk_build_info{version}`: always 1; tells dashboards which build runs.
+    pub build_info: IntGaugeVec,
+
+    /// Owns every metric above; `render` gathers from it.
+    registry: Registry,
+    /// Distinct `phone_number_id` values admitted as labels, so that numbers
+    /// not in the configuration (non-strict mode) cannot grow the series count
+    /// without bound.
+    phone_labels: LabelBudget,
+    /// The same guard for `waba_id`.
+    waba_labels: LabelBudget,
+}
+
+impl Metrics {
+    /// Creates every metric in a new registry, admitting up to
+    /// [`DEFAULT_SERIES_CAP`] distinct numbers and WABAs as label values.
+    pub fn new() -> Metrics {
+        Metrics::with_series_cap(DEFAULT_SERIES_CAP)
+    }
+
+    /// Like [`Metrics::new`], with `cap` distinct `phone_number_id` and
+    /// `waba_id` values admitted by [`Metrics::phone_label`] and
+    /// [`Metrics::waba_label`].
+    pub fn with_series_cap(cap: usize) -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            jobs_consumed: counter(
+                &r,
+                "wabulk_jobs_consumed_total",
+                "Records read from the jobs topic, valid or not.",
+            ),
+            messages_sent: counter_vec(
+                &r,
+                "wabulk_messages_sent_total",
+                "Jobs whose final result is sent.",
+                &["phone_number_id"],
+            ),
+            messages_failed: counter_vec(
+                &r,
+                "wabulk_messages_failed_total",
+                "Jobs that ended without being sent, by reason.",
+                &["phone_number_id", "reason"],
+            ),
+            api_errors: counter_vec(
+                &r,
+                "wabulk_api_errors_total",
+                "Error answers from the Graph API by error code (or engine code when it never answered).",
+                &["code"],
+            ),
+            throttled: counter_vec(
+                &r,
+                "wabulk_throttled_total",
+                "Sends held back by the engine's own limiters, by limit.",
+                &["limit"],
+            ),
+            retries: counter_vec(
+                &r,
+                "wabulk_retries_total",
+                "Send attempts that will be retried, by reason.",
+                &["reason"],
+            ),
+            dlq: counter_vec(
+                &r,
+                "wabulk_dlq_total",
+                "Records written to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            send_latency: histogram(
+                &r,
+                "wabulk_send_latency_seconds",
+                "Duration of one HTTP request to /messages, until its answer or timeout.",
+                SEND_LATENCY_BUCKETS,
+            ),
+            queue_wait: histogram(
+                &r,
+                "wabulk_queue_wait_seconds",
+                "Time from a job being read (or its not_before) to its first request.",
+                QUEUE_WAIT_BUCKETS,
+            ),
+            inflight: gauge(
+                &r,
+                "wabulk_inflight_requests",
+                "HTTP requests written and not yet answered.",
+            ),
+            backlog: gauge(
+                &r,
+                "wabulk_backlog_jobs",
+                "Jobs in the scheduler waiting to be sent (limits, retry timers, not_before).",
+            ),
+            phone_rate_limit: gauge_vec(
+                &r,
+                "wabulk_phone_rate_limit",
+                "Configured throughput tier of the business number, messages per second.",
+                &["phone_number_id"],
+            ),
+            waba_hourly_calls: gauge_vec(
+                &r,
+                "wabulk_waba_hourly_calls",
+                "Calls counted in the WABA's rolling hour.",
+                &["waba_id"],
+            ),
+            consumer_lag: gauge_vec(
+                &r,
+                "wabulk_consumer_lag",
+                "High watermark minus consumer position, per assigned partition.",
+                &["partition"],
+            ),
+            results: counter_vec(
+                &r,
+                "wabulk_results_total",
+                "Final results written, one per job, by status.",
+                &["status"],
+            ),
+            rejected: counter_vec(
+                &r,
+                "wabulk_rejected_total",
+                "Jobs rejected as not acceptable, by code.",
+                &["code"],
+            ),
+            waba_hourly_cap: gauge_vec(
+                &r,
+                "wabulk_waba_hourly_cap",
+                "Configured hourly call cap of the WABA.",
+                &["waba_id"],
+            ),
+            waba_halted: gauge_vec(
+                &r,
+                "wabulk_waba_halted",
+                "1 while sending for the WABA is halted because its token is invalid.",
+                &["waba_id"],
+            ),
+            phone_effective_rate: gauge_vec(
+                &r,
+                "wabulk_phone_effective_rate",
+                "Throughput the limiter allows the number now, messages per second, after margin and slow-downs.",
+                &["phone_number_id"],
+            ),
+            pool_connections: gauge(
+                &r,
+                "wabulk_pool_connections",
+                "Open connections to the Graph API.",
+            ),
+            pool_connections_opened: counter(
+                &r,
+                "wabulk_pool_connections_opened_total",
+                "Connections to the Graph API opened.",
+            ),
+            pool_connections_broken: counter(
+                &r,
+                "wabulk_pool_connections_broken_total",
+                "Connections to the Graph API lost to errors.",
+            ),
+            unknown_outcome_retries: counter(
+                &r,
+                "wabulk_unknown_outcome_retries_total",
+                "Retries after a timeout or lost connection, where the message may already have gone out.",
+            ),
+            jobs_in_memory: gauge(
+                &r,
+                "wabulk_jobs_in_memory",
+                "Kafka records read and not yet resolved.",
+            ),
+            partitions_paused: gauge(
+                &r,
+                "wabulk_partitions_paused",
+                "Partitions of the jobs topic paused for backpressure.",
+            ),
+            build_info: gauge_vec(
+                &r,
+                "wabulk_build_info",
+                "Always 1; the version label names the running build.",
+                &["version"],
+            ),
+            registry: r,
+            phone_labels: LabelBudget::new(cap),
+            waba_labels: LabelBudget::new(cap),
+        };
+        // Fixed label sets exist at zero from the start: a counter that
+        // appears only on its first increment makes `rate()` miss that
+        // increment and alerts on "absent" impossible to write.
+        for limit in THROTTLE_LIMITS {
+            m.throttled.with_label_values(&[limit]);
+        }
+        for status in RESULT_STATUSES {
+            m.results.with_label_values(&[status]);
+        }
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    /// The registry holding every metric, for callers that add their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4).
+    ///
+    /// Labelled metrics appear once one of their series exists, as Prometheus
+    /// clients usually behave.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        // Encoding text into a String fails only on a malformed family, which
+        // `gather` never returns; should it happen, a comment line keeps the
+        // exposition valid and says what went wrong instead of panicking in
+        // the scrape handler.
+        TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|err| format!("# wabulk: encoding metrics failed: {err}\n"))
+    }
+
+    /// `phone_number_id` as a label value: the id itself while fewer than the
+    /// series cap distinct ids have been seen (or this one already was),
+    /// [`OVERFLOW_LABEL`] after. Configured numbers should be admitted at
+    /// start-up (call this once for each) so that they always keep their own
+    /// series.
+    pub fn phone_label<'a>(&self, phone_number_id: &'a str) -> &'a str {
+        self.phone_labels.admit(phone_number_id)
+    }
+
+    /// `waba_id` as a label value, guarded like [`Metrics::phone_label`].
+    pub fn waba_label<'a>(&self, waba_id: &'a str) -> &'a str {
+        self.waba_labels.admit(waba_id)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Admits distinct label values up to a cap.
+#[derive(Debug)]
+struct LabelBudget {
+    /// Distinct values admitted at most; see [`DEFAULT_SERIES_CAP`].
+    cap: usize,
+    /// Values admitted so far. A std mutex is enough: nothing awaits under it
+    /// and callers cache their labelled handles, so it is taken once per new
+    /// number rather than per message.
+    seen: Mutex<HashSet<Box<str>>>,
+}
+
+impl LabelBudget {
+    fn new(cap: usize) -> LabelBudget {
+        LabelBudget { cap, seen: Mutex::new(HashSet::new()) }
+    }
+
+    fn admit<'a>(&self, value: &'a str) -> &'a str {
+        // A panic elsewhere while holding the lock leaves the set valid
+        // (insert is the only mutation), so a poisoned lock is still usable.
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < self.cap {
+            seen.insert(value.into());
+            return value;
+        }
+        OVERFLOW_LABEL
+    }
+}
+
+// The helpers below `expect` because metric names, label names and buckets are
+// compile-time constants: an invalid one (or a name registered twice) is a bug
+// that every test run catches at `Metrics::new`, not a runtime condition.
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter definition");
+    r.register(Box::new(c.clone())).expect("counter registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition");
+    r.register(Box::new(c.clone())).expect("counter registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid gauge definition");
+    r.register(Box::new(g.clone())).expect("gauge registered once");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition");
+    r.register(Box::new(g.clone())).expect("gauge registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid histogram definition");
+    r.register(Box::new(h.clone())).expect("histogram registered once");
+    h
+}

@@ -1,0 +1,173 @@
+//! The engine's HTTP endpoints (CONTRACT §8): `GET /metrics`, `GET /healthz`,
+//! `GET /readyz`, served over HTTP/1.1 until the caller's shutdown future
+//! resolves.
+//!
+//! HTTP/1.1 only: Prometheus and orchestrator probes speak it, and leaving out
+//! HTTP/2 keeps this small listener simple. Every connection task lives in a
+//! `JoinSet` owned by [`serve`], so nothing outlives it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::{Health, Metrics};
+
+/// Connections served at once. Scrapers and probes open a handful; the cap
+/// bounds memory if something opens many. While it is reached, new
+/// connections wait in the listen backlog. Raising it admits more concurrent
+/// clients at a few KiB each; lowering it below the number of scrapers and
+/// probes makes them queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request headers; frees the slot of
+/// a client that connects and says nothing (1 s .. 60 s is sensible: lower
+/// drops slow links, higher lets idle sockets hold slots longer).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after an accept error such as file-descriptor exhaustion, so that the
+/// loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long, after shutdown, the responses in progress may take to finish
+/// before their connections are dropped. A scrape takes milliseconds; this
+/// only bounds the engine's exit.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `Content-Type` of `/metrics`: the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// `Content-Type` of the probe answers and error bodies.
+const PLAIN_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// Serves `GET /metrics` (text format, `text/plain; version=0.0.4`),
+/// `GET /healthz` (200 `ok` while the process runs) and `GET /readyz` (200
+/// when consuming and able to send, else 503 with a one-line reason) on
+/// `listener` until `shutdown` resolves. Other paths answer 404, other methods
+/// on these paths 405 (`HEAD` is accepted wherever `GET` is).
+///
+/// When `shutdown` resolves it stops accepting, lets the responses in progress
+/// finish (for at most 2 s) and returns.
+///
+/// Accept errors (an aborted handshake, file descriptors exhausted) are logged
+/// and retried rather than returned: losing the metrics endpoint must not stop
+/// the engine, and those conditions pass. The `io::Result` is kept so that a
+/// future fatal condition can be reported without changing the signature.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            // Shutdown first, so that a steady stream of connections cannot
+            // delay it; then reap finished connections before accepting new
+            // ones, which keeps `connections.len()` an honest count.
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(err) => {
+                        if !is_per_connection(&err) {
+                            warn!(error = %err, "telemetry listener: accept failed; retrying");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                        continue;
+                    }
+                };
+                let metrics = Arc::clone(&metrics);
+                let health = Arc::clone(&health);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let response = respond(&req, &metrics, &health);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                connections.spawn(async move {
+                    // A client going away mid-response is its business, not an
+                    // engine problem: debug level.
+                    if let Err(err) = conn.await {
+                        debug!(error = %err, "telemetry connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+
+    // Stop accepting at once: new connections are refused rather than left
+    // waiting in the backlog while the engine exits.
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        debug!("telemetry connections still open after the drain timeout; dropping them");
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Accept errors that concern one incoming connection only (the next accept
+/// may well succeed at once), as opposed to resource exhaustion.
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Routes one request. Synchronous: every answer is built from in-memory state.
+fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return plain(StatusCode::NOT_FOUND, "not found\n".into());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            response
+        }
+        "/healthz" => plain(StatusCode::OK, "ok\n".into()),
+        _ => match health.not_ready_reason() {
+            None => plain(StatusCode::OK, "ready\n".into()),
+            Some(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        },
+    }
+}
+
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PLAIN_CONTENT_TYPE));
+    response
+}

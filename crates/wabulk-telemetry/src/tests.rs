@@ -1,0 +1,148 @@
+//! Unit tests: the metric set matches CONTRACT §9, label guards and readiness.
+
+use crate::{Health, Metrics, OVERFLOW_LABEL, RESULT_STATUSES, THROTTLE_LIMITS};
+
+/// CONTRACT §9, name and type, as the exposition's `# TYPE` lines must say.
+const CONTRACT_METRICS: &[(&str, &str)] = &[
+    ("wabulk_jobs_consumed_total", "counter"),
+    ("wabulk_messages_sent_total", "counter"),
+    ("wabulk_messages_failed_total", "counter"),
+    ("wabulk_api_errors_total", "counter"),
+    ("wabulk_throttled_total", "counter"),
+    ("wabulk_retries_total", "counter"),
+    ("wabulk_dlq_total", "counter"),
+    ("wabulk_send_latency_seconds", "histogram"),
+    ("wabulk_queue_wait_seconds", "histogram"),
+    ("wabulk_inflight_requests", "gauge"),
+    ("wabulk_backlog_jobs", "gauge"),
+    ("wabulk_phone_rate_limit", "gauge"),
+    ("wabulk_waba_hourly_calls", "gauge"),
+    ("wabulk_consumer_lag", "gauge"),
+];
+
+/// The additions documented in docs/metrics.md.
+const ADDED_METRICS: &[(&str, &str)] = &[
+    ("wabulk_results_total", "counter"),
+    ("wabulk_rejected_total", "counter"),
+    ("wabulk_waba_hourly_cap", "gauge"),
+    ("wabulk_waba_halted", "gauge"),
+    ("wabulk_phone_effective_rate", "gauge"),
+    ("wabulk_pool_connections", "gauge"),
+    ("wabulk_pool_connections_opened_total", "counter"),
+    ("wabulk_pool_connections_broken_total", "counter"),
+    ("wabulk_unknown_outcome_retries_total", "counter"),
+    ("wabulk_jobs_in_memory", "gauge"),
+    ("wabulk_partitions_paused", "gauge"),
+    ("wabulk_build_info", "gauge"),
+];
+
+/// Creates one series of every labelled metric, as the engine would.
+fn touch_every_vec(m: &Metrics) {
+    m.messages_sent.with_label_values(&["106540352242922"]).inc();
+    m.messages_failed.with_label_values(&["106540352242922", "bad_request"]).inc();
+    m.api_errors.with_label_values(&["131026"]).inc();
+    m.retries.with_label_values(&["pair_limit"]).inc();
+    m.dlq.with_label_values(&["malformed"]).inc();
+    m.phone_rate_limit.with_label_values(&["106540352242922"]).set(80);
+    m.waba_hourly_calls.with_label_values(&["102290129340398"]).set(12);
+    m.consumer_lag.with_label_values(&["0"]).set(3);
+    m.rejected.with_label_values(&["unknown_phone_number"]).inc();
+    m.waba_hourly_cap.with_label_values(&["102290129340398"]).set(1_800_000);
+    m.waba_halted.with_label_values(&["102290129340398"]).set(0);
+    m.phone_effective_rate.with_label_values(&["106540352242922"]).set(72);
+}
+
+#[test]
+fn render_has_every_metric_with_its_type() {
+    let m = Metrics::new();
+    touch_every_vec(&m);
+    let text = m.render();
+    for (name, kind) in CONTRACT_METRICS.iter().chain(ADDED_METRICS) {
+        let type_line = format!("# TYPE {name} {kind}\n");
+        assert!(text.contains(&type_line), "missing `{type_line}` in:\n{text}");
+        assert!(text.contains(&format!("# HELP {name} ")), "missing HELP of {name}");
+    }
+}
+
+#[test]
+fn values_show_up_with_their_labels() {
+    let m = Metrics::new();
+    m.jobs_consumed.inc_by(5);
+    m.messages_sent.with_label_values(&["111"]).inc_by(2);
+    m.messages_failed.with_label_values(&["111", "retries_exhausted"]).inc();
+    m.consumer_lag.with_label_values(&["7"]).set(42);
+    let text = m.render();
+    assert!(text.contains("wabulk_jobs_consumed_total 5\n"), "{text}");
+    assert!(text.contains("wabulk_messages_sent_total{phone_number_id=\"111\"} 2\n"));
+    assert!(text
+        .contains("wabulk_messages_failed_total{phone_number_id=\"111\",reason=\"retries_exhausted\"} 1\n"));
+    assert!(text.contains("wabulk_consumer_lag{partition=\"7\"} 42\n"));
+}
+
+#[test]
+fn fixed_label_sets_exist_at_zero() {
+    let text = Metrics::new().render();
+    for limit in THROTTLE_LIMITS {
+        assert!(text.contains(&format!("wabulk_throttled_total{{limit=\"{limit}\"}} 0\n")), "{text}");
+    }
+    for status in RESULT_STATUSES {
+        assert!(text.contains(&format!("wabulk_results_total{{status=\"{status}\"}} 0\n")));
+    }
+    assert!(text.contains(&format!("wabulk_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn histogram_buckets_span_their_ranges() {
+    let m = Metrics::new();
+    m.send_latency.observe(0.012);
+    m.queue_wait.observe(120.0);
+    let text = m.render();
+    for bucket in ["0.005", "30", "+Inf"] {
+        assert!(text.contains(&format!("wabulk_send_latency_seconds_bucket{{le=\"{bucket}\"}}")));
+    }
+    for bucket in ["0.001", "3600", "+Inf"] {
+        assert!(text.contains(&format!("wabulk_queue_wait_seconds_bucket{{le=\"{bucket}\"}}")));
+    }
+    assert!(text.contains("wabulk_send_latency_seconds_count 1\n"));
+    assert!(text.contains("wabulk_queue_wait_seconds_sum 120\n"));
+}
+
+#[test]
+fn each_instance_has_its_own_registry() {
+    let a = Metrics::new();
+    let b = Metrics::new();
+    a.jobs_consumed.inc();
+    assert!(a.render().contains("wabulk_jobs_consumed_total 1\n"));
+    assert!(b.render().contains("wabulk_jobs_consumed_total 0\n"));
+    assert_eq!(a.registry().gather().len(), b.registry().gather().len());
+}
+
+#[test]
+fn label_guard_admits_up_to_the_cap_then_folds_into_other() {
+    let m = Metrics::with_series_cap(2);
+    assert_eq!(m.phone_label("1"), "1");
+    assert_eq!(m.phone_label("2"), "2");
+    assert_eq!(m.phone_label("3"), OVERFLOW_LABEL);
+    // Already admitted values keep their own series.
+    assert_eq!(m.phone_label("1"), "1");
+    // WABAs have a budget of their own.
+    assert_eq!(m.waba_label("3"), "3");
+}
+
+#[test]
+fn ready_only_when_consuming_and_sending() {
+    let h = Health::new();
+    assert!(!h.is_ready());
+    assert!(h.not_ready_reason().unwrap().contains("not consuming"));
+    h.set_consuming(true);
+    assert!(!h.is_ready());
+    assert_eq!(h.not_ready_reason(), Some("not able to send to the Graph API"));
+    h.set_sending(true);
+    assert!(h.is_ready());
+    assert_eq!(h.not_ready_reason(), None);
+    h.set_consuming(false);
+    assert_eq!(h.not_ready_reason(), Some("not consuming the jobs topic"));
+    // Reasons are one line, as /readyz promises.
+    h.set_sending(false);
+    assert!(!h.not_ready_reason().unwrap().contains('\n'));
+}

@@ -1,0 +1,142 @@
+//! Everything the engine needs, resolved from the configuration and the
+//! environment before anything starts: which numbers and WABAs exist, their
+//! limits and tokens, and the settings of each stage. Startup fails here,
+//! with the key or variable named, rather than at the first job.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use wabulk_kafka::KafkaSettings;
+use wabulk_limits::PairRule;
+use wabulk_model::{NumericId, ParseOptions};
+use wabulk_scheduler::{SchedulerConfig, TokenGroup};
+use wabulk_sender::{AccessToken, SenderConfig};
+
+use crate::config::Config;
+
+/// A configured business number.
+#[derive(Debug, Clone, Copy)]
+pub struct Phone {
+    pub waba: u64,
+    pub mps: u32,
+}
+
+/// A WABA's cap and the token it sends with.
+#[derive(Debug, Clone)]
+pub struct Waba {
+    pub hourly_cap: u64,
+    pub token: AccessToken,
+    pub token_group: TokenGroup,
+}
+
+#[derive(Debug)]
+pub struct EngineSetup {
+    pub kafka: KafkaSettings,
+    pub sender: SenderConfig,
+    pub scheduler: SchedulerConfig,
+    pub parse: ParseOptions,
+    pub phones: HashMap<u64, Phone>,
+    pub wabas: HashMap<u64, Waba>,
+    /// Token of WABAs that jobs name but the configuration does not; `None`
+    /// when `graph.token_env` is unset, and such jobs are then rejected.
+    pub default_token: Option<AccessToken>,
+    pub default_mps: u32,
+    /// Cap of a WABA the configuration does not list (one registered number).
+    pub default_waba_cap: u64,
+    pub strict_phones: bool,
+    /// Shard tasks of the scheduler: one per core is enough, since a shard
+    /// never waits on I/O.
+    pub shards: usize,
+    pub http_listen: SocketAddr,
+    /// How long a graceful stop waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+/// Token group of WABAs using the default token.
+const DEFAULT_TOKEN_GROUP: TokenGroup = 0;
+
+impl EngineSetup {
+    /// `env` looks a variable up (tests pass their own).
+    pub fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let read_token = |var: &str| env(var).filter(|v| !v.trim().is_empty()).map(AccessToken::new);
+        let default_token = read_token(&config.graph.token_env);
+        let mut phones = HashMap::new();
+        for phone in &config.phones {
+            let id = NumericId::parse(&phone.id).expect("validated").get();
+            let waba = NumericId::parse(&phone.waba_id).expect("validated").get();
+            phones.insert(id, Phone { waba, mps: phone.mps.unwrap_or(config.limits.default_mps) });
+        }
+        let mut wabas = HashMap::new();
+        let mut groups: HashMap<String, TokenGroup> = HashMap::new();
+        let waba_ids = config
+            .phones
+            .iter()
+            .map(|p| p.waba_id.as_str())
+            .chain(config.wabas.iter().map(|w| w.id.as_str()));
+        for waba_id in waba_ids {
+            let id = NumericId::parse(waba_id).expect("validated").get();
+            if wabas.contains_key(&id) {
+                continue;
+            }
+            let var = config.token_env(waba_id);
+            let token = match read_token(var) {
+                Some(token) => token,
+                None => bail!("WABA {waba_id} has no access token: environment variable {var} is not set"),
+            };
+            let next = groups.len() as TokenGroup + 1;
+            let token_group = if var == config.graph.token_env {
+                DEFAULT_TOKEN_GROUP
+            } else {
+                *groups.entry(var.to_owned()).or_insert(next)
+            };
+            wabas.insert(id, Waba { hourly_cap: config.waba_cap(waba_id), token, token_group });
+        }
+        let limits = &config.limits;
+        let pair_rule = PairRule {
+            interval: Duration::from_secs_f64(limits.pair_interval_s)
+                + Duration::from_millis(limits.pair_margin_ms),
+            burst: limits.pair_burst,
+        };
+        pair_rule.validate().context("limits.pair_interval_s / limits.pair_burst")?;
+        let graph = &config.graph;
+        let max_in_memory = 50_000;
+        Ok(Self {
+            kafka: KafkaSettings {
+                brokers: config.kafka.brokers.clone(),
+                group_id: config.kafka.group_id.clone(),
+                jobs_topic: config.kafka.jobs_topic.clone(),
+                results_topic: config.kafka.results_topic.clone(),
+                dlq_topic: config.kafka.dlq_topic.clone(),
+                max_in_memory,
+                resume_below: max_in_memory / 5 * 4,
+                ..KafkaSettings::default()
+            },
+            sender: SenderConfig {
+                base_url: graph.base_url.clone(),
+                request_timeout: Duration::from_millis(graph.request_timeout_ms),
+                connect_timeout: Duration::from_millis(graph.connect_timeout_ms),
+                max_streams_per_connection: graph.max_streams_per_connection,
+                max_connections: graph.max_connections,
+                ..SenderConfig::default()
+            },
+            scheduler: SchedulerConfig {
+                pair_rule,
+                mps_margin_percent: limits.mps_margin_percent,
+                max_attempts: graph.max_attempts,
+                ..SchedulerConfig::default()
+            },
+            parse: ParseOptions { max_bytes: config.kafka.max_job_bytes },
+            phones,
+            wabas,
+            default_token,
+            default_mps: limits.default_mps,
+            default_waba_cap: limits.waba_hourly_calls_per_number,
+            strict_phones: limits.strict_phones,
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            http_listen: config.http.listen.parse().expect("validated"),
+            drain_timeout: Duration::from_millis(graph.request_timeout_ms) + Duration::from_secs(5),
+        })
+    }
+}
