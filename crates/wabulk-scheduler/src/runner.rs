@@ -6,8 +6,10 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use hashbrown::HashMap;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -94,12 +96,21 @@ pub struct SchedulerStats {
     pub throttled_waba: AtomicU64,
     /// Jobs held (queued or in flight), per shard.
     held: Vec<AtomicUsize>,
+    /// Each number's current limit, refreshed about once a second. A std
+    /// mutex: held for a map update, never across an await.
+    effective_limits: Mutex<HashMap<u64, u32>>,
 }
 
 impl SchedulerStats {
     /// Jobs held by all shards.
     pub fn held(&self) -> usize {
         self.held.iter().map(|h| h.load(Ordering::Relaxed)).sum()
+    }
+
+    /// (number, sends allowed per window now), for every number seen.
+    pub fn effective_limits(&self) -> Vec<(u64, u32)> {
+        let limits = self.effective_limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.iter().map(|(&phone, &limit)| (phone, limit)).collect()
     }
 }
 
@@ -146,7 +157,12 @@ impl<J: Send + 'static> Scheduler<J> {
         for index in 0..shards {
             let (tx, rx) = mpsc::unbounded_channel();
             let shard = Shard::new(Arc::clone(&config), Arc::clone(&wabas));
-            let published = Published { stats: Arc::clone(&stats), index, last: ThrottleCounts::default() };
+            let published = Published {
+                stats: Arc::clone(&stats),
+                index,
+                last: ThrottleCounts::default(),
+                limits_at: None,
+            };
             tasks.push(tokio::spawn(run_shard(shard, clock, rx, out.clone(), published)));
             senders.push(tx);
         }
@@ -198,10 +214,17 @@ struct Published {
     stats: Arc<SchedulerStats>,
     index: usize,
     last: ThrottleCounts,
+    /// When the effective limits were last copied out.
+    limits_at: Option<Moment>,
 }
 
 impl Published {
-    fn publish<J>(&mut self, shard: &Shard<J>) {
+    fn publish<J>(&mut self, shard: &Shard<J>, now: Moment) {
+        if self.limits_at.is_none_or(|at| now >= at + Duration::from_secs(1)) {
+            self.limits_at = Some(now);
+            let mut limits = self.stats.effective_limits.lock().unwrap_or_else(|p| p.into_inner());
+            limits.extend(shard.effective_limits(now));
+        }
         let now = shard.throttled();
         self.stats.throttled_phone.fetch_add(now.phone - self.last.phone, Ordering::Relaxed);
         self.stats.throttled_pair.fetch_add(now.pair - self.last.pair, Ordering::Relaxed);
@@ -236,7 +259,7 @@ async fn run_shard<J>(
             apply(&mut shard, command, clock.now(), &mut batch);
         }
         shard.poll(clock.now(), &mut ready);
-        published.publish(&shard);
+        published.publish(&shard, clock.now());
         batch.extend(ready.drain(..).map(Output::Ready));
         if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
             return;

@@ -41,11 +41,33 @@ pub struct DemoOptions {
     /// No progress lines, only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Instead of the four example numbers, this many numbers at `--mps`
+    /// each, spread over WABAs of ten: for throughput runs.
+    #[arg(long)]
+    pub numbers: Option<u32>,
+    /// Tier of each number with `--numbers`.
+    #[arg(long, default_value_t = 1000)]
+    pub mps: u32,
+    /// Serve /metrics, /healthz and /readyz here while the demo runs.
+    #[arg(long)]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Partitions of the jobs topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        Self { jobs: 24_000, latency_scale: 0.1, timeout_s: 300, quiet: false }
+        Self {
+            jobs: 24_000,
+            latency_scale: 0.1,
+            timeout_s: 300,
+            quiet: false,
+            numbers: None,
+            mps: 1000,
+            http_listen: None,
+            partitions: 4,
+        }
     }
 }
 
@@ -146,15 +168,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let kafka = EmbeddedKafka::start(1).context("cannot start the embedded Kafka")?;
     let brokers = kafka.bootstrap_servers();
     let config = Config::default();
-    for (topic, partitions) in
-        [(&config.kafka.jobs_topic, 4), (&config.kafka.results_topic, 4), (&config.kafka.dlq_topic, 1)]
-    {
+    for (topic, partitions) in [
+        (&config.kafka.jobs_topic, options.partitions),
+        (&config.kafka.results_topic, 4),
+        (&config.kafka.dlq_topic, 1),
+    ] {
         kafka.create_topic(topic, partitions).with_context(|| format!("cannot create {topic}"))?;
     }
     say(format!("embedded Kafka (librdkafka mock cluster) on {brokers}"));
 
-    let mut sim_config = wabulk_graph_sim::example_config();
-    sim_config.latency = Latency::Meta { scale: options.latency_scale };
+    let mut sim_config = match options.numbers {
+        Some(count) => many_numbers(count, options.mps),
+        None => wabulk_graph_sim::example_config(),
+    };
+    sim_config.latency = if options.latency_scale > 0.0 {
+        Latency::Meta { scale: options.latency_scale }
+    } else {
+        Latency::Fixed(Duration::ZERO)
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("simulator port")?;
     let sim = Simulator::start(sim_config.clone(), listener).await.context("cannot start the simulator")?;
     say(format!("Graph API simulator on {} (latency × {})", sim.base_url(), options.latency_scale));
@@ -163,10 +194,25 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let setup = EngineSetup::from_config(&config, &|var| tokens.get(var).cloned())?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(address) = options.http_listen {
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot bind {address}"))?;
+        say(format!("metrics on http://{address}/metrics"));
+        tokio::spawn(wabulk_telemetry::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            async move {
+                let _ = http_stopped.await;
+            },
+        ));
+    }
     let (stop_engine, engine_stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine = tokio::spawn(crate::engine::run(setup, Arc::clone(&metrics), health, async move {
-        let _ = engine_stopped.await;
-    }));
+    let engine =
+        tokio::spawn(crate::engine::run(setup, Arc::clone(&metrics), Arc::clone(&health), async move {
+            let _ = engine_stopped.await;
+        }));
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let readers = start_readers(&brokers, &config, Arc::clone(&seen))?;
@@ -231,6 +277,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     let _ = stop_engine.send(());
     engine.await.context("engine task")??;
+    let _ = stop_http.send(());
     // Every client goes before the cluster does, or librdkafka complains
     // about brokers vanishing under it.
     for reader in readers {
@@ -278,6 +325,29 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
+/// `count` numbers at `mps` each, ten to a WABA.
+fn many_numbers(count: u32, mps: u32) -> wabulk_graph_sim::SimConfig {
+    let count = count.max(1);
+    let wabas = count.div_ceil(10);
+    wabulk_graph_sim::SimConfig {
+        numbers: (0..count)
+            .map(|i| wabulk_graph_sim::SimNumber {
+                id: (200_000_000_000_000 + u64::from(i)).to_string(),
+                mps,
+                waba_id: (300_000_000_000_000 + u64::from(i / 10)).to_string(),
+            })
+            .collect(),
+        wabas: (0..wabas)
+            .map(|w| wabulk_graph_sim::SimWaba {
+                id: (300_000_000_000_000 + u64::from(w)).to_string(),
+                token: format!("sim-token-{w}"),
+                hourly_cap: 10 * 1_800_000,
+            })
+            .collect(),
+        ..wabulk_graph_sim::SimConfig::default()
+    }
+}
+
 /// The engine's configuration for the simulator's numbers and WABAs; tokens
 /// come from the returned map instead of the environment.
 fn engine_config(
@@ -314,13 +384,20 @@ fn load_spec(options: &DemoOptions, sim_config: &wabulk_graph_sim::SimConfig) ->
     let numbers: Vec<LoadNumber> =
         sim_config.numbers.iter().map(|n| LoadNumber::new(n.id.clone(), n.waba_id.clone(), n.mps)).collect();
     let total_mps: u32 = numbers.iter().map(|n| n.mps).sum();
-    let bursty = sim_config.numbers.iter().find(|n| n.mps == 80).map_or_else(String::new, |n| n.id.clone());
+    // Five jobs at once to one recipient of an 80/s number, where present.
+    let bursts = sim_config
+        .numbers
+        .iter()
+        .find(|n| n.mps == 80)
+        .map(|n| Burst { phone_number_id: n.id.clone(), recipient_index: 5_000_000, count: 5 })
+        .into_iter()
+        .collect();
     LoadSpec {
         numbers,
         jobs: options.jobs,
         rate: Some(f64::from(total_mps) * 1.25),
         recipients: Recipients::Uniform { count: 1_000_000 },
-        bursts: vec![Burst { phone_number_id: bursty, recipient_index: 5_000_000, count: 5 }],
+        bursts,
         malformed_fraction: 0.002,
         not_before_fraction: 0.0,
         not_before_max_s: 0,

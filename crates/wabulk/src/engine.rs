@@ -1,30 +1,36 @@
 //! The data path, wired in one place.
 //!
-//! Kafka record → parse (bad input → DLQ) → route (unknown number →
-//! `rejected`) → scheduler (limits, order, timers) → sender (HTTP/2) →
-//! classify → result to Kafka → offset stored once the result is
-//! acknowledged. One task runs the loop below; the scheduler's shards and the
-//! Kafka and HTTP/2 clients run on their own tasks and threads.
+//! Two stages, each one loop:
+//!
+//! * **ingest**: Kafka record → parse (bad input → DLQ) → route (not
+//!   acceptable → `rejected` result) → scheduler.
+//! * **send**: the scheduler's ready jobs → HTTP/2 request → classified
+//!   outcome → scheduler feedback (finish, retry, halt) and the job's one
+//!   final result.
+//!
+//! Requests and Kafka writes run on their own tasks so that both cores do
+//! the JSON, HTTP/2 and librdkafka work; the loops only keep the books. An
+//! offset is done (`Ingest::done`) only by the task that saw its result or
+//! dead letter acknowledged by Kafka.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use wabulk_kafka::{Assignment, Ingest, Output, Record};
 use wabulk_limits::{Clock, Moment};
 use wabulk_model::{
-    ApiError, DlqRecord, ErrorCode, FailReason, Job, JobResult, NumericId, Outcome, RejectReason,
-    ResultError, Status,
+    ApiError, DlqRecord, ErrorCode, FailReason, Job, JobResult, Outcome, RejectReason, ResultError,
+    RetryReason, Status,
 };
 use wabulk_scheduler::{
-    Command, Dispatch, Envelope, Output as Ready, Ready as Due, Scheduler, TokioClock, WabaRegistry,
+    Command, Dispatch, Envelope, Output as FromScheduler, Ready, Scheduler, TokioClock, WabaRegistry,
 };
 use wabulk_sender::{AccessToken, Sender};
 use wabulk_telemetry::{Health, Metrics};
@@ -49,10 +55,12 @@ struct Answered {
     latency: Duration,
 }
 
-type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 /// How often gauges are refreshed from the stages.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Answers taken per turn of the send loop: enough to amortise the loop,
+/// few enough that ready jobs are not starved.
+const ANSWERS_PER_TURN: usize = 512;
 
 /// Runs the engine until `shutdown` resolves, then stops reading, lets the
 /// requests in flight finish (up to the drain timeout), writes their results
@@ -63,97 +71,76 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let setup = Arc::new(setup);
     let clock = TokioClock::new();
-    let (ingest, mut assignments) =
-        Ingest::connect(&setup.kafka).context("cannot start the Kafka consumer")?;
+    let (ingest, assignments) = Ingest::connect(&setup.kafka).context("cannot start the Kafka consumer")?;
     let ingest = Arc::new(ingest);
     let output = Arc::new(Output::connect(&setup.kafka).context("cannot start the Kafka producer")?);
     let sender = Sender::new(setup.sender.clone()).context("graph settings are not usable")?;
     let registry = Arc::new(WabaRegistry::new(setup.default_waba_cap));
     for (&id, waba) in &setup.wabas {
         registry.register(id, waba.hourly_cap, waba.token_group);
+        let label = id.to_string();
+        metrics.waba_halted.with_label_values(&[metrics.waba_label(&label)]).set(0);
     }
-    // Small: a shard hands out at most one round per message, and a full
-    // channel makes shards wait rather than pile jobs up here.
-    let (ready_tx, mut ready_rx) = mpsc::channel(64);
+    // Small: a full channel makes the shards wait rather than pile ready
+    // jobs up in front of the send loop.
+    let (ready_tx, ready_rx) = mpsc::channel(64);
     let (scheduler, shard_tasks) =
         Scheduler::spawn(setup.scheduler.clone(), Arc::clone(&registry), setup.shards, clock, ready_tx);
     for (phone, p) in &setup.phones {
         let label = phone.to_string();
         metrics.phone_rate_limit.with_label_values(&[metrics.phone_label(&label)]).set(i64::from(p.mps));
     }
+    let books = Arc::new(Books { ingest: Arc::clone(&ingest), open: Mutex::default() });
+    let writer = Writer { output, books: Arc::clone(&books), metrics: Arc::clone(&metrics) };
+    let (stop_reading, reading) = watch::channel(false);
 
-    let mut engine = Engine {
-        setup,
+    let ingest_stage = IngestStage {
+        setup: Arc::clone(&setup),
         clock,
         ingest: Arc::clone(&ingest),
-        output,
+        scheduler: scheduler.clone(),
+        writer: writer.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let ingest_task = tokio::spawn(ingest_stage.run(reading));
+
+    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let send_stage = SendStage {
+        setup: Arc::clone(&setup),
+        clock,
         sender,
         scheduler,
         registry,
-        metrics,
-        health,
-        outstanding: HashMap::new(),
-        revoking: HashSet::new(),
+        writer,
+        books: Arc::clone(&books),
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        answers_tx,
         halted: HashSet::new(),
         draining: false,
-        sends: FuturesUnordered::new(),
-        writes: FuturesUnordered::new(),
-        sampled: Sampled::default(),
+        sampled: [0; 3],
     };
-    engine.health.set_consuming(true);
-    engine.health.set_sending(true);
-    tracing::info!(shards = engine.setup.shards, "engine started");
+    health.set_consuming(true);
+    health.set_sending(true);
+    tracing::info!(shards = setup.shards, "engine started");
+    send_stage.run(ready_rx, answers_rx, assignments, shutdown, stop_reading).await;
+    health.set_consuming(false);
 
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut sample = tokio::time::interval(SAMPLE_EVERY);
-    let mut drain_deadline = None;
-    loop {
-        if engine.draining && engine.sends.is_empty() && engine.writes.is_empty() {
-            break;
-        }
-        tokio::select! {
-            // Finished work first: answers free pairs and acknowledgements
-            // free memory, so they bound what new input can add.
-            biased;
-            Some(answered) = engine.sends.next(), if !engine.sends.is_empty() => engine.on_answer(answered),
-            Some((partition, offset)) = engine.writes.next(), if !engine.writes.is_empty() => {
-                engine.on_written(partition, offset);
-            }
-            Some(assignment) = assignments.recv() => engine.on_assignment(assignment),
-            Some(batch) = ready_rx.recv() => engine.on_ready(batch),
-            record = ingest.next(), if !engine.draining => match record {
-                Ok(record) => engine.on_record(record),
-                Err(err) => {
-                    tracing::error!(error = %err, "the Kafka consumer stopped; draining");
-                    engine.start_draining();
-                }
-            },
-            _ = sample.tick() => engine.sample(),
-            () = &mut shutdown, if !engine.draining => {
-                tracing::info!(in_flight = engine.sends.len(), "stopping: finishing requests in flight");
-                engine.start_draining();
-                drain_deadline = Some(tokio::time::Instant::now() + engine.setup.drain_timeout);
-            }
-            () = sleep_until(drain_deadline) => {
-                tracing::warn!(
-                    sends = engine.sends.len(),
-                    writes = engine.writes.len(),
-                    "drain timeout: stopping with work unfinished; it is read again on restart"
-                );
-                break;
-            }
-        }
+    // The ingest stage has stopped reading; its last writes finish here.
+    if let Ok(mut writes) = ingest_task.await {
+        let _ =
+            tokio::time::timeout(setup.drain_timeout, async { while writes.join_next().await.is_some() {} })
+                .await;
     }
-    engine.sample();
-    drop(engine);
     for task in shard_tasks {
         task.abort();
     }
-    // Flushing and the final commit block on librdkafka.
+    // The final commit blocks on librdkafka.
     tokio::task::spawn_blocking(move || {
         if let Err(err) = ingest.commit_now() {
-            tracing::warn!(error = %err, "final commit failed; the stored offsets are committed by the next owner");
+            tracing::warn!(error = %err, "final commit failed; stored offsets are committed by the next owner");
         }
         drop(ingest);
     })
@@ -163,46 +150,166 @@ pub async fn run(
     Ok(())
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Last values of the scheduler's counters, to add only the difference.
-#[derive(Default)]
-struct Sampled {
-    throttled: [u64; 3],
-}
-
-struct Engine {
-    setup: EngineSetup,
-    clock: TokioClock,
+/// Per partition, the jobs out of the scheduler and not yet acknowledged
+/// (requests in flight and results being written), so that a revoked
+/// partition is released to its next owner as soon as nothing of it is left.
+struct Books {
+    /// Where offsets are marked done and revoked partitions released.
     ingest: Arc<Ingest>,
-    output: Arc<Output>,
-    sender: Sender,
-    scheduler: Scheduler<Pending>,
-    registry: Arc<WabaRegistry>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    /// Per partition, jobs out of the scheduler and not yet acknowledged
-    /// (requests in flight and results being written): a revoked partition
-    /// is released once this reaches zero.
+    /// A std mutex: held for a map update, never across an await.
+    open: Mutex<BooksState>,
+}
+
+#[derive(Default)]
+struct BooksState {
     outstanding: HashMap<i32, usize>,
     /// Partitions being taken away: their jobs are no longer sent.
     revoking: HashSet<i32>,
-    /// WABAs halted for a bad token, so that the alert is logged once.
-    halted: HashSet<u64>,
-    /// Stopping: no new records, no new sends.
-    draining: bool,
-    sends: FuturesUnordered<Boxed<Answered>>,
-    writes: FuturesUnordered<Boxed<(i32, i64)>>,
-    sampled: Sampled,
 }
 
-impl Engine {
-    fn on_record(&mut self, record: Record) {
+impl Books {
+    fn state(&self) -> std::sync::MutexGuard<'_, BooksState> {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open(&self, partition: i32) {
+        *self.state().outstanding.entry(partition).or_default() += 1;
+    }
+
+    fn close(&self, partition: i32) {
+        let mut state = self.state();
+        let left = state.outstanding.entry(partition).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 && state.revoking.contains(&partition) {
+            self.forget(partition);
+        }
+    }
+
+    fn is_revoking(&self, partition: i32) -> bool {
+        self.state().revoking.contains(&partition)
+    }
+
+    fn revoke(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        for &partition in partitions {
+            state.revoking.insert(partition);
+            if state.outstanding.get(&partition).copied().unwrap_or(0) == 0 {
+                self.forget(partition);
+            }
+        }
+    }
+
+    fn assign(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        for partition in partitions {
+            state.revoking.remove(partition);
+        }
+    }
+
+    fn forget(&self, partition: i32) {
+        self.ingest.forget(partition);
+    }
+
+    /// The job's result or dead letter is acknowledged: its offset is done.
+    fn done(&self, partition: i32, offset: i64) {
+        self.ingest.done(partition, offset);
+        self.close(partition);
+    }
+}
+
+/// Writes results and dead letters, each on its own task, and marks the
+/// offset done once Kafka has acknowledged it.
+#[derive(Clone)]
+struct Writer {
+    output: Arc<Output>,
+    books: Arc<Books>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn result(&self, writes: &mut JoinSet<()>, pending: Pending, result: JobResult) {
+        self.metrics.results.with_label_values(&[status_label(result.status)]).inc();
+        let (partition, offset) = (pending.partition, pending.offset);
+        self.books.open(partition);
+        let (output, books) = (Arc::clone(&self.output), Arc::clone(&self.books));
+        writes.spawn(async move {
+            let json = result.to_json();
+            acknowledged(|| output.result(&result.id, json.clone())).await;
+            books.done(partition, offset);
+        });
+    }
+
+    fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, json: Vec<u8>) {
+        self.books.open(record.partition);
+        let (output, books) = (Arc::clone(&self.output), Arc::clone(&self.books));
+        writes.spawn(async move {
+            acknowledged(|| output.dead_letter(record.key.as_deref(), json.clone())).await;
+            books.done(record.partition, record.offset);
+        });
+    }
+}
+
+/// Builds a job's one final result.
+fn result_of(
+    setup: &EngineSetup,
+    pending: &mut Pending,
+    status: Status,
+    wamid: Option<String>,
+    error: Option<ResultError>,
+    attempts: u32,
+) -> JobResult {
+    let job = &mut pending.job;
+    JobResult {
+        id: std::mem::take(&mut job.id),
+        phone_number_id: job.phone_number_id.to_string(),
+        waba_id: job
+            .waba_id
+            .map(|w| w.to_string())
+            .or_else(|| setup.phones.get(&job.phone_number_id.get()).map(|p| p.waba.to_string())),
+        to: job.to.to_string(),
+        status,
+        wamid,
+        error,
+        attempts,
+        received_at: pending.received_at,
+        finished_at: Utc::now(),
+        metadata: job.metadata.take(),
+    }
+}
+
+struct IngestStage {
+    setup: Arc<EngineSetup>,
+    clock: TokioClock,
+    ingest: Arc<Ingest>,
+    scheduler: Scheduler<Pending>,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+}
+
+impl IngestStage {
+    /// Reads until told to stop or the consumer ends; returns the writes
+    /// still under way so that the caller can wait for them.
+    async fn run(self, mut stop: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut writes = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                // Reap finished writes so the set stays small.
+                Some(_) = writes.join_next(), if !writes.is_empty() => {}
+                record = self.ingest.next() => match record {
+                    Ok(record) => self.on_record(&mut writes, record),
+                    Err(err) => {
+                        tracing::error!(error = %err, "the Kafka consumer stopped");
+                        break;
+                    }
+                },
+            }
+        }
+        writes
+    }
+
+    fn on_record(&self, writes: &mut JoinSet<()>, record: Record) {
         self.metrics.jobs_consumed.inc();
         let received_at = Utc::now();
         let job = match Job::parse(&record.payload, &self.setup.parse) {
@@ -218,18 +325,18 @@ impl Engine {
                     record.key.as_deref(),
                     &record.payload,
                 );
-                self.write_dead_letter(record, dead.to_json());
+                self.writer.dead_letter(writes, record, dead.to_json());
                 return;
             }
         };
-        let pending = Pending {
+        let mut pending = Pending {
             job,
             partition: record.partition,
             offset: record.offset,
             received_at,
             last_error: None,
         };
-        match self.route(&pending.job) {
+        match route(&self.setup, &self.metrics, &pending.job) {
             Err(reason) => {
                 self.metrics.rejected.with_label_values(&[reason.code()]).inc();
                 let error = ResultError {
@@ -237,7 +344,8 @@ impl Engine {
                     message: reason.to_string(),
                     retryable: false,
                 };
-                self.finish(pending, Status::Rejected, None, Some(error), 0);
+                let result = result_of(&self.setup, &mut pending, Status::Rejected, None, Some(error), 0);
+                self.writer.result(writes, pending, result);
             }
             Ok((waba, mps)) => {
                 let now = self.clock.now();
@@ -246,8 +354,8 @@ impl Engine {
                     recipient: pending.job.to.get(),
                     waba,
                     mps,
-                    not_before: pending.job.not_before.map(|at| self.moment_of(now, at)),
-                    expires_at: pending.job.expires_at.map(|at| self.moment_of(now, at)),
+                    not_before: pending.job.not_before.map(|at| moment_of(now, at)),
+                    expires_at: pending.job.expires_at.map(|at| moment_of(now, at)),
                     job: pending,
                 };
                 // Fails only while shutting down; the record is then read again.
@@ -255,53 +363,127 @@ impl Engine {
             }
         }
     }
+}
 
-    /// Which WABA sends this job and at what rate, or why it is not accepted.
-    fn route(&self, job: &Job) -> Result<(u64, u32), RejectReason> {
-        match self.setup.phones.get(&job.phone_number_id.get()) {
-            Some(phone) => match job.waba_id {
-                Some(waba) if waba.get() != phone.waba => Err(RejectReason::WabaMismatch),
-                _ => Ok((phone.waba, phone.mps)),
-            },
-            None if self.setup.strict_phones => Err(RejectReason::UnknownPhoneNumber),
-            None => {
-                let waba = job.waba_id.ok_or(RejectReason::UnknownWaba)?.get();
-                if self.token(waba).is_none() {
-                    return Err(RejectReason::UnknownWaba);
+/// Which WABA sends this job and at what rate, or why it is not accepted.
+fn route(setup: &EngineSetup, metrics: &Metrics, job: &Job) -> Result<(u64, u32), RejectReason> {
+    match setup.phones.get(&job.phone_number_id.get()) {
+        Some(phone) => match job.waba_id {
+            Some(waba) if waba.get() != phone.waba => Err(RejectReason::WabaMismatch),
+            _ => Ok((phone.waba, phone.mps)),
+        },
+        None if setup.strict_phones => Err(RejectReason::UnknownPhoneNumber),
+        None => {
+            let waba = job.waba_id.ok_or(RejectReason::UnknownWaba)?.get();
+            if token(setup, waba).is_none() {
+                return Err(RejectReason::UnknownWaba);
+            }
+            let label = job.phone_number_id.to_string();
+            metrics
+                .phone_rate_limit
+                .with_label_values(&[metrics.phone_label(&label)])
+                .set(i64::from(setup.default_mps));
+            Ok((waba, setup.default_mps))
+        }
+    }
+}
+
+fn token(setup: &EngineSetup, waba: u64) -> Option<&AccessToken> {
+    setup.wabas.get(&waba).map(|w| &w.token).or(setup.default_token.as_ref())
+}
+
+/// A wall-clock instant as a scheduler moment (never before `now`).
+fn moment_of(now: Moment, at: DateTime<Utc>) -> Moment {
+    match (at - Utc::now()).to_std() {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
+    }
+}
+
+struct SendStage {
+    setup: Arc<EngineSetup>,
+    clock: TokioClock,
+    sender: Sender,
+    scheduler: Scheduler<Pending>,
+    registry: Arc<WabaRegistry>,
+    writer: Writer,
+    books: Arc<Books>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// Where request tasks report back.
+    answers_tx: mpsc::UnboundedSender<Answered>,
+    /// WABAs halted for a bad token, so that the alert is logged once.
+    halted: HashSet<u64>,
+    /// Stopping: no new sends; retries are left to the next run.
+    draining: bool,
+    /// Scheduler throttle counters already added to the metric.
+    sampled: [u64; 3],
+}
+
+impl SendStage {
+    async fn run(
+        mut self,
+        mut ready: mpsc::Receiver<Vec<FromScheduler<Pending>>>,
+        mut answers: mpsc::UnboundedReceiver<Answered>,
+        mut assignments: mpsc::UnboundedReceiver<Assignment>,
+        shutdown: impl Future<Output = ()>,
+        stop_reading: watch::Sender<bool>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut sample = tokio::time::interval(SAMPLE_EVERY);
+        let mut writes = JoinSet::new();
+        let mut in_flight = 0usize;
+        let mut answered = Vec::with_capacity(ANSWERS_PER_TURN);
+        let mut drain_deadline = None;
+        loop {
+            if self.draining && in_flight == 0 && writes.is_empty() {
+                break;
+            }
+            tokio::select! {
+                // Answers first: they free pairs and memory, and bound what
+                // the next ready batch can add.
+                biased;
+                n = answers.recv_many(&mut answered, ANSWERS_PER_TURN) => {
+                    in_flight -= n;
+                    for answer in answered.drain(..) {
+                        self.on_answer(&mut writes, answer);
+                    }
                 }
-                let label = job.phone_number_id.to_string();
-                let label = self.metrics.phone_label(&label);
-                self.metrics
-                    .phone_rate_limit
-                    .with_label_values(&[label])
-                    .set(i64::from(self.setup.default_mps));
-                Ok((waba, self.setup.default_mps))
+                Some(_) = writes.join_next(), if !writes.is_empty() => {}
+                Some(assignment) = assignments.recv() => self.on_assignment(assignment),
+                Some(batch) = ready.recv() => in_flight += self.on_ready(&mut writes, batch),
+                _ = sample.tick() => self.sample(),
+                () = &mut shutdown, if !self.draining => {
+                    tracing::info!(in_flight, "stopping: finishing requests in flight");
+                    self.draining = true;
+                    let _ = stop_reading.send(true);
+                    drain_deadline = Some(tokio::time::Instant::now() + self.setup.drain_timeout);
+                }
+                () = sleep_until(drain_deadline) => {
+                    tracing::warn!(in_flight, writes = writes.len(), "drain timeout: stopping with work unfinished; it is read again on restart");
+                    break;
+                }
             }
         }
+        let _ = stop_reading.send(true);
+        self.sample();
     }
 
-    fn token(&self, waba: u64) -> Option<&AccessToken> {
-        self.setup.wabas.get(&waba).map(|w| &w.token).or(self.setup.default_token.as_ref())
-    }
-
-    /// A wall-clock instant as a scheduler moment (never before `now`).
-    fn moment_of(&self, now: Moment, at: DateTime<Utc>) -> Moment {
-        match (at - Utc::now()).to_std() {
-            Ok(ahead) => now + ahead,
-            Err(_) => now,
-        }
-    }
-
-    fn on_ready(&mut self, batch: Vec<Ready<Pending>>) {
+    /// Starts requests for ready jobs; returns how many.
+    fn on_ready(&mut self, writes: &mut JoinSet<()>, batch: Vec<FromScheduler<Pending>>) -> usize {
+        let mut started = 0;
         for item in batch {
             match item {
-                Ready::Ready(Due::Send(dispatch)) => self.start_send(dispatch),
-                Ready::Ready(Due::Expired { ticket, job, attempts }) => {
-                    let _ = self.scheduler.send(Command::Finish(ticket));
-                    self.finish(job, Status::Expired, None, None, attempts);
+                FromScheduler::Ready(Ready::Send(dispatch)) => {
+                    started += usize::from(self.start_send(dispatch))
                 }
-                Ready::GaveUp { job, attempts, .. } => {
-                    let last = job.last_error.clone();
+                FromScheduler::Ready(Ready::Expired { ticket, mut job, attempts }) => {
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                    let result = result_of(&self.setup, &mut job, Status::Expired, None, None, attempts);
+                    self.writer.result(writes, job, result);
+                }
+                FromScheduler::GaveUp { mut job, attempts, .. } => {
+                    let last = job.last_error.take();
                     let error = ResultError {
                         code: last
                             .as_ref()
@@ -313,66 +495,68 @@ impl Engine {
                         retryable: true,
                     };
                     self.count_failed(&job, FailReason::RetriesExhausted);
-                    self.finish(job, Status::Failed, None, Some(error), attempts);
+                    let result =
+                        result_of(&self.setup, &mut job, Status::Failed, None, Some(error), attempts);
+                    self.writer.result(writes, job, result);
                 }
             }
         }
+        started
     }
 
-    fn start_send(&mut self, dispatch: Dispatch<Pending>) {
+    fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
         let partition = dispatch.job.partition;
-        if self.draining || self.revoking.contains(&partition) {
-            // Not ours to send any more: the record is read again by its next
-            // owner (or by us after a restart).
+        let token = token(&self.setup, dispatch.waba).cloned();
+        let (false, Some(token)) = (self.draining || self.books.is_revoking(partition), token) else {
+            // Not ours to send any more (or, defensively, no token): the
+            // record is read again by its next owner or after a restart.
             let _ = self.scheduler.send(Command::Finish(dispatch.ticket));
-            return;
-        }
-        let Some(token) = self.token(dispatch.waba).cloned() else {
-            // Routing accepted the job only with a token; kept for safety.
-            let _ = self.scheduler.send(Command::Finish(dispatch.ticket));
-            return;
+            return false;
         };
         self.metrics.queue_wait.observe(dispatch.queued.as_secs_f64());
         self.metrics.inflight.inc();
-        *self.outstanding.entry(partition).or_default() += 1;
+        self.books.open(partition);
         let sender = self.sender.clone();
-        let body: Bytes = dispatch.job.job.request_body();
-        let phone: NumericId = dispatch.job.job.phone_number_id;
-        let attempt = dispatch.attempt;
-        self.sends.push(Box::pin(async move {
+        let answers = self.answers_tx.clone();
+        tokio::spawn(async move {
+            let body = dispatch.job.job.request_body();
+            let phone = dispatch.job.job.phone_number_id;
             let started = Instant::now();
-            let outcome = sender.send(phone, &token, body, attempt).await;
-            Answered { dispatch, outcome, latency: started.elapsed() }
-        }));
+            let outcome = sender.send(phone, &token, body, dispatch.attempt).await;
+            let _ = answers.send(Answered { dispatch, outcome, latency: started.elapsed() });
+        });
+        true
     }
 
-    fn on_answer(&mut self, answered: Answered) {
+    fn on_answer(&mut self, writes: &mut JoinSet<()>, answered: Answered) {
         let Answered { dispatch, outcome, latency } = answered;
         let Dispatch { ticket, waba, job: mut pending, attempt, .. } = dispatch;
         self.metrics.inflight.dec();
         self.metrics.send_latency.observe(latency.as_secs_f64());
-        self.release(pending.partition);
+        self.books.close(pending.partition);
         match outcome {
             Outcome::Sent { wamid } => {
                 let _ = self.scheduler.send(Command::Finish(ticket));
                 let label = pending.job.phone_number_id.to_string();
                 self.metrics.messages_sent.with_label_values(&[self.metrics.phone_label(&label)]).inc();
-                self.finish(pending, Status::Sent, Some(wamid), None, attempt);
+                let result = result_of(&self.setup, &mut pending, Status::Sent, Some(wamid), None, attempt);
+                self.writer.result(writes, pending, result);
             }
             Outcome::Failed { reason, error } => {
                 let _ = self.scheduler.send(Command::Finish(ticket));
                 self.count_api_error(&error);
                 self.count_failed(&pending, reason);
                 let error = ResultError { code: error.code, message: error.message, retryable: false };
-                self.finish(pending, Status::Failed, None, Some(error), attempt);
+                let result = result_of(&self.setup, &mut pending, Status::Failed, None, Some(error), attempt);
+                self.writer.result(writes, pending, result);
             }
             Outcome::Retry { scope, after, reason, error } => {
                 self.count_api_error(&error);
                 self.metrics.retries.with_label_values(&[reason.label()]).inc();
-                if reason == wabulk_model::RetryReason::Timeout {
+                if reason == RetryReason::Timeout {
                     self.metrics.unknown_outcome_retries.inc();
                 }
-                if self.draining || self.revoking.contains(&pending.partition) {
+                if self.draining || self.books.is_revoking(pending.partition) {
                     let _ = self.scheduler.send(Command::Finish(ticket));
                     return;
                 }
@@ -408,74 +592,11 @@ impl Engine {
         self.metrics.messages_failed.with_label_values(&[label, reason.label()]).inc();
     }
 
-    /// Writes the job's one final result; its offset is done once Kafka has it.
-    fn finish(
-        &mut self,
-        pending: Pending,
-        status: Status,
-        wamid: Option<String>,
-        error: Option<ResultError>,
-        attempts: u32,
-    ) {
-        self.metrics.results.with_label_values(&[status_label(status)]).inc();
-        let job = pending.job;
-        let result = JobResult {
-            id: job.id,
-            phone_number_id: job.phone_number_id.to_string(),
-            waba_id: job
-                .waba_id
-                .map(|w| w.to_string())
-                .or_else(|| self.setup.phones.get(&job.phone_number_id.get()).map(|p| p.waba.to_string())),
-            to: job.to.to_string(),
-            status,
-            wamid,
-            error,
-            attempts,
-            received_at: pending.received_at,
-            finished_at: Utc::now(),
-            metadata: job.metadata,
-        };
-        let (partition, offset) = (pending.partition, pending.offset);
-        *self.outstanding.entry(partition).or_default() += 1;
-        let output = Arc::clone(&self.output);
-        let json = result.to_json();
-        self.writes.push(Box::pin(async move {
-            acknowledged(|| output.result(&result.id, json.clone())).await;
-            (partition, offset)
-        }));
-    }
-
-    fn write_dead_letter(&mut self, record: Record, json: Vec<u8>) {
-        *self.outstanding.entry(record.partition).or_default() += 1;
-        let output = Arc::clone(&self.output);
-        self.writes.push(Box::pin(async move {
-            acknowledged(|| output.dead_letter(record.key.as_deref(), json.clone())).await;
-            (record.partition, record.offset)
-        }));
-    }
-
-    fn on_written(&mut self, partition: i32, offset: i64) {
-        self.ingest.done(partition, offset);
-        self.release(partition);
-    }
-
-    /// One obligation of the partition is over; a revoked partition with
-    /// none left is released to its next owner.
-    fn release(&mut self, partition: i32) {
-        let left = self.outstanding.entry(partition).or_default();
-        *left = left.saturating_sub(1);
-        if *left == 0 && self.revoking.contains(&partition) {
-            self.ingest.forget(partition);
-        }
-    }
-
     fn on_assignment(&mut self, assignment: Assignment) {
         match assignment {
             Assignment::Assigned(partitions) => {
                 tracing::info!(?partitions, "partitions assigned");
-                for partition in partitions {
-                    self.revoking.remove(&partition);
-                }
+                self.books.assign(&partitions);
             }
             Assignment::Revoked(partitions) => {
                 tracing::info!(?partitions, "partitions revoked: dropping their waiting jobs");
@@ -483,19 +604,9 @@ impl Engine {
                 let _ = self
                     .scheduler
                     .send(Command::Purge(Arc::new(move |p: &Pending| revoked.contains(&p.partition))));
-                for partition in partitions {
-                    self.revoking.insert(partition);
-                    if self.outstanding.get(&partition).copied().unwrap_or(0) == 0 {
-                        self.ingest.forget(partition);
-                    }
-                }
+                self.books.revoke(&partitions);
             }
         }
-    }
-
-    fn start_draining(&mut self) {
-        self.draining = true;
-        self.health.set_consuming(false);
     }
 
     /// Refreshes the gauges and adds the scheduler's throttle counts.
@@ -503,25 +614,32 @@ impl Engine {
         let metrics = &self.metrics;
         let stats = self.scheduler.stats();
         metrics.backlog.set(stats.held() as i64);
+        for (phone, limit) in stats.effective_limits() {
+            let label = phone.to_string();
+            metrics
+                .phone_effective_rate
+                .with_label_values(&[metrics.phone_label(&label)])
+                .set(i64::from(limit));
+        }
         let throttled = [
-            stats.throttled_phone.load(std::sync::atomic::Ordering::Relaxed),
-            stats.throttled_pair.load(std::sync::atomic::Ordering::Relaxed),
-            stats.throttled_waba.load(std::sync::atomic::Ordering::Relaxed),
+            stats.throttled_phone.load(Ordering::Relaxed),
+            stats.throttled_pair.load(Ordering::Relaxed),
+            stats.throttled_waba.load(Ordering::Relaxed),
         ];
         for (i, limit) in ["phone", "pair", "waba"].into_iter().enumerate() {
-            metrics.throttled.with_label_values(&[limit]).inc_by(throttled[i] - self.sampled.throttled[i]);
+            metrics.throttled.with_label_values(&[limit]).inc_by(throttled[i] - self.sampled[i]);
         }
-        self.sampled.throttled = throttled;
+        self.sampled = throttled;
         for (waba, used, cap) in self.registry.usage(self.clock.now()) {
             let label = waba.to_string();
             let label = metrics.waba_label(&label);
             metrics.waba_hourly_calls.with_label_values(&[label]).set(used as i64);
             metrics.waba_hourly_cap.with_label_values(&[label]).set(cap as i64);
         }
-        for (partition, lag) in self.ingest.lag() {
+        for (partition, lag) in self.books.ingest.lag() {
             metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
-        metrics.jobs_in_memory.set(self.ingest.in_memory() as i64);
+        metrics.jobs_in_memory.set(self.books.ingest.in_memory() as i64);
         let pool = self.sender.pool_stats();
         metrics.pool_connections.set(pool.connections as i64);
         metrics
@@ -533,6 +651,13 @@ impl Engine {
         let all_halted =
             !self.setup.wabas.is_empty() && self.setup.wabas.keys().all(|w| self.halted.contains(w));
         self.health.set_sending(!all_halted);
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

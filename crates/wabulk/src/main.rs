@@ -14,6 +14,12 @@ use wabulk::demo::DemoOptions;
 use wabulk::setup::EngineSetup;
 use wabulk_telemetry::{Health, Metrics};
 
+/// glibc's allocator serialises threads on its arena locks under this
+/// workload (many small JSON and HTTP/2 buffers freed on other threads);
+/// mimalloc's per-thread heaps do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "wabulk", version, about = "Bulk sender for the WhatsApp Cloud API")]
 struct Cli {
@@ -120,7 +126,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(setup.http_listen)
                 .await
                 .with_context(|| format!("http.listen: cannot bind {}", setup.http_listen))?;
-            tracing::info!(address = %setup.http_listen, "serving /metrics, /healthz, /readyz");
+            let address = listener.local_addr().unwrap_or(setup.http_listen);
+            tracing::info!(%address, "serving /metrics, /healthz, /readyz");
             let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
             let http = tokio::spawn(wabulk_telemetry::serve(
                 listener,

@@ -95,11 +95,11 @@ impl EngineSetup {
         }
         let limits = &config.limits;
         let pair_rule = PairRule {
-            interval: Duration::from_secs_f64(limits.pair_interval_s)
-                + Duration::from_millis(limits.pair_margin_ms),
+            interval: Duration::from_secs_f64(limits.pair_interval_s),
             burst: limits.pair_burst,
+            margin: Duration::from_millis(limits.pair_margin_ms),
         };
-        pair_rule.validate().context("limits.pair_interval_s / limits.pair_burst")?;
+        pair_rule.validate().context("limits.pair_interval_s / limits.pair_burst / limits.pair_margin_ms")?;
         let graph = &config.graph;
         let max_in_memory = 50_000;
         Ok(Self {
@@ -111,6 +111,7 @@ impl EngineSetup {
                 dlq_topic: config.kafka.dlq_topic.clone(),
                 max_in_memory,
                 resume_below: max_in_memory / 5 * 4,
+                extra: config.kafka.properties.clone(),
                 ..KafkaSettings::default()
             },
             sender: SenderConfig {

@@ -13,15 +13,17 @@
 //!    repaid_at += interval;
 //!
 //! otherwise not before repaid_at. Under this rule repaid_at is always
-//! burst_start + burst_len × interval, so it is not stored.
+//! burst_start + burst_len × interval, so it is not stored. The safety margin
+//! makes both sides stricter: the debt per message is interval + margin and
+//! the burst window interval − margin.
 //!
 //! Memory is the point of the layout: a bulk campaign touches millions of
 //! pairs, so each one is a single `u64` value in a `hashbrown` map keyed by the
 //! recipient (16-byte slot + 1 control byte, about 19–39 bytes per pair with the
 //! load factor, see [`PairBudgets::heap_bytes`]). Times are whole milliseconds
 //! since the clock origin, taken with floor: a send at t is judged as if at
-//! floor(t), so a pair may be allowed up to 1 ms early. The 50 ms safety margin
-//! of the default interval covers that many times over.
+//! floor(t), so a pair may be allowed up to 1 ms early. The default 50 ms
+//! safety margin covers that many times over.
 
 use std::fmt;
 use std::time::Duration;
@@ -36,15 +38,19 @@ mod tests;
 /// The pair rule's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairRule {
-    /// One message per `interval` on average; each message in a burst borrows
-    /// one interval. Meta's figure is 6 s; the default adds a 50 ms safety
-    /// margin so arrival times, not only send times, stay within it
-    /// (PLATFORM.md "Margins"). Raising it slows every pair down; lowering it
-    /// below 6 s invites 131056. Whole milliseconds (rounded up), 1 ms..=1 h.
+    /// Meta's interval: one message per `interval` on average, each message
+    /// in a burst borrowing one interval, and a burst only while younger than
+    /// one interval. Meta's figure is 6 s. Whole milliseconds (rounded up).
     pub interval: Duration,
     /// Most messages in one burst: Meta allows 45. 1..=62 (the count is packed
     /// into 6 bits). Lowering it shortens the silence a burst can cause.
     pub burst: u32,
+    /// Safety margin so that arrival times, not only send times, keep the rule
+    /// (PLATFORM.md "Margins"): each message borrows `interval + margin`, and
+    /// a burst grows only while younger than `interval - margin`. Both sides
+    /// err towards Meta's rule; widening the window instead would let a burst
+    /// run past Meta's and draw 131056. Below `interval`; default 50 ms.
+    pub margin: Duration,
 }
 
 impl PairRule {
@@ -59,22 +65,34 @@ impl PairRule {
         if !(1..=Self::MAX_BURST).contains(&self.burst) {
             return Err(PairRuleError::Burst(self.burst));
         }
-        if self.interval < Duration::from_millis(1) || self.interval > Self::MAX_INTERVAL {
+        if self.interval < Duration::from_millis(1) || self.interval + self.margin > Self::MAX_INTERVAL {
             return Err(PairRuleError::Interval(self.interval));
+        }
+        if self.margin >= self.interval {
+            return Err(PairRuleError::Margin(self.margin));
         }
         Ok(())
     }
 
-    fn interval_ms(&self) -> u64 {
-        // Rounding up keeps a sub-millisecond remainder on the safe side.
-        u64::try_from(self.interval.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    /// Debt per message in whole ms: interval plus margin, rounded up.
+    fn debt_ms(&self) -> u64 {
+        ceil_ms(self.interval + self.margin)
+    }
+
+    /// How long a burst may grow, in whole ms: interval less margin, rounded down.
+    fn window_ms(&self) -> u64 {
+        u64::try_from((self.interval - self.margin).as_millis()).unwrap_or(u64::MAX)
     }
 }
 
+fn ceil_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
 impl Default for PairRule {
-    /// 6 s + 50 ms safety margin, burst 45.
+    /// Meta's 6 s and 45, with a 50 ms safety margin.
     fn default() -> Self {
-        PairRule { interval: Duration::from_millis(6050), burst: 45 }
+        PairRule { interval: Duration::from_secs(6), burst: 45, margin: Duration::from_millis(50) }
     }
 }
 
@@ -85,6 +103,8 @@ pub enum PairRuleError {
     Burst(u32),
     #[error("pair interval must be between 1 ms and 1 h, got {0:?}")]
     Interval(Duration),
+    #[error("pair margin must be shorter than the interval, got {0:?}")]
+    Margin(Duration),
 }
 
 // Layout of a pair's `u64`:
@@ -136,8 +156,12 @@ fn is_blocked(v: u64) -> bool {
 pub struct PairBudgets {
     /// The rule as given, for [`PairBudgets::rule`].
     rule: PairRule,
-    /// `rule.interval` in whole ms, the unit every stored time uses.
+    /// Debt each message adds, in whole ms (the unit of every stored time):
+    /// `rule.interval + rule.margin`.
     interval_ms: u64,
+    /// How long after its start a burst may grow, in ms:
+    /// `rule.interval - rule.margin`.
+    window_ms: u64,
     /// `rule.burst`, widened once instead of on every decision.
     burst: u64,
     /// Recipient → packed state (layout above). An absent pair is a pair with
@@ -178,7 +202,8 @@ impl PairBudgets {
         }
         PairBudgets {
             rule,
-            interval_ms: rule.interval_ms(),
+            interval_ms: rule.debt_ms(),
+            window_ms: rule.window_ms(),
             burst: u64::from(rule.burst),
             map: HashMap::with_capacity(pairs),
             next_sweep_at: MIN_AUTO_SWEEP_LEN,
@@ -202,7 +227,7 @@ impl PairBudgets {
     pub fn acquire(&mut self, recipient: u64, now: Moment) -> Result<(), NotUntil> {
         let t = to_ms(now);
         if let Some(v) = self.map.get_mut(&recipient) {
-            return match Self::decide_with(*v, t, self.interval_ms, self.burst) {
+            return match Self::decide_with(*v, t, self.interval_ms, self.window_ms, self.burst) {
                 Ok(next) => {
                     *v = next;
                     Ok(())
@@ -290,13 +315,13 @@ impl PairBudgets {
     }
 
     fn decide(&self, v: u64, t: u64) -> Result<u64, u64> {
-        Self::decide_with(v, t, self.interval_ms, self.burst)
+        Self::decide_with(v, t, self.interval_ms, self.window_ms, self.burst)
     }
 
     /// The pair rule on one packed state: the new state if a message at `t`
     /// (ms) is allowed, else the instant (ms) it will be.
     #[inline]
-    fn decide_with(v: u64, t: u64, interval: u64, burst: u64) -> Result<u64, u64> {
+    fn decide_with(v: u64, t: u64, interval: u64, window: u64, burst: u64) -> Result<u64, u64> {
         let time = time_of(v);
         if is_blocked(v) {
             if t < time {
@@ -313,7 +338,7 @@ impl PairBudgets {
         if t >= repaid {
             // Case 1, no debt: a new burst, and X is forgotten.
             Ok(pack(t, 1, 0, false))
-        } else if t < time + interval && len < burst {
+        } else if t < time + window && len < burst {
             // Case 2, inside the burst window: one more, one interval more debt.
             Ok(v + (1 << LEN_SHIFT))
         } else {

@@ -11,12 +11,15 @@ fn secs(n: u64) -> Moment {
 
 /// The platform's figures with no safety margin, so the examples read as in PLATFORM.md.
 fn exact_rule() -> PairRule {
-    PairRule { interval: Duration::from_secs(6), burst: 45 }
+    PairRule { interval: Duration::from_secs(6), burst: 45, margin: Duration::ZERO }
 }
 
 #[test]
 fn default_rule_is_six_seconds_plus_margin_and_45() {
-    assert_eq!(PairRule::default(), PairRule { interval: Duration::from_millis(6050), burst: 45 });
+    assert_eq!(
+        PairRule::default(),
+        PairRule { interval: Duration::from_secs(6), burst: 45, margin: Duration::from_millis(50) }
+    );
     assert_eq!(PairRule::default().validate(), Ok(()));
 }
 
@@ -103,7 +106,8 @@ fn a_penalty_never_shortens_the_pairs_own_debt() {
 
 #[test]
 fn time_is_floored_to_whole_milliseconds() {
-    let mut p = PairBudgets::new(PairRule { interval: Duration::from_secs(6), burst: 1 });
+    let mut p =
+        PairBudgets::new(PairRule { interval: Duration::from_secs(6), burst: 1, margin: Duration::ZERO });
     p.acquire(1, Moment::from_nanos(900_000)).unwrap();
     // Judged as sent at 0 ms: repaid at 6000 ms, 0.9 ms before 6 s after the real send.
     assert_eq!(p.check(1, secs(6)), Ok(()));
@@ -151,15 +155,20 @@ fn a_million_pairs_fit_in_48_bytes_each() {
 
 #[test]
 fn invalid_rules_are_rejected() {
-    let bad =
-        |interval_ms, burst| PairRule { interval: Duration::from_millis(interval_ms), burst }.validate();
+    let bad = |interval_ms, burst| {
+        PairRule { interval: Duration::from_millis(interval_ms), burst, margin: Duration::ZERO }.validate()
+    };
     assert_eq!(bad(6000, 0), Err(PairRuleError::Burst(0)));
     assert_eq!(bad(6000, 63), Err(PairRuleError::Burst(63)));
     assert_eq!(bad(6000, 62), Ok(()));
     assert_eq!(bad(0, 45), Err(PairRuleError::Interval(Duration::ZERO)));
     assert!(bad(3_600_001, 45).is_err());
-    assert!(std::panic::catch_unwind(|| PairBudgets::new(PairRule { interval: Duration::ZERO, burst: 1 }))
-        .is_err());
+    assert!(std::panic::catch_unwind(|| PairBudgets::new(PairRule {
+        interval: Duration::ZERO,
+        burst: 1,
+        margin: Duration::ZERO
+    }))
+    .is_err());
 }
 
 /// The pair rule followed literally, with plain fields, no packing and no expiry.
@@ -185,8 +194,9 @@ impl RefPair {
         }
     }
 
-    fn acquire(&mut self, t: u64, rule: (u64, u64)) -> Result<(), u64> {
-        let (interval, burst) = rule;
+    /// `rule` = (debt per message, burst window, burst), in ms.
+    fn acquire(&mut self, t: u64, rule: (u64, u64, u64)) -> Result<(), u64> {
+        let (interval, window, burst) = rule;
         if t >= self.repaid_at {
             if self.forgotten(t, interval) {
                 self.x = 0;
@@ -196,7 +206,7 @@ impl RefPair {
             self.burst_len = 1;
             self.repaid_at = t + interval;
             Ok(())
-        } else if !self.penalised && t < self.burst_start + interval && self.burst_len < burst {
+        } else if !self.penalised && t < self.burst_start + window && self.burst_len < burst {
             self.burst_len += 1;
             self.repaid_at += interval;
             Ok(())
@@ -250,8 +260,11 @@ fn rule() -> impl Strategy<Value = PairRule> {
     prop_oneof![
         Just(PairRule::default()),
         Just(exact_rule()),
-        (1u64..10_000, 1u32..=62)
-            .prop_map(|(i, b)| PairRule { interval: Duration::from_millis(i), burst: b }),
+        (1u64..10_000, 1u32..=62, 0u64..100).prop_map(|(i, b, m)| PairRule {
+            interval: Duration::from_millis(i),
+            burst: b,
+            margin: Duration::from_millis(m.min(i - 1)),
+        }),
     ]
 }
 
@@ -264,8 +277,9 @@ proptest! {
         start in 0u64..1_000_000_000,
         steps in prop::collection::vec((gap(), op()), 1..400),
     ) {
-        let interval = rule.interval.as_millis() as u64;
-        let r = (interval, u64::from(rule.burst));
+        let (interval, margin) = (rule.interval.as_millis() as u64, rule.margin.as_millis() as u64);
+        let r = (interval + margin, interval - margin, u64::from(rule.burst));
+        let interval = interval + margin;
         let mut p = PairBudgets::new(rule);
         let mut model: std::collections::HashMap<u64, RefPair> = Default::default();
         let mut t = start;
@@ -306,9 +320,10 @@ proptest! {
         offsets in prop::collection::vec(0.0f64..1.0, 1..62),
         probes in prop::collection::vec(0.0f64..1.0, 1..20),
     ) {
-        let interval = rule.interval.as_millis() as u64;
+        let window = (rule.interval - rule.margin).as_millis() as u64;
+        let interval = (rule.interval + rule.margin).as_millis() as u64;
         let n = offsets.len().min(rule.burst as usize);
-        let mut at: Vec<u64> = offsets[..n].iter().map(|f| (f * interval as f64) as u64).collect();
+        let mut at: Vec<u64> = offsets[..n].iter().map(|f| (f * window as f64) as u64).collect();
         at.sort_unstable();
         at[0] = 0;
         let mut p = PairBudgets::new(rule);
@@ -318,11 +333,32 @@ proptest! {
         let repaid = s + n as u64 * interval;
         // A message inside the burst window would only make the burst longer:
         // the claim is about the time after the burst, once it can no longer grow.
-        let closed = if n < rule.burst as usize { s + interval } else { s + at[n - 1] };
+        let closed = if n < rule.burst as usize { s + window } else { s + at[n - 1] };
         for f in probes.into_iter().filter(|_| closed < repaid) {
             let t = closed + (f * (repaid - closed) as f64) as u64;
             prop_assert_eq!(p.check(5, ms(t)), Err(NotUntil(ms(repaid))));
         }
         prop_assert_eq!(p.check(5, ms(repaid)), Ok(()));
     }
+}
+
+#[test]
+fn the_margin_shortens_the_burst_window_and_lengthens_the_debt() {
+    // Meta: a burst may grow while younger than 6 s. With a 50 ms margin the
+    // engine stops growing it 50 ms early and repays 50 ms more per message,
+    // so it errs on Meta's side at both edges.
+    let rule = PairRule { interval: Duration::from_secs(6), burst: 45, margin: Duration::from_millis(50) };
+    let mut p = PairBudgets::new(rule);
+    assert_eq!(p.acquire(1, Moment::from_millis(0)), Ok(()));
+    assert_eq!(p.acquire(1, Moment::from_millis(5_949)), Ok(()), "inside 6 s - 50 ms");
+    assert_eq!(
+        p.acquire(1, Moment::from_millis(5_950)),
+        Err(NotUntil(Moment::from_millis(2 * 6_050))),
+        "past the shortened window: wait for the debt, 6.05 s per message"
+    );
+    assert_eq!(p.acquire(1, Moment::from_millis(12_100)), Ok(()));
+    assert_eq!(
+        PairRule { margin: Duration::from_secs(6), ..rule }.validate(),
+        Err(PairRuleError::Margin(Duration::from_secs(6)))
+    );
 }

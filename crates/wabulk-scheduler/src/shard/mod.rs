@@ -203,6 +203,12 @@ impl<J> Shard<J> {
         self.throttled
     }
 
+    /// Each number's sends allowed per window at `now`: its tier, or less
+    /// while slowed down after a 130429.
+    pub fn effective_limits(&self, now: Moment) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.numbers.iter().map(move |(&phone, number)| (phone, number.limiter.effective_limit(now)))
+    }
+
     /// Drops every queued job (not those in flight) for which `drop` is true,
     /// e.g. the jobs of partitions this instance no longer owns; returns how
     /// many. Their offsets were never stored, so the next owner reads them again.

@@ -13,7 +13,7 @@ fn ms(n: u64) -> Moment {
 
 fn config() -> SchedulerConfig {
     SchedulerConfig {
-        pair_rule: PairRule { interval: Duration::from_secs(6), burst: 45 },
+        pair_rule: PairRule { interval: Duration::from_secs(6), burst: 45, margin: Duration::ZERO },
         mps_margin_percent: 0.0,
         ..SchedulerConfig::default()
     }

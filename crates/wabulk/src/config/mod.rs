@@ -33,6 +33,10 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Jobs larger than this go to the DLQ unread.
     pub max_job_bytes: usize,
+    /// Extra librdkafka properties for every client (e.g. `session.timeout.ms`,
+    /// `security.protocol`). They cannot switch off what delivery rests on:
+    /// manual offset storing, idempotence and `acks=all`.
+    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +104,7 @@ impl Default for KafkaConfig {
             results_topic: "wabulk.results".into(),
             dlq_topic: "wabulk.dlq".into(),
             max_job_bytes: wabulk_model::DEFAULT_MAX_JOB_BYTES,
+            properties: BTreeMap::new(),
         }
     }
 }

@@ -1,0 +1,305 @@
+//! Crash safety and graceful stops, with the engine as a child process:
+//! SIGKILL twice under load loses no job and duplicates no more than was in
+//! flight; SIGTERM drains, commits and exits 0, and the restart sends nothing
+//! twice.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use wabulk_graph_sim::Latency;
+use wabulk_kafka::JobWriter;
+use wabulk_loadgen::{LoadNumber, LoadReport, LoadSpec, Recipients, RunOptions};
+
+use crate::harness::{
+    by_id, distinct_ids, init_logs, is_sent, limits_report, sim_config, status_counts, violations, Collector,
+    EngineProcess, EngineToml, Number, Program, Stack, TempDir, JOBS, WABA,
+};
+
+/// Pacing margin under each tier in the child-process tests. The default
+/// (1 %) leaves 10 ms of the 1 s window for jitter between sending and
+/// arrival; on a loaded two-core machine running debug builds that is
+/// sometimes not enough (the simulator then counts 81 arrivals in a second
+/// for an 80 msg/s number), which is not what these tests are about.
+const MPS_MARGIN: &str = "mps_margin_percent = 5.0";
+
+/// A load of `jobs` valid jobs, shared by `numbers` in proportion to
+/// `shares`, to a million recipients (so the pair rule never matters), at
+/// `rate` per second.
+fn load(numbers: &[Number], shares: &[f64], jobs: u64, rate: f64, prefix: &str) -> LoadSpec {
+    LoadSpec {
+        numbers: numbers
+            .iter()
+            .zip(shares)
+            .map(|(n, &share)| LoadNumber { share, ..LoadNumber::new(n.id.clone(), WABA, n.mps) })
+            .collect(),
+        jobs,
+        rate: Some(rate),
+        recipients: Recipients::Uniform { count: 1_000_000 },
+        bursts: Vec::new(),
+        malformed_fraction: 0.0,
+        not_before_fraction: 0.0,
+        not_before_max_s: 0,
+        expires_fraction: 0.0,
+        expires_in_s: 0,
+        id_prefix: prefix.into(),
+        seed: 3,
+    }
+}
+
+/// Writes the load in the background; its report carries every job id.
+fn start_load(brokers: &str, spec: LoadSpec) -> tokio::task::JoinHandle<LoadReport> {
+    let writer = JobWriter::connect(brokers, &Default::default()).expect("job writer");
+    tokio::spawn(async move {
+        let options = RunOptions { collect_job_ids: true, ..RunOptions::default() };
+        wabulk_loadgen::run_with(&spec, &writer, JOBS, &options).await.expect("load generator")
+    })
+}
+
+async fn finish_load(load: tokio::task::JoinHandle<LoadReport>) -> LoadReport {
+    tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .expect("the load generator finished within 60 s")
+        .expect("load generator task")
+}
+
+/// Polls `done` every 100 ms for up to `limit`; whether it became true.
+async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+/// Waits until `results` has grown by `more` records (up to `limit`); how
+/// long the first new one took to appear, if any did.
+async fn progress_after(results: &Collector, more: usize, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let base = results.len();
+    let mut first = None;
+    results
+        .wait_until(limit, |records| {
+            if first.is_none() && records.len() > base {
+                first = Some(start.elapsed());
+            }
+            records.len() >= base + more
+        })
+        .await;
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_engine_loses_nothing() {
+    init_logs();
+    let numbers = [
+        Number::new("106540352242922", 80),
+        Number::new("106540352242923", 80),
+        Number::new("106540352242924", 80),
+    ];
+    let tiers: u32 = numbers.iter().map(|n| n.mps).sum();
+    let stack = Stack::start(sim_config(&numbers, Latency::Meta { scale: 0.05 }), 4).await;
+    let dir = TempDir::new("crash");
+    let mut toml = EngineToml::new(&stack, "it-crash", &numbers);
+    toml.limits.push(MPS_MARGIN.into());
+    let config = toml.write(dir.path());
+    let results = Collector::start(&stack.brokers(), crate::harness::RESULTS);
+    let started = Instant::now();
+    let mut engine = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), 0);
+    let load = start_load(&stack.brokers(), load(&numbers, &[1.0, 1.0, 1.0], 4_000, 300.0, "crash"));
+
+    // Two crashes while the engine is busy: the first ~4 s in, the second
+    // once the restarted engine has written a few hundred more results.
+    let mut kills = Vec::new();
+    for generation in 1..=2 {
+        let busy = progress_after(&results, 400, Duration::from_secs(60)).await;
+        assert!(busy.is_some(), "engine {} wrote no result:\n{}", generation - 1, engine.log_tail(30));
+        tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+        assert!(engine.running(), "engine {} exited by itself:\n{}", generation - 1, engine.log_tail(30));
+        engine.kill();
+        let killed_at = started.elapsed();
+        let accepted = stack.sim.stats().accepted;
+        kills.push((killed_at, results.len(), accepted));
+        engine = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), generation);
+        // The simulator counts at arrival, so a new acceptance is the new engine's.
+        let resumed = Instant::now();
+        let sending = wait_for(Duration::from_secs(60), || stack.sim.stats().accepted > accepted).await;
+        assert!(sending, "restarted engine {generation} sent nothing in 60 s:\n{}", engine.log_tail(30));
+        println!(
+            "kill {generation} at {:.1} s: {} results, {accepted} accepted by the simulator; \
+             the restarted engine sent again after {:.1} s",
+            killed_at.as_secs_f64(),
+            kills[kills.len() - 1].1,
+            resumed.elapsed().as_secs_f64()
+        );
+    }
+
+    let report = finish_load(load).await;
+    let ids: HashSet<String> = report.job_ids.iter().cloned().collect();
+    assert_eq!(ids.len() as u64, report.written);
+    let all_in =
+        results.wait_until(Duration::from_secs(90), |records| distinct_ids(records) >= ids.len()).await;
+    let elapsed = started.elapsed();
+    engine.terminate();
+    let exit = engine.wait_exit(Duration::from_secs(20));
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+
+    let grouped = by_id(&all);
+    let missing: Vec<&String> = ids.iter().filter(|id| !grouped.contains_key(*id)).take(10).collect();
+    let duplicate_results = all.len() - grouped.len();
+    let duplicate_sent: usize =
+        grouped.values().map(|rs| rs.iter().filter(|r| is_sent(r)).count().saturating_sub(1)).sum();
+    println!(
+        "killed twice: {} jobs, {} results ({:?}) in {:.1} s; duplicate results {duplicate_results} \
+         (of which sent twice {duplicate_sent}), simulator: {} requests, {} accepted, duplicates {}, \
+         violations {:?}",
+        ids.len(),
+        all.len(),
+        status_counts(&all),
+        elapsed.as_secs_f64(),
+        stats.requests,
+        stats.accepted,
+        stats.duplicate_count,
+        stats.violations
+    );
+    assert!(all_in && missing.is_empty(), "jobs without a result after the crashes, e.g. {missing:?}");
+    assert!(grouped.keys().all(|id| ids.contains(id)), "a result for a job that was never written");
+    assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
+    // What a crash may repeat: requests in flight, and jobs whose results
+    // were acknowledged but whose offsets were not yet committed (auto-commit
+    // runs every second). Three seconds of every tier per kill is generous.
+    let bound = (kills.len() as u64) * u64::from(tiers) * 3;
+    assert!(
+        stats.duplicate_count <= bound && duplicate_results as u64 <= bound,
+        "more duplicates than could have been in flight at {} kills: simulator {}, results {}, bound {bound}",
+        kills.len(),
+        stats.duplicate_count,
+        duplicate_results
+    );
+    // A restarted engine waits a second before sending for a number, so the
+    // old process's last second and the new one's first never add up.
+    assert_eq!(violations(&stats), 0, "limits broken across the restarts: {}", limits_report(&stats));
+    assert!(
+        matches!(exit, Some(status) if status.success()),
+        "the last engine did not stop cleanly: {exit:?}"
+    );
+}
+
+/// Load on `numbers` (in proportion to `shares`) in `partitions` partitions;
+/// SIGTERM to `wabulk run` after a few hundred results must drain and exit 0;
+/// the restarted engine then sends every job left and none of those sent
+/// before the stop.
+async fn graceful_restart(numbers: &[Number], shares: &[f64], partitions: i32, jobs: u64, name: &str) {
+    init_logs();
+    let stack = Stack::start(sim_config(numbers, Latency::Meta { scale: 0.05 }), partitions).await;
+    let dir = TempDir::new(name);
+    let mut toml = EngineToml::new(&stack, &format!("it-{name}"), numbers);
+    toml.limits.push(MPS_MARGIN.into());
+    let config = toml.write(dir.path());
+    let results = Collector::start(&stack.brokers(), crate::harness::RESULTS);
+    let started = Instant::now();
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 0);
+    let load = start_load(&stack.brokers(), load(numbers, shares, jobs, 200.0, name));
+
+    let busy = progress_after(&results, 300, Duration::from_secs(60)).await;
+    assert!(busy.is_some(), "the engine wrote no result:\n{}", engine.log_tail(30));
+    let before = results.len();
+    let stopping = Instant::now();
+    engine.terminate();
+    // The drain waits up to the request timeout plus 5 s; then the final commit.
+    let drain_timeout = Duration::from_millis(toml.request_timeout_ms) + Duration::from_secs(5);
+    let exit = engine.wait_exit(drain_timeout + Duration::from_secs(5));
+    let stop_took = stopping.elapsed();
+    assert!(
+        matches!(exit, Some(status) if status.success()),
+        "SIGTERM: exit {exit:?} after {stop_took:?}\n{}",
+        engine.log_tail(30)
+    );
+    let at_stop = stack.sim.stats();
+
+    // On the mock cluster this takes about 45 s: when the last member leaves,
+    // the mock starts a rebalance timed by that member's session timeout
+    // (librdkafka's default, 45 s, less 1 s) and a member joining meanwhile
+    // waits for it. Real brokers make the group empty at once.
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 1);
+    let restarted = Instant::now();
+    let sending = wait_for(Duration::from_secs(90), || stack.sim.stats().accepted > at_stop.accepted).await;
+    assert!(sending, "the restarted engine sent nothing in 90 s:\n{}", engine.log_tail(30));
+    let resumed_after = restarted.elapsed();
+    let report = finish_load(load).await;
+    let ids: HashSet<String> = report.job_ids.iter().cloned().collect();
+    let all_in =
+        results.wait_until(Duration::from_secs(90), |records| distinct_ids(records) >= ids.len()).await;
+    let elapsed = started.elapsed();
+    engine.terminate();
+    let exit = engine.wait_exit(Duration::from_secs(20));
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+
+    let grouped = by_id(&all);
+    let mut sent_twice: Vec<&String> = grouped
+        .iter()
+        .filter(|(_, rs)| rs.iter().filter(|r| is_sent(r)).count() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    sent_twice.sort();
+    println!(
+        "{name}: SIGTERM after {before} results, exit after {:.2} s ({} accepted by then), the restarted \
+         engine sent again after {:.1} s; {} jobs, {} results ({:?}) in {:.1} s; sent twice {}, simulator \
+         duplicates {}, {}",
+        stop_took.as_secs_f64(),
+        at_stop.accepted,
+        resumed_after.as_secs_f64(),
+        ids.len(),
+        all.len(),
+        status_counts(&all),
+        elapsed.as_secs_f64(),
+        sent_twice.len(),
+        stats.duplicate_count,
+        limits_report(&stats)
+    );
+    assert!(all_in, "only {} of {} jobs have a result", grouped.len(), ids.len());
+    assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
+    assert!(
+        sent_twice.is_empty(),
+        "{} jobs sent twice across a graceful restart, e.g. {:?}",
+        sent_twice.len(),
+        &sent_twice[..sent_twice.len().min(5)]
+    );
+    assert_eq!(
+        stats.duplicate_count, 0,
+        "the simulator accepted job ids twice: {:?}",
+        stats.duplicate_job_ids
+    );
+    assert_eq!(violations(&stats), 0, "limits broken: {}", limits_report(&stats));
+    assert!(
+        matches!(exit, Some(status) if status.success()),
+        "the last engine did not stop cleanly: {exit:?}"
+    );
+}
+
+/// One number, so its jobs are sent in the order of their partition: the
+/// drained engine's committed offsets cover exactly what it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_commits_and_restart_sends_no_duplicates() {
+    graceful_restart(&[Number::new("106540352242922", 80)], &[1.0], 2, 800, "graceful").await;
+}
+
+/// Two numbers in one partition, as numbers share partitions in production;
+/// the faster one gets three times the jobs at four times the rate, so it
+/// runs ahead in the partition. At the stop some of its jobs past the
+/// slower number's first unsent job are sent and acknowledged, but the
+/// committed offset is the contiguous watermark, below them: the restarted
+/// engine reads and sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "engine bug: a graceful stop commits only the contiguous watermark, so jobs sent past a \
+            slower number's queue in the same partition are sent again after the restart"]
+async fn graceful_stop_with_numbers_sharing_a_partition_sends_no_duplicates() {
+    let numbers = [Number::new("106540352242922", 80), Number::new("106540352242923", 20)];
+    graceful_restart(&numbers, &[3.0, 1.0], 1, 800, "graceful-shared").await;
+}
