@@ -101,7 +101,6 @@ impl EngineSetup {
         };
         pair_rule.validate().context("limits.pair_interval_s / limits.pair_burst / limits.pair_margin_ms")?;
         let graph = &config.graph;
-        let max_in_memory = 50_000;
         Ok(Self {
             kafka: KafkaSettings {
                 brokers: config.kafka.brokers.clone(),
@@ -109,8 +108,6 @@ impl EngineSetup {
                 jobs_topic: config.kafka.jobs_topic.clone(),
                 results_topic: config.kafka.results_topic.clone(),
                 dlq_topic: config.kafka.dlq_topic.clone(),
-                max_in_memory,
-                resume_below: max_in_memory / 5 * 4,
                 extra: config.kafka.properties.clone(),
                 ..KafkaSettings::default()
             },

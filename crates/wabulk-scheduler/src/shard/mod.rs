@@ -90,6 +90,14 @@ struct InFlight {
     attempts: u32,
 }
 
+impl InFlight {
+    /// The queue entry again, for a job that came back to be retried.
+    fn back<J>(self, job: J) -> Entry<J> {
+        let InFlight { not_before, expires_at, enqueued_at, attempts } = self;
+        Entry { job, not_before, expires_at, enqueued_at, attempts }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// In the number's `ready` list.
@@ -307,13 +315,7 @@ impl<J> Shard<J> {
             self.schedule_head(ticket.phone, ticket.recipient, now);
             return RetryVerdict::GiveUp { job, attempts: flight.attempts };
         }
-        queue.jobs.push_front(Entry {
-            job,
-            not_before: flight.not_before,
-            expires_at: flight.expires_at,
-            enqueued_at: flight.enqueued_at,
-            attempts: flight.attempts,
-        });
+        queue.jobs.push_front(flight.back(job));
         let until = now + after;
         match scope {
             Scope::Pair => {
@@ -345,13 +347,7 @@ impl<J> Shard<J> {
         self.wabas.halt(number.waba_id);
         let Some(queue) = number.queues.get_mut(&ticket.recipient) else { return };
         if let Some(flight) = queue.in_flight.take() {
-            queue.jobs.push_front(Entry {
-                job,
-                not_before: flight.not_before,
-                expires_at: flight.expires_at,
-                enqueued_at: flight.enqueued_at,
-                attempts: flight.attempts,
-            });
+            queue.jobs.push_front(flight.back(job));
         }
         self.schedule_head(ticket.phone, ticket.recipient, now);
     }

@@ -96,15 +96,17 @@ pub struct HttpConfig {
 }
 
 impl Default for KafkaConfig {
+    /// Broker, group and topic names as the Kafka crate defaults them (CONTRACT §1).
     fn default() -> Self {
+        let kafka = wabulk_kafka::KafkaSettings::default();
         Self {
-            brokers: "127.0.0.1:9092".into(),
-            group_id: "wabulk".into(),
-            jobs_topic: "wabulk.jobs".into(),
-            results_topic: "wabulk.results".into(),
-            dlq_topic: "wabulk.dlq".into(),
+            brokers: kafka.brokers,
+            group_id: kafka.group_id,
+            jobs_topic: kafka.jobs_topic,
+            results_topic: kafka.results_topic,
+            dlq_topic: kafka.dlq_topic,
             max_job_bytes: wabulk_model::DEFAULT_MAX_JOB_BYTES,
-            properties: BTreeMap::new(),
+            properties: kafka.extra,
         }
     }
 }
