@@ -4,6 +4,28 @@
 //! holds a revocation until the revoked partitions' jobs in flight are
 //! finished (or the engine has dropped them).
 //!
+//! Finished offsets above the watermark: jobs of one partition finish out of
+//! order (numbers send at different rates), so at a stop or a crash some
+//! offsets above the watermark are already finished. With the watermark, each
+//! partition's store carries, in the offset commit metadata, the ranges of
+//! offsets above it that need no more work ([`OffsetTracker::finished_above`],
+//! encoded as described in `finished`: `v1:3-5,9` relative to the watermark,
+//! at most 3,500 bytes, lowest ranges first). A store happens whenever the
+//! watermark or that set changes, at most every 100 ms per partition (`done`
+//! stores when due, the polling thread catches up within 100 ms), and always
+//! with the latest set when the partition is revoked (which includes the
+//! close) and in [`Ingest::commit_now`]. librdkafka's auto-commit commits a
+//! stored position only when it is beyond the committed one, so when only the
+//! metadata changed the polling thread commits it explicitly, at most once a
+//! second. On assignment, before its first record is polled, the consumer
+//! fetches each new partition's committed position and metadata and decodes
+//! the finished offsets; [`Ingest::next`] does not hand out the records at
+//! those offsets but tracks and resolves them at once, so the watermark moves
+//! past them as if the engine had done them. Every offset in the metadata is
+//! one whose result was acknowledged (or a gap that held no record), so
+//! skipping it never loses a job; metadata that cannot be read is ignored
+//! (those records are then sent again).
+//!
 //! Shape: one dedicated OS thread ("wabulk-kafka-poll") polls the consumer in
 //! a loop, 100 ms at a time, whatever the engine is doing. librdkafka runs the
 //! rebalance callbacks on the thread that polls, and a revocation here blocks
@@ -26,7 +48,9 @@
 //! joining or leaving does not make every other instance drop and re-read all
 //! its waiting jobs, as the eager `range` strategy would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::RangeInclusive;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -43,10 +67,20 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::context::{client_config, global_error, log};
+use crate::finished;
 use crate::{KafkaError, KafkaSettings, OffsetTracker};
 
 /// How long one poll of the consumer blocks: the latency of noticing `stop`.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The least time between two stores of one partition's position.
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The least time between two explicit commits of metadata-only changes.
+const METADATA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an assignment waits for the new partitions' committed metadata.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One record read from the jobs topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +181,8 @@ struct State {
     closing: bool,
     /// Source of ownership epochs, one per partition assignment.
     next_epoch: u64,
+    /// When the polling thread last committed metadata-only changes.
+    metadata_committed_at: Instant,
 }
 
 struct Owned {
@@ -159,6 +195,56 @@ struct Owned {
     /// The engine dropped this partition's waiting jobs: the revocation stops
     /// waiting for them.
     forgotten: bool,
+    /// Offsets finished before this assignment, from the committed metadata:
+    /// `next` resolves their records instead of handing them out. Ascending;
+    /// ranges below the latest record are dropped as records go by.
+    skip: VecDeque<RangeInclusive<i64>>,
+    /// The position and metadata last stored in this assignment.
+    stored: Option<(i64, String)>,
+    /// When `stored` was written.
+    stored_at: Option<Instant>,
+    /// The tracker changed since the last store.
+    dirty: bool,
+    /// A store changed only the metadata, which auto-commit does not commit
+    /// (it skips a position not beyond the committed one): the polling thread
+    /// commits it explicitly.
+    metadata_uncommitted: bool,
+}
+
+impl Owned {
+    fn new(epoch: u64, skip: Vec<RangeInclusive<i64>>) -> Self {
+        Owned {
+            epoch,
+            tracker: OffsetTracker::new(),
+            revoking: false,
+            forgotten: false,
+            skip: skip.into(),
+            stored: None,
+            stored_at: None,
+            dirty: false,
+            metadata_uncommitted: false,
+        }
+    }
+
+    /// Whether the record at `offset` was finished before this assignment.
+    /// Records come in increasing offset order, so ranges below it are done
+    /// with.
+    fn finished_before(&mut self, offset: i64) -> bool {
+        while self.skip.front().is_some_and(|range| *range.end() < offset) {
+            self.skip.pop_front();
+        }
+        self.skip.front().is_some_and(|range| range.contains(&offset))
+    }
+
+    /// The position to store and its metadata; `None` before any record.
+    fn position(&self) -> Option<(i64, String)> {
+        let watermark = self.tracker.watermark()?;
+        Some((watermark, finished::encode(watermark, self.tracker.finished_above())))
+    }
+
+    fn store_due(&self, now: Instant) -> bool {
+        self.dirty && self.stored_at.is_none_or(|at| now.duration_since(at) >= STORE_INTERVAL)
+    }
 }
 
 impl State {
@@ -212,30 +298,136 @@ impl Shared {
         }
     }
 
-    /// Stores `position` (the next offset to consume) for commit.
-    fn store(&self, consumer: &BaseConsumer<IngestContext>, positions: &[(i32, i64)]) {
+    /// A list of positions (the next offset to consume) with their metadata.
+    fn positions_tpl(&self, positions: &[(i32, i64, String)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::with_capacity(positions.len());
+        for (partition, position, metadata) in positions {
+            // Only fails for a special offset value, which a position never is.
+            let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*position));
+            if let Some(mut element) = tpl.find_partition(&self.topic, *partition) {
+                element.set_metadata(metadata);
+            }
+        }
+        tpl
+    }
+
+    /// Stores positions and their metadata for commit.
+    fn store(&self, consumer: &BaseConsumer<IngestContext>, positions: &[(i32, i64, String)]) {
         if positions.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::with_capacity(positions.len());
-        for &(partition, position) in positions {
-            // Only fails for a special offset value, which a position never is.
-            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(position));
-        }
-        // `store_offsets` (rd_kafka_offsets_store) stores the offset as given;
-        // the older `store_offset` would store offset + 1.
-        if let Err(error) = consumer.store_offsets(&tpl) {
+        // `store_offsets` (rd_kafka_offsets_store) stores the offset as given,
+        // with its metadata; the older `store_offset` would store offset + 1.
+        if let Err(error) = consumer.store_offsets(&self.positions_tpl(positions)) {
             // Happens only when the partition is no longer assigned (lost).
+            let positions: Vec<(i32, i64)> = positions.iter().map(|(p, o, _)| (*p, *o)).collect();
             tracing::warn!(%error, ?positions, "could not store offsets");
         }
     }
 
-    fn assign(&self, partitions: &[i32]) {
+    /// Stores `owned`'s position and finished offsets if they changed since
+    /// its last store. Under the state lock, so that a partition's stores
+    /// happen in order.
+    fn store_partition(&self, consumer: &BaseConsumer<IngestContext>, partition: i32, owned: &mut Owned) {
+        owned.dirty = false;
+        let Some((position, metadata)) = owned.position() else {
+            return;
+        };
+        match &owned.stored {
+            Some(stored) if stored.0 == position && stored.1 == metadata => return,
+            // Auto-commit commits a stored position beyond the last one.
+            Some(stored) => owned.metadata_uncommitted = stored.0 == position,
+            None => owned.metadata_uncommitted = false,
+        }
+        let entry = (partition, position, metadata);
+        self.store(consumer, std::slice::from_ref(&entry));
+        owned.stored = Some((entry.1, entry.2));
+        owned.stored_at = Some(Instant::now());
+    }
+
+    /// On the polling thread: stores the partitions whose store was held back
+    /// by `STORE_INTERVAL`, and once a second commits the metadata-only
+    /// changes that auto-commit leaves out.
+    fn flush(&self, consumer: &BaseConsumer<IngestContext>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let now = Instant::now();
+        for (&partition, owned) in &mut state.owned {
+            if owned.store_due(now) {
+                self.store_partition(consumer, partition, owned);
+            }
+        }
+        if now.duration_since(state.metadata_committed_at) < METADATA_COMMIT_INTERVAL {
+            return;
+        }
+        state.metadata_committed_at = now;
+        let mut positions = Vec::new();
+        for (&partition, owned) in &mut state.owned {
+            if owned.metadata_uncommitted && !owned.revoking {
+                owned.metadata_uncommitted = false;
+                if let Some((position, metadata)) = &owned.stored {
+                    positions.push((partition, *position, metadata.clone()));
+                }
+            }
+        }
+        if !positions.is_empty() {
+            // Async: the result reaches `commit_callback`. Under the lock, so
+            // it cannot overtake a later store's commit.
+            if let Err(error) = consumer.commit(&self.positions_tpl(&positions), CommitMode::Async) {
+                tracing::warn!(%error, "could not commit finished offsets; the next store retries");
+            }
+        }
+    }
+
+    /// The finished offsets of each of `partitions`, from the group's
+    /// committed positions and their metadata. Bounded by
+    /// `COMMITTED_TIMEOUT`; on failure nothing is skipped (jobs finished by
+    /// the previous owner are then sent again).
+    fn finished_of(
+        &self,
+        consumer: &BaseConsumer<IngestContext>,
+        partitions: &[i32],
+    ) -> BTreeMap<i32, Vec<RangeInclusive<i64>>> {
+        let committed =
+            match consumer.committed_offsets(self.tpl(partitions.iter().copied()), COMMITTED_TIMEOUT) {
+                Ok(committed) => committed,
+                Err(error) => {
+                    tracing::warn!(%error, ?partitions, "could not fetch the committed finished offsets");
+                    return BTreeMap::new();
+                }
+            };
+        let mut finished = BTreeMap::new();
+        for element in committed.elements_for_topic(&self.topic) {
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            // rdkafka panics on metadata that is not UTF-8 (written by some
+            // other tool); a panic must not cross librdkafka's callback.
+            let Ok(metadata) = std::panic::catch_unwind(AssertUnwindSafe(|| element.metadata().to_owned()))
+            else {
+                tracing::warn!(partition = element.partition(), "ignoring offset metadata that is not UTF-8");
+                continue;
+            };
+            match finished::decode(position, &metadata) {
+                Ok(ranges) if ranges.is_empty() => {}
+                Ok(ranges) => {
+                    tracing::debug!(partition = element.partition(), position, %metadata, "finished offsets to skip");
+                    finished.insert(element.partition(), ranges);
+                }
+                Err(error) => {
+                    tracing::warn!(partition = element.partition(), %error, %metadata, "ignoring offset metadata")
+                }
+            }
+        }
+        finished
+    }
+
+    fn assign(&self, partitions: &[i32], mut finished: BTreeMap<i32, Vec<RangeInclusive<i64>>>) {
         let mut state = self.lock();
         for &partition in partitions {
             let epoch = state.next_epoch;
             state.next_epoch += 1;
-            let owned = Owned { epoch, tracker: OffsetTracker::new(), revoking: false, forgotten: false };
+            let owned = Owned::new(epoch, finished.remove(&partition).unwrap_or_default());
             if let Some(old) = state.owned.insert(partition, owned) {
                 state.tracked -= old.tracker.pending();
             }
@@ -282,13 +474,17 @@ impl Shared {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            // Already stored by `done` as it advanced; storing again is
-            // harmless and makes the final position explicit. librdkafka's
-            // auto-commit commits the revoked partitions' stored offsets as
-            // the revocation completes.
-            let finals: Vec<(i32, i64)> = partitions
+            // Mostly stored already; storing again is harmless and makes the
+            // final position and finished offsets explicit, however recent.
+            // librdkafka's auto-commit commits the revoked partitions' stored
+            // offsets (and metadata) as the revocation completes, even when
+            // the position is already the committed one.
+            let finals: Vec<(i32, i64, String)> = partitions
                 .iter()
-                .filter_map(|&p| Some((p, state.owned.get(&p)?.tracker.watermark()?)))
+                .filter_map(|&p| {
+                    let (position, metadata) = state.owned.get(&p)?.position()?;
+                    Some((p, position, metadata))
+                })
                 .collect();
             self.store(consumer, &finals);
         }
@@ -344,8 +540,15 @@ impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             // Known before librdkafka assigns, so the first record polled
-            // finds its partition owned.
-            Rebalance::Assign(tpl) => self.shared.assign(&self.shared.partitions_of(tpl)),
+            // finds its partition owned, with its finished offsets.
+            Rebalance::Assign(tpl) => {
+                let partitions = self.shared.partitions_of(tpl);
+                if partitions.is_empty() {
+                    return;
+                }
+                let finished = self.shared.finished_of(consumer, &partitions);
+                self.shared.assign(&partitions, finished);
+            }
             Rebalance::Revoke(tpl) => {
                 let partitions = self.shared.partitions_of(tpl);
                 if !partitions.is_empty() {
@@ -413,6 +616,7 @@ impl Ingest {
                 paused: false,
                 closing: false,
                 next_epoch: 0,
+                metadata_committed_at: Instant::now(),
             }),
             settled: Condvar::new(),
             assignments,
@@ -469,7 +673,9 @@ impl Ingest {
     /// The next record. Waits while nothing is available, including while
     /// backpressure has paused every partition (the polling thread keeps the
     /// consumer in the group meanwhile). Records of partitions revoked since
-    /// they were read are skipped: their next owner reads them again.
+    /// they were read are skipped: their next owner reads them again. So are
+    /// records whose offsets the committed metadata lists as finished before
+    /// the partition was assigned: they count as done at once.
     /// Cancel-safe. An error means the consumer is finished
     /// ([`KafkaError::Closed`] or a fatal [`KafkaError::Consume`]); transient
     /// errors are logged and retried by librdkafka.
@@ -489,10 +695,22 @@ impl Ingest {
                 .get_mut(&record.partition)
                 .filter(|owned| owned.epoch == epoch && !owned.revoking);
             if let Some(owned) = current {
-                let before = owned.tracker.pending();
-                owned.tracker.track(record.offset);
-                state.tracked += owned.tracker.pending() - before;
-                return Ok(record);
+                if owned.finished_before(record.offset) {
+                    // Tracked and resolved, so the watermark moves past it.
+                    owned.tracker.track(record.offset);
+                    owned.tracker.resolve(record.offset);
+                    owned.dirty = true;
+                    tracing::trace!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        "skipping a finished job"
+                    );
+                } else {
+                    let before = owned.tracker.pending();
+                    owned.tracker.track(record.offset);
+                    state.tracked += owned.tracker.pending() - before;
+                    return Ok(record);
+                }
             }
             self.shared.resume_if_drained(&self.consumer, state);
         }
@@ -500,8 +718,10 @@ impl Ingest {
 
     /// The job at (`partition`, `offset`) is finished: its result or dead
     /// letter was acknowledged by Kafka. Advances the partition's watermark
-    /// and stores it for the next auto-commit; resumes paused partitions once
-    /// below the low-water mark. Calls for partitions no longer owned, or for
+    /// or adds to its finished offsets above it, and stores both for the next
+    /// auto-commit (at once, or within 100 ms when the partition was stored
+    /// less than 100 ms ago); resumes paused partitions once below the
+    /// low-water mark. Calls for partitions no longer owned, or for
     /// offsets not handed out by `next`, are ignored.
     pub fn done(&self, partition: i32, offset: i64) {
         let mut guard = self.shared.lock();
@@ -510,13 +730,18 @@ impl Ingest {
             return;
         };
         let before = owned.tracker.pending();
-        let advanced = owned.tracker.resolve(offset);
+        owned.tracker.resolve(offset);
         let resolved = before - owned.tracker.pending();
         state.tracked -= resolved;
-        if let Some(position) = advanced {
-            // Under the lock, so that concurrent `done` calls store a
-            // partition's positions in increasing order.
-            self.shared.store(&self.consumer, &[(partition, position)]);
+        // `advanced` or not, a resolved offset changes what is stored: the
+        // watermark or the finished offsets above it.
+        if resolved > 0 {
+            owned.dirty = true;
+            if owned.store_due(Instant::now()) {
+                // Under the lock, so that concurrent `done` calls store a
+                // partition's positions in increasing order.
+                self.shared.store_partition(&self.consumer, partition, owned);
+            }
         }
         if owned.revoking && resolved > 0 {
             self.shared.settled.notify_all();
@@ -574,13 +799,33 @@ impl Ingest {
             .collect())
     }
 
-    /// Commits the stored offsets now and waits for the broker's answer
-    /// (graceful shutdown: call after the last `done`). Blocks the calling
-    /// thread for one round trip.
+    /// Stores every owned partition's latest position and finished offsets,
+    /// commits them now and waits for the broker's answer (graceful
+    /// shutdown: call after the last `done`). Blocks the calling thread for
+    /// one round trip.
     pub fn commit_now(&self) -> Result<(), KafkaError> {
-        // With no offsets argument librdkafka commits the *stored* offsets of
-        // the current assignment, not the consume position.
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        let positions: Vec<(i32, i64, String)> = {
+            let mut guard = self.shared.lock();
+            let state = &mut *guard;
+            let mut positions = Vec::new();
+            for (&partition, owned) in &mut state.owned {
+                if owned.revoking {
+                    continue;
+                }
+                self.shared.store_partition(&self.consumer, partition, owned);
+                owned.metadata_uncommitted = false;
+                if let Some((position, metadata)) = &owned.stored {
+                    positions.push((partition, *position, metadata.clone()));
+                }
+            }
+            positions
+        };
+        if positions.is_empty() {
+            return Ok(());
+        }
+        // Explicit offsets rather than librdkafka's stored ones: it would
+        // leave out a position already committed whose metadata changed.
+        match self.consumer.commit(&self.shared.positions_tpl(&positions), CommitMode::Sync) {
             Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(KafkaError::Commit(error)),
         }
@@ -612,8 +857,14 @@ fn poll_loop(
     records: &mpsc::UnboundedSender<Polled>,
     stop: &AtomicBool,
 ) {
+    let mut flushed_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let Some(polled) = consumer.poll(POLL_INTERVAL) else {
+        let polled = consumer.poll(POLL_INTERVAL);
+        if flushed_at.elapsed() >= STORE_INTERVAL / 2 {
+            shared.flush(consumer);
+            flushed_at = Instant::now();
+        }
+        let Some(polled) = polled else {
             continue;
         };
         let message = match polled {

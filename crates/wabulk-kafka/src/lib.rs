@@ -8,13 +8,17 @@
 //! commit only after the job's result or dead letter was acknowledged by Kafka.
 //! [`Ingest::done`] is the only path to `store_offsets`, and it stores the
 //! contiguous watermark of its partition, never an offset beyond one that is
-//! still unresolved.
+//! still unresolved. Offsets above the watermark that are finished travel in
+//! the offset commit metadata, and whoever reads the partition next skips
+//! them: a job whose result was acknowledged is not sent again after a
+//! restart or a rebalance (short of what the metadata's size cap leaves out).
 //!
 //! Nothing here knows what a job is: records are bytes, results are bytes.
 
 mod context;
 mod embedded;
 mod error;
+mod finished;
 mod ingest;
 mod output;
 mod reader;

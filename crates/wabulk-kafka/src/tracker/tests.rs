@@ -1,19 +1,37 @@
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 
 use proptest::prelude::*;
 
 use super::OffsetTracker;
 
-/// The obvious model: a set of pending offsets and the highest tracked one.
+/// The obvious model: a set of pending offsets, the highest tracked one, and
+/// the offsets that need no more work: resolved, or skipped by a gap.
 #[derive(Default)]
 struct Model {
     pending: BTreeSet<i64>,
     last: Option<i64>,
+    finished: BTreeSet<i64>,
 }
 
 impl Model {
     fn watermark(&self) -> Option<i64> {
         self.pending.first().copied().or(self.last.map(|last| last + 1))
+    }
+
+    /// The finished offsets above the watermark, as maximal ranges.
+    fn finished_above(&self) -> Vec<RangeInclusive<i64>> {
+        let Some(watermark) = self.watermark() else {
+            return Vec::new();
+        };
+        let mut ranges: Vec<RangeInclusive<i64>> = Vec::new();
+        for &offset in self.finished.range(watermark + 1..) {
+            match ranges.last_mut() {
+                Some(last) if *last.end() + 1 == offset => *last = *last.start()..=offset,
+                _ => ranges.push(offset..=offset),
+            }
+        }
+        ranges
     }
 }
 
@@ -48,6 +66,10 @@ proptest! {
             let advanced = match op {
                 Op::Track { gap } => {
                     let offset = next + gap - 1;
+                    // The gap before it, once the partition has a first offset.
+                    if model.last.is_some() {
+                        model.finished.extend(next..offset);
+                    }
                     next = offset + 1;
                     tracker.track(offset);
                     model.pending.insert(offset);
@@ -60,6 +82,7 @@ proptest! {
                     }
                     let offset = *model.pending.iter().nth(pick % model.pending.len()).unwrap();
                     model.pending.remove(&offset);
+                    model.finished.insert(offset);
                     tracker.resolve(offset)
                 }
                 Op::ResolveUnknown { offset } => {
@@ -74,6 +97,7 @@ proptest! {
             let after = model.watermark();
             prop_assert_eq!(tracker.watermark(), after);
             prop_assert_eq!(tracker.pending(), model.pending.len());
+            prop_assert_eq!(tracker.finished_above().collect::<Vec<_>>(), model.finished_above());
             // `resolve` reports exactly the advances of the watermark.
             let expected = match (before, after) {
                 (Some(b), Some(a)) if a > b => Some(a),
@@ -102,11 +126,28 @@ fn out_of_order_resolution_waits_for_the_gap() {
     }
     assert_eq!(tracker.watermark(), Some(10));
     assert_eq!(tracker.resolve(12), None);
+    assert_eq!(tracker.finished_above().collect::<Vec<_>>(), vec![12..=12]);
     assert_eq!(tracker.resolve(11), None);
+    assert_eq!(tracker.finished_above().collect::<Vec<_>>(), vec![11..=12]);
     assert_eq!(tracker.resolve(10), Some(13));
     assert_eq!(tracker.resolve(10), None, "a second done is ignored");
     assert_eq!(tracker.resolve(14), None);
+    assert_eq!(tracker.finished_above().collect::<Vec<_>>(), vec![14..=14]);
     assert_eq!(tracker.resolve(13), Some(15));
     assert_eq!(tracker.pending(), 0);
     assert_eq!(tracker.watermark(), Some(15));
+    assert_eq!(tracker.finished_above().count(), 0);
+}
+
+#[test]
+fn gaps_between_tracked_offsets_count_as_finished() {
+    let mut tracker = OffsetTracker::new();
+    assert_eq!(tracker.finished_above().count(), 0);
+    for offset in [3, 4, 7, 9] {
+        tracker.track(offset);
+    }
+    assert_eq!(tracker.finished_above().collect::<Vec<_>>(), vec![5..=6, 8..=8]);
+    tracker.resolve(9);
+    tracker.resolve(4);
+    assert_eq!(tracker.finished_above().collect::<Vec<_>>(), vec![4..=6, 8..=9]);
 }

@@ -1,5 +1,6 @@
 //! Integration tests against librdkafka's mock cluster ([`EmbeddedKafka`]):
-//! the offset watermark across a consumer restart, backpressure without
+//! the offset watermark and the finished offsets above it (in the commit
+//! metadata) across a consumer restart, backpressure without
 //! leaving the group, a cooperative revocation that waits for the engine, and
 //! the producer's acknowledgements across a broker outage. Each test starts
 //! its own cluster, so they run in parallel without sharing state.
@@ -7,6 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use wabulk_kafka::{
@@ -91,11 +95,29 @@ fn by_partition(records: &[Record]) -> BTreeMap<i32, Vec<i64>> {
     map
 }
 
+/// The group's committed position of `partition` and its metadata, read with
+/// a plain rdkafka consumer (which does not join the group).
+fn committed_with_metadata(kafka: &EmbeddedKafka, group: &str, topic: &str, partition: i32) -> (i64, String) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    let element = committed.find_partition(topic, partition).unwrap();
+    match element.offset() {
+        Offset::Offset(offset) => (offset, element.metadata().to_owned()),
+        other => panic!("nothing committed for {topic}/{partition}: {other:?}"),
+    }
+}
+
 /// Done out of order with one gap per partition: after a restart the group
-/// resumes exactly at each gap, re-reading the gap and what follows it, and
-/// nothing before it.
+/// resumes at each gap and hands out the gap only: the jobs done above it
+/// are in the commit metadata and skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_consumer_resumes_at_the_contiguous_watermark() {
+async fn a_restarted_consumer_resumes_at_the_watermark_and_skips_what_was_done() {
     init_logs();
     let kafka = EmbeddedKafka::start(1).unwrap();
     let topic = "roundtrip.jobs";
@@ -134,16 +156,90 @@ async fn a_restarted_consumer_resumes_at_the_contiguous_watermark() {
     drop(ingest);
 
     let (ingest, _events) = Ingest::connect(&settings).unwrap();
-    let expected: usize = gaps.iter().map(|(p, gap)| (ends[p] - gap) as usize).sum();
-    let again = by_partition(&read(&ingest, expected).await);
+    let again = by_partition(&read(&ingest, gaps.len()).await);
     for (partition, gap) in &gaps {
-        let want: Vec<i64> = (*gap..ends[partition]).collect();
-        assert_eq!(again[partition], want, "partition {partition} resumes at its gap");
+        assert_eq!(again[partition], vec![*gap], "partition {partition} hands out its gap only");
     }
     assert!(
         next_within(&ingest, Duration::from_secs(1)).await.is_none(),
-        "nothing done before the gap is read again"
+        "nothing done, before or after the gap, is read again"
     );
+    // The skipped jobs count as done: finishing the gaps moves the watermark
+    // to the end of each partition.
+    for (partition, gap) in &gaps {
+        ingest.done(*partition, *gap);
+    }
+    ingest.commit_now().unwrap();
+    let committed: BTreeMap<i32, i64> =
+        ingest.committed(Duration::from_secs(5)).unwrap().into_iter().collect();
+    assert_eq!(committed, ends, "the watermark passed the skipped jobs");
+}
+
+/// One partition, done in a scattered order that leaves out the first
+/// offsets and a few others: the commit carries the watermark (the first
+/// offset) and the finished ranges above it as metadata, and a new consumer
+/// in the group receives exactly the offsets that were not done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consumer_receives_exactly_the_jobs_not_done() {
+    init_logs();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let topic = "scattered.jobs";
+    kafka.create_topic(topic, 1).unwrap();
+    let count = 40;
+    produce(&kafka, topic, count).await;
+    let mut settings = settings(&kafka, topic);
+    settings.extra.insert("auto.commit.interval.ms".into(), "60000".into());
+    let (ingest, _events) = Ingest::connect(&settings).unwrap();
+    let records = read(&ingest, count).await;
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..count as i64).collect::<Vec<_>>());
+    let not_done: BTreeSet<i64> = [0, 1, 5, 17, 18, 25, 39].into();
+    for i in 0..count {
+        let offset = ((i * 13) % count) as i64;
+        if !not_done.contains(&offset) {
+            ingest.done(0, offset);
+        }
+    }
+    ingest.commit_now().unwrap();
+    let (position, metadata) = committed_with_metadata(&kafka, &settings.group_id, topic, 0);
+    assert_eq!(position, 0);
+    assert_eq!(metadata, "v1:2-4,6-16,19-24,26-38");
+    drop(ingest);
+
+    let (ingest, _events) = Ingest::connect(&settings).unwrap();
+    let again: Vec<i64> = read(&ingest, not_done.len()).await.iter().map(|r| r.offset).collect();
+    assert_eq!(again, not_done.iter().copied().collect::<Vec<_>>());
+    assert!(next_within(&ingest, Duration::from_secs(1)).await.is_none(), "nothing done is read again");
+    // Finishing 0 and 1 moves the watermark over the finished 2..=4; what is
+    // committed is relative to it.
+    ingest.done(0, 1);
+    ingest.done(0, 0);
+    ingest.commit_now().unwrap();
+    let (position, metadata) = committed_with_metadata(&kafka, &settings.group_id, topic, 0);
+    assert_eq!((position, metadata.as_str()), (5, "v1:1-11,14-19,21-33"));
+}
+
+/// The watermark is stuck on an unfinished job while jobs above it finish:
+/// auto-commit would not commit a position already committed, so the
+/// consumer commits the changed metadata itself, without `commit_now` (what
+/// a crash finds committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_offsets_are_committed_while_the_watermark_is_stuck() {
+    init_logs();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let topic = "stuck.jobs";
+    kafka.create_topic(topic, 1).unwrap();
+    produce(&kafka, topic, 10).await;
+    let settings = settings(&kafka, topic);
+    let (ingest, _events) = Ingest::connect(&settings).unwrap();
+    read(&ingest, 10).await;
+    ingest.done(0, 3);
+    // Auto-commit (every second) commits the first store.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(committed_with_metadata(&kafka, &settings.group_id, topic, 0), (0, "v1:3".into()));
+    ingest.done(0, 5);
+    ingest.done(0, 6);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(committed_with_metadata(&kafka, &settings.group_id, topic, 0), (0, "v1:3,5-6".into()));
 }
 
 /// At the high-water mark `next` stops yielding; the consumer stays in the
@@ -239,9 +335,22 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
         eprintln!("the revocation commit was refused; the new owner starts at {start}, not {gap}");
     }
     assert!(start <= gap, "never beyond the unfinished job");
-    let want: Vec<i64> = moved_offsets.iter().copied().filter(|&o| o >= start).collect();
-    let got: Vec<i64> = read(&second, want.len()).await.iter().map(|r| r.offset).collect();
-    assert_eq!(got, want, "the new owner starts at the committed watermark");
+    if start == gap {
+        // Everything else was done and is in the commit metadata.
+        let got: Vec<i64> = read(&second, 1).await.iter().map(|r| r.offset).collect();
+        assert_eq!(got, vec![gap], "the new owner hands out the unfinished job only");
+    } else {
+        // From an earlier commit, whose metadata skips some of the jobs done
+        // since `start`, but never the gap.
+        let mut got = Vec::new();
+        while let Some(record) = next_within(&second, Duration::from_secs(3)).await {
+            got.push(record.offset);
+        }
+        assert!(got.contains(&gap), "the unfinished job is handed out: {got:?}");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert!(got.iter().all(|o| *o >= start && moved_offsets.contains(o)), "{got:?}");
+    }
+    assert!(next_within(&second, Duration::from_secs(1)).await.is_none(), "nothing more");
     assert_eq!(first.assigned(), vec![1 - moved]);
     // The late `done` of a partition we no longer own is ignored.
     first.done(moved, gap);

@@ -1,0 +1,105 @@
+//! The offset commit metadata of a jobs partition: which offsets above the
+//! committed position are already finished, so that whoever reads the
+//! partition next (this consumer after a restart, or the next owner after a
+//! rebalance) skips them instead of sending their jobs again.
+//!
+//! Format (ASCII, because rdkafka exposes metadata as `&str`): `v1:` followed
+//! by comma-separated ranges of offsets relative to the committed position
+//! `W`, lowest first, each `a` (offset `W + a`) or `a-b` (offsets `W + a` to
+//! `W + b` inclusive), with `1 <= a <= b` and each range starting above the
+//! previous one's end. `v1:3-5,9` with `W = 100` means offsets 103,
+//! 104, 105 and 109 are finished; 100 (the committed position itself) never
+//! is. `v1:` alone means nothing above `W` is finished.
+//!
+//! The text is capped at [`MAX_METADATA_BYTES`], under Kafka's default
+//! `offset.metadata.max.bytes` (4096): ranges that do not fit are left out,
+//! highest first. That costs only duplicates (the offsets left out are read
+//! and sent again), never a lost job, since a range is written only for
+//! offsets that are finished.
+
+use std::fmt::Write as _;
+use std::ops::RangeInclusive;
+
+/// The largest metadata written, in bytes.
+pub(crate) const MAX_METADATA_BYTES: usize = 3_500;
+
+const PREFIX: &str = "v1:";
+
+/// The metadata for position `watermark` and the `finished` ranges above it
+/// (ascending, disjoint, all above `watermark`, as
+/// [`OffsetTracker::finished_above`](crate::OffsetTracker::finished_above)
+/// yields them), cut at [`MAX_METADATA_BYTES`].
+pub(crate) fn encode(watermark: i64, finished: impl IntoIterator<Item = RangeInclusive<i64>>) -> String {
+    let mut text = String::from(PREFIX);
+    let mut item = String::new();
+    for range in finished {
+        let (start, end) = (range.start() - watermark, range.end() - watermark);
+        // Not produced by the tracker; skipped rather than trusted.
+        if start < 1 || end < start {
+            continue;
+        }
+        item.clear();
+        if text.len() > PREFIX.len() {
+            item.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = if start == end { write!(item, "{start}") } else { write!(item, "{start}-{end}") };
+        if text.len() + item.len() > MAX_METADATA_BYTES {
+            break;
+        }
+        text.push_str(&item);
+    }
+    text
+}
+
+/// Why committed metadata was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MetadataError {
+    #[error("unknown offset metadata format (expected the prefix {PREFIX:?})")]
+    Format,
+    #[error("malformed finished range {0:?} in the offset metadata")]
+    Range(String),
+}
+
+/// The finished offsets (absolute, ascending, disjoint) that `metadata`,
+/// committed with position `committed`, describes. Empty metadata (a commit
+/// by an older wabulk or another tool) means none. Anything malformed is an
+/// error, and the caller then skips nothing.
+pub(crate) fn decode(committed: i64, metadata: &str) -> Result<Vec<RangeInclusive<i64>>, MetadataError> {
+    if metadata.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = metadata.strip_prefix(PREFIX).ok_or(MetadataError::Format)?;
+    let mut ranges: Vec<RangeInclusive<i64>> = Vec::new();
+    if body.is_empty() {
+        return Ok(ranges);
+    }
+    for item in body.split(',') {
+        let bad = || MetadataError::Range(item.to_owned());
+        let (start, end) = match item.split_once('-') {
+            Some((start, end)) => (start, end),
+            None => (item, item),
+        };
+        let relative = |text: &str| -> Option<i64> {
+            // `parse` accepts a leading '+'; the format does not.
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            text.parse::<i64>().ok().filter(|&n| n >= 1)
+        };
+        let (start, end) = (relative(start).ok_or_else(bad)?, relative(end).ok_or_else(bad)?);
+        if end < start {
+            return Err(bad());
+        }
+        let start = committed.checked_add(start).ok_or_else(bad)?;
+        let end = committed.checked_add(end).ok_or_else(bad)?;
+        if ranges.last().is_some_and(|last| start <= *last.end()) {
+            return Err(bad());
+        }
+        ranges.push(start..=end);
+    }
+    Ok(ranges)
+}
+
+#[cfg(test)]
+mod tests;
