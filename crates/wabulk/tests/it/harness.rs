@@ -135,6 +135,23 @@ pub(crate) struct EngineToml {
     /// Extra `key = value` lines of `[limits]`.
     pub(crate) limits: Vec<String>,
     pub(crate) request_timeout_ms: u64,
+    /// Extra `key = value` lines of `[graph]` (e.g. `max_attempts = 3`).
+    pub(crate) graph: Vec<String>,
+    /// More WABAs besides [`WABA`], each with its own token variable.
+    pub(crate) other_wabas: Vec<OtherWaba>,
+    /// `[kafka.properties]`: librdkafka settings for every client.
+    pub(crate) kafka_properties: Vec<(String, String)>,
+    /// `http.listen`; the default port 0 serves on any free port.
+    pub(crate) http_listen: String,
+}
+
+/// A WABA other than [`WABA`] in an engine configuration: its numbers and
+/// the variable its token is read from.
+#[derive(Debug, Clone)]
+pub(crate) struct OtherWaba {
+    pub(crate) id: String,
+    pub(crate) token_env: String,
+    pub(crate) numbers: Vec<Number>,
 }
 
 impl EngineToml {
@@ -146,6 +163,10 @@ impl EngineToml {
             numbers: numbers.to_vec(),
             limits: Vec::new(),
             request_timeout_ms: 5_000,
+            graph: Vec::new(),
+            other_wabas: Vec::new(),
+            kafka_properties: Vec::new(),
+            http_listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -157,11 +178,22 @@ impl EngineToml {
              dlq_topic = {DLQ:?}\n",
             self.brokers, self.group_id
         );
+        if !self.kafka_properties.is_empty() {
+            let _ = writeln!(text, "[kafka.properties]");
+            for (key, value) in &self.kafka_properties {
+                let _ = writeln!(text, "{key:?} = {value:?}");
+            }
+            let _ = writeln!(text);
+        }
         let _ = writeln!(
             text,
-            "[graph]\nbase_url = {:?}\nrequest_timeout_ms = {}\n",
+            "[graph]\nbase_url = {:?}\nrequest_timeout_ms = {}",
             self.base_url, self.request_timeout_ms
         );
+        for line in &self.graph {
+            let _ = writeln!(text, "{line}");
+        }
+        let _ = writeln!(text);
         let _ = writeln!(text, "[limits]");
         for line in &self.limits {
             let _ = writeln!(text, "{line}");
@@ -175,7 +207,17 @@ impl EngineToml {
             );
         }
         let _ = writeln!(text, "[[wabas]]\nid = {WABA:?}\ntoken_env = {TOKEN_ENV:?}\n");
-        let _ = writeln!(text, "[http]\nlisten = \"127.0.0.1:0\"");
+        for waba in &self.other_wabas {
+            for number in &waba.numbers {
+                let _ = writeln!(
+                    text,
+                    "[[phones]]\nid = {:?}\nwaba_id = {:?}\nmps = {}\n",
+                    number.id, waba.id, number.mps
+                );
+            }
+            let _ = writeln!(text, "[[wabas]]\nid = {:?}\ntoken_env = {:?}\n", waba.id, waba.token_env);
+        }
+        let _ = writeln!(text, "[http]\nlisten = {:?}", self.http_listen);
         text
     }
 
@@ -187,10 +229,14 @@ impl EngineToml {
 
     /// The configuration as the engine would load it, with the token given.
     pub(crate) fn setup(&self) -> EngineSetup {
+        self.setup_with_env(&|var| (var == TOKEN_ENV).then(|| TOKEN.to_owned()))
+    }
+
+    /// The configuration as the engine would load it, with the tokens `env` gives.
+    pub(crate) fn setup_with_env(&self, env: &dyn Fn(&str) -> Option<String>) -> EngineSetup {
         let config = Config::from_toml(&self.render(), "test", std::iter::empty::<(String, String)>())
             .expect("a valid configuration");
-        EngineSetup::from_config(&config, &|var| (var == TOKEN_ENV).then(|| TOKEN.to_owned()))
-            .expect("a usable configuration")
+        EngineSetup::from_config(&config, env).expect("a usable configuration")
     }
 }
 
@@ -221,13 +267,31 @@ pub(crate) const CHILD_SESSION_TIMEOUT_MS: u64 = 6_000;
 pub(crate) struct EngineProcess {
     child: Option<Child>,
     pub(crate) log: PathBuf,
+    /// Its standard output (`wabulk run` prints nothing there; kept to prove it).
+    pub(crate) out: PathBuf,
 }
 
 impl EngineProcess {
     /// Starts the engine; `generation` numbers its log file.
     pub(crate) fn spawn(program: Program, config: &Path, dir: &Path, generation: u32) -> EngineProcess {
+        let env = [(TOKEN_ENV.to_owned(), TOKEN.to_owned())];
+        EngineProcess::spawn_with(program, config, dir, generation, &env, "info,librdkafka=warn")
+    }
+
+    /// [`EngineProcess::spawn`] with these variables (the tokens) and this
+    /// `RUST_LOG`.
+    pub(crate) fn spawn_with(
+        program: Program,
+        config: &Path,
+        dir: &Path,
+        generation: u32,
+        env: &[(String, String)],
+        rust_log: &str,
+    ) -> EngineProcess {
         let log = dir.join(format!("engine-{generation}.log"));
         let log_file = std::fs::File::create(&log).expect("create the engine log");
+        let out = dir.join(format!("engine-{generation}.out"));
+        let out_file = std::fs::File::create(&out).expect("create the engine's stdout file");
         let mut command = match program {
             Program::Wabulk => {
                 let mut command = Command::new(env!("CARGO_BIN_EXE_wabulk"));
@@ -250,13 +314,13 @@ impl EngineProcess {
             command.env(CHILD_CONFIG_ENV, config);
         }
         command
-            .env(TOKEN_ENV, TOKEN)
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(out_file))
             .stderr(Stdio::from(log_file));
         let child = command.spawn().expect("start wabulk run");
-        EngineProcess { child: Some(child), log }
+        EngineProcess { child: Some(child), log, out }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -318,6 +382,8 @@ impl Drop for EngineProcess {
 
 /// The engine running in this process until [`InProcessEngine::stop`].
 pub(crate) struct InProcessEngine {
+    /// The engine's metrics, read directly by tests.
+    pub(crate) metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -327,10 +393,10 @@ impl InProcessEngine {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(wabulk::engine::run(setup, metrics, health, async move {
+        let task = tokio::spawn(wabulk::engine::run(setup, Arc::clone(&metrics), health, async move {
             let _ = stopped.await;
         }));
-        InProcessEngine { stop: Some(stop), task: Some(task) }
+        InProcessEngine { metrics, stop: Some(stop), task: Some(task) }
     }
 
     /// A graceful stop; fails the test if the engine failed or hung.
@@ -446,6 +512,33 @@ pub(crate) fn status_counts(results: &[JobResult]) -> BTreeMap<String, usize> {
 
 pub(crate) fn is_sent(result: &JobResult) -> bool {
     result.status == Status::Sent
+}
+
+/// A port free on 127.0.0.1 a moment ago: bound, read, released.
+pub(crate) fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// `GET path` over HTTP/1.1 from `127.0.0.1:port`; the status line and body,
+/// or why not (the engine may not be listening yet).
+pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of one sample in a Prometheus text body: `series` is the
+/// metric name with its labels as rendered (`name{label="v"}`), or the bare
+/// name of an unlabelled metric.
+pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Total limit violations the simulator counted.

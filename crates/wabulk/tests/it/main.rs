@@ -6,5 +6,7 @@
 mod crash;
 mod demo;
 mod dlq;
+mod faults;
 mod harness;
 mod order;
+mod secrets;
