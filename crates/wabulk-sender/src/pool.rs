@@ -405,6 +405,12 @@ impl Slot {
             return StreamError::Failed(error);
         }
         self.break_conn(&error);
+        if error.is_go_away() && error.is_remote() {
+            // RFC 9113 §6.8: streams above a GOAWAY's last stream id were not
+            // processed (h2 fails only those with the GOAWAY's error), so the
+            // request may go again at once on another connection.
+            return StreamError::NotProcessed(error);
+        }
         StreamError::Failed(error)
     }
 
