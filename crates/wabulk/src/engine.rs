@@ -506,8 +506,8 @@ impl SendStage {
 
     fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
         let partition = dispatch.job.partition;
-        let token = token(&self.setup, dispatch.waba).cloned();
-        let (false, Some(token)) = (self.draining || self.books.is_revoking(partition), token) else {
+        let ours = !self.draining && !self.books.is_revoking(partition);
+        let Some(token) = token(&self.setup, dispatch.waba).filter(|_| ours).cloned() else {
             // Not ours to send any more (or, defensively, no token): the
             // record is read again by its next owner or after a restart.
             let _ = self.scheduler.send(Command::Finish(dispatch.ticket));
