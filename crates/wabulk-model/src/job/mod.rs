@@ -197,17 +197,26 @@ impl Job {
     /// with `messaging_product` and `to` added, and `biz_opaque_callback_data`
     /// set to the job id unless the job set its own.
     pub fn request_body(&self) -> Bytes {
-        let mut body = Map::with_capacity(self.message.len() + 3);
-        body.insert("messaging_product".into(), Value::from("whatsapp"));
-        body.insert("to".into(), Value::from(self.to.to_string()));
-        for (key, value) in &self.message {
-            body.insert(key.clone(), value.clone());
-        }
-        if !body.contains_key("biz_opaque_callback_data") {
-            body.insert("biz_opaque_callback_data".into(), Value::from(self.id.clone()));
-        }
+        let body = RequestBody {
+            messaging_product: "whatsapp",
+            to: self.to,
+            message: &self.message,
+            biz_opaque_callback_data: (!self.message.contains_key("biz_opaque_callback_data"))
+                .then_some(self.id.as_str()),
+        };
         Bytes::from(serde_json::to_vec(&body).expect("a JSON map always serialises"))
     }
+}
+
+/// The request body, serialised straight from the job: nothing is copied.
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    messaging_product: &'static str,
+    to: Recipient,
+    #[serde(flatten)]
+    message: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    biz_opaque_callback_data: Option<&'a str>,
 }
 
 fn validate_message(message: &Map<String, Value>) -> Result<(), JobError> {
