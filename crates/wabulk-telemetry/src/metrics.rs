@@ -240,7 +240,7 @@ impl Metrics {
             results: counter_vec(
                 &r,
                 "wabulk_results_total",
-                "Final results written, one per job, by status.",
+                "Final results acknowledged by Kafka, one per job, by status.",
                 &["status"],
             ),
             rejected: counter_vec(

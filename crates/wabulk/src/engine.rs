@@ -228,13 +228,15 @@ struct Writer {
 
 impl Writer {
     fn result(&self, writes: &mut JoinSet<()>, pending: Pending, result: JobResult) {
-        self.metrics.results.with_label_values(&[status_label(result.status)]).inc();
         let (partition, offset) = (pending.partition, pending.offset);
         self.books.open(partition);
-        let (output, books) = (Arc::clone(&self.output), Arc::clone(&self.books));
+        let (output, books, metrics) =
+            (Arc::clone(&self.output), Arc::clone(&self.books), Arc::clone(&self.metrics));
         writes.spawn(async move {
             let json = result.to_json();
             acknowledged(|| output.result(&result.id, json.clone())).await;
+            // Counted once Kafka has it, so the metric never runs ahead of the topic.
+            metrics.results.with_label_values(&[status_label(result.status)]).inc();
             books.done(partition, offset);
         });
     }

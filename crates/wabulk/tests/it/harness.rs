@@ -399,6 +399,11 @@ impl InProcessEngine {
         InProcessEngine { metrics, stop: Some(stop), task: Some(task) }
     }
 
+    /// Whether the engine is still running (it has not returned or panicked).
+    pub(crate) fn running(&self) -> bool {
+        self.task.as_ref().is_some_and(|task| !task.is_finished())
+    }
+
     /// A graceful stop; fails the test if the engine failed or hung.
     pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -436,6 +441,24 @@ impl Collector {
         let task = tokio::spawn(async move {
             while let Ok(record) = reader.next().await {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+            }
+        });
+        Collector { records, task }
+    }
+
+    /// [`Collector::start`] that keeps reading past the reader's errors
+    /// (which [`Collector::start`] stops at): while the broker is down the
+    /// consumer reports transport errors, and reading resumes once it is back.
+    pub(crate) fn start_through_errors(brokers: &str, topic: &str) -> Collector {
+        let reader = TopicReader::connect(brokers, topic, Duration::from_secs(10)).expect("topic reader");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&records);
+        let task = tokio::spawn(async move {
+            loop {
+                match reader.next().await {
+                    Ok(record) => sink.lock().unwrap_or_else(|p| p.into_inner()).push(record),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
         });
         Collector { records, task }

@@ -9,4 +9,5 @@ mod dlq;
 mod faults;
 mod harness;
 mod order;
+mod scale;
 mod secrets;
