@@ -1,7 +1,7 @@
 //! Crash safety and graceful stops, with the engine as a child process:
-//! SIGKILL twice under load loses no job and duplicates no more than was in
-//! flight; SIGTERM drains, commits and exits 0, and the restart sends nothing
-//! twice.
+//! SIGKILL three times under load, at random moments, loses no job and
+//! duplicates no more than was in flight or not yet committed; SIGTERM
+//! drains, commits and exits 0, and the restart sends nothing twice.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -110,13 +110,25 @@ async fn killed_engine_loses_nothing() {
     let mut engine = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), 0);
     let load = start_load(&stack.brokers(), load(&numbers, &[1.0, 1.0, 1.0], 4_000, 300.0, "crash"));
 
-    // Two crashes while the engine is busy: the first ~4 s in, the second
-    // once the restarted engine has written a few hundred more results.
+    // Three crashes while the engine is busy: each once the (restarted)
+    // engine has written a few hundred results, then after a random delay of
+    // up to 2 s, so that the kill lands anywhere in its work (a send, a
+    // result write, a commit). The delays are printed to replay a failure.
     let mut kills = Vec::new();
-    for generation in 1..=2 {
+    for generation in 1..=3 {
         let busy = progress_after(&results, 400, Duration::from_secs(60)).await;
         assert!(busy.is_some(), "engine {} wrote no result:\n{}", generation - 1, engine.log_tail(30));
         tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+        let jitter = Duration::from_millis(
+            u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos(),
+            ) % 2_000,
+        );
+        println!("kill {generation}: random delay {} ms", jitter.as_millis());
+        tokio::time::sleep(jitter).await;
         assert!(engine.running(), "engine {} exited by itself:\n{}", generation - 1, engine.log_tail(30));
         engine.kill();
         let killed_at = started.elapsed();
@@ -154,9 +166,10 @@ async fn killed_engine_loses_nothing() {
     let duplicate_sent: usize =
         grouped.values().map(|rs| rs.iter().filter(|r| is_sent(r)).count().saturating_sub(1)).sum();
     println!(
-        "killed twice: {} jobs, {} results ({:?}) in {:.1} s; duplicate results {duplicate_results} \
+        "killed {} times: {} jobs, {} results ({:?}) in {:.1} s; duplicate results {duplicate_results} \
          (of which sent twice {duplicate_sent}), simulator: {} requests, {} accepted, duplicates {}, \
          violations {:?}",
+        kills.len(),
         ids.len(),
         all.len(),
         status_counts(&all),
