@@ -7,60 +7,12 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use wabulk_graph_sim::Latency;
-use wabulk_kafka::JobWriter;
-use wabulk_loadgen::{LoadNumber, LoadReport, LoadSpec, Recipients, RunOptions};
 
 use crate::harness::{
-    by_id, distinct_ids, init_logs, is_sent, limits_report, sim_config, status_counts, violations, Collector,
-    EngineProcess, EngineToml, Number, Program, Stack, TempDir, JOBS, WABA,
+    by_id, distinct_ids, finish_load, init_logs, is_sent, limits_report, load, sim_config, start_load,
+    status_counts, violations, Collector, EngineProcess, EngineToml, Number, Program, Stack, TempDir,
+    MPS_MARGIN,
 };
-
-/// Pacing margin under each tier in the child-process tests. The default
-/// (1 %) leaves 10 ms of the 1 s window for jitter between sending and
-/// arrival; on a loaded two-core machine running debug builds that is
-/// sometimes not enough (the simulator then counts 81 arrivals in a second
-/// for an 80 msg/s number), which is not what these tests are about.
-const MPS_MARGIN: &str = "mps_margin_percent = 5.0";
-
-/// A load of `jobs` valid jobs, shared by `numbers` in proportion to
-/// `shares`, to a million recipients (so the pair rule never matters), at
-/// `rate` per second.
-fn load(numbers: &[Number], shares: &[f64], jobs: u64, rate: f64, prefix: &str) -> LoadSpec {
-    LoadSpec {
-        numbers: numbers
-            .iter()
-            .zip(shares)
-            .map(|(n, &share)| LoadNumber { share, ..LoadNumber::new(n.id.clone(), WABA, n.mps) })
-            .collect(),
-        jobs,
-        rate: Some(rate),
-        recipients: Recipients::Uniform { count: 1_000_000 },
-        bursts: Vec::new(),
-        malformed_fraction: 0.0,
-        not_before_fraction: 0.0,
-        not_before_max_s: 0,
-        expires_fraction: 0.0,
-        expires_in_s: 0,
-        id_prefix: prefix.into(),
-        seed: 3,
-    }
-}
-
-/// Writes the load in the background; its report carries every job id.
-fn start_load(brokers: &str, spec: LoadSpec) -> tokio::task::JoinHandle<LoadReport> {
-    let writer = JobWriter::connect(brokers, &Default::default()).expect("job writer");
-    tokio::spawn(async move {
-        let options = RunOptions { collect_job_ids: true, ..RunOptions::default() };
-        wabulk_loadgen::run_with(&spec, &writer, JOBS, &options).await.expect("load generator")
-    })
-}
-
-async fn finish_load(load: tokio::task::JoinHandle<LoadReport>) -> LoadReport {
-    tokio::time::timeout(Duration::from_secs(60), load)
-        .await
-        .expect("the load generator finished within 60 s")
-        .expect("load generator task")
-}
 
 /// Polls `done` every 100 ms for up to `limit`; whether it became true.
 async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {

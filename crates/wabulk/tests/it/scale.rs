@@ -8,54 +8,20 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use wabulk_graph_sim::{Latency, SimStats};
-use wabulk_kafka::JobWriter;
-use wabulk_loadgen::{LoadNumber, LoadReport, LoadSpec, Recipients, RunOptions};
+use wabulk_loadgen::LoadReport;
 
 use crate::harness::{
-    by_id, distinct_ids, init_logs, is_sent, limits_report, sim_config, status_counts, violations, Collector,
-    EngineProcess, EngineToml, InProcessEngine, Number, Program, Stack, TempDir, JOBS, RESULTS, WABA,
+    by_id, distinct_ids, finish_load, init_logs, is_sent, limits_report, load, sim_config, start_load,
+    status_counts, violations, Collector, EngineProcess, EngineToml, InProcessEngine, Number, Program, Stack,
+    TempDir, JOBS, MPS_MARGIN, RESULTS,
 };
-
-/// Pacing margin under each tier, as in `crash.rs`: a loaded two-core
-/// machine running debug builds needs more than 10 ms of jitter room.
-const MPS_MARGIN: &str = "mps_margin_percent = 5.0";
 
 /// The mock cluster's only broker (librdkafka numbers mock brokers from 1).
 const BROKER: i32 = 1;
 
-/// `jobs` valid jobs shared evenly by `numbers`, to a million recipients
-/// (the pair rule never matters), at `rate` per second, keyed by number.
-fn load(numbers: &[Number], jobs: u64, rate: f64, prefix: &str) -> LoadSpec {
-    LoadSpec {
-        numbers: numbers.iter().map(|n| LoadNumber::new(n.id.clone(), WABA, n.mps)).collect(),
-        jobs,
-        rate: Some(rate),
-        recipients: Recipients::Uniform { count: 1_000_000 },
-        bursts: Vec::new(),
-        malformed_fraction: 0.0,
-        not_before_fraction: 0.0,
-        not_before_max_s: 0,
-        expires_fraction: 0.0,
-        expires_in_s: 0,
-        id_prefix: prefix.into(),
-        seed: 5,
-    }
-}
-
-/// Writes the load in the background; its report carries every job id.
-fn start_load(brokers: &str, spec: LoadSpec) -> tokio::task::JoinHandle<LoadReport> {
-    let writer = JobWriter::connect(brokers, &Default::default()).expect("job writer");
-    tokio::spawn(async move {
-        let options = RunOptions { collect_job_ids: true, ..RunOptions::default() };
-        wabulk_loadgen::run_with(&spec, &writer, JOBS, &options).await.expect("load generator")
-    })
-}
-
-async fn finish_load(load: tokio::task::JoinHandle<LoadReport>) -> HashSet<String> {
-    let report = tokio::time::timeout(Duration::from_secs(60), load)
-        .await
-        .expect("the load generator finished within 60 s")
-        .expect("load generator task");
+/// Every job id of the load, checked unique.
+async fn load_ids(load: tokio::task::JoinHandle<LoadReport>) -> HashSet<String> {
+    let report = finish_load(load).await;
     let ids: HashSet<String> = report.job_ids.iter().cloned().collect();
     assert_eq!(ids.len() as u64, report.written, "job ids are unique");
     ids
@@ -134,7 +100,7 @@ async fn broker_outage_mid_run_loses_nothing() {
     // The reader too loses the broker; this one reads on after it.
     let results = Collector::start_through_errors(&stack.brokers(), RESULTS);
     let started = Instant::now();
-    let load = start_load(&stack.brokers(), load(&numbers, 1_500, 200.0, "outage"));
+    let load = start_load(&stack.brokers(), load(&numbers, &[1.0; 2], 1_500, 200.0, "outage"));
 
     let flowing = results.wait_until(Duration::from_secs(60), |records| records.len() >= 300).await;
     assert!(flowing, "only {} results in 60 s before the outage", results.len());
@@ -180,7 +146,7 @@ async fn broker_outage_mid_run_loses_nothing() {
     let more_after = fresh.wait_until(limit, |records| distinct_ids(records) >= issued + 200).await;
     assert!(more_after, "fewer than 200 new results in 60 s after the broker came back");
 
-    let ids = finish_load(load).await;
+    let ids = load_ids(load).await;
     let all_in =
         results.wait_until(Duration::from_secs(90), |records| distinct_ids(records) >= ids.len()).await;
     let elapsed = started.elapsed();
@@ -274,7 +240,7 @@ async fn two_engines_share_a_group_and_survive_a_kill() {
     let started = Instant::now();
     let mut survivor = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), 0);
     let mut victim = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), 1);
-    let load = start_load(&stack.brokers(), load(&numbers, 3_000, 200.0, "two"));
+    let load = start_load(&stack.brokers(), load(&numbers, &[1.0; 4], 3_000, 200.0, "two"));
 
     // Both engines own partitions and every number is being sent.
     let both = wait_for(Duration::from_secs(60), || {
@@ -322,7 +288,7 @@ async fn two_engines_share_a_group_and_survive_a_kill() {
     let rejoin_took = started.elapsed() - restarted_at;
     assert!(rejoined, "the restarted engine got no partition in 60 s:\n{}", restarted.log_tail(30));
 
-    let ids = finish_load(load).await;
+    let ids = load_ids(load).await;
     let all_in =
         results.wait_until(Duration::from_secs(90), |records| distinct_ids(records) >= ids.len()).await;
     let elapsed = started.elapsed();
