@@ -34,6 +34,12 @@ pub enum KafkaError {
         #[source]
         source: RdKafkaError,
     },
+    #[error("could not create topic {topic}")]
+    CreateTopic {
+        topic: String,
+        #[source]
+        source: RdKafkaError,
+    },
     #[error("could not commit offsets")]
     Commit(#[source] RdKafkaError),
     #[error("could not flush the producer")]

@@ -1,8 +1,8 @@
 //! wabulk's Kafka edge: the jobs consumer with its offset watermark and
 //! backpressure ([`Ingest`]), the results/DLQ producer ([`Output`]), a plain
 //! producer for load generators and tests ([`JobWriter`]), a topic reader for
-//! checks ([`TopicReader`]) and librdkafka's in-process mock cluster
-//! ([`EmbeddedKafka`]).
+//! checks ([`TopicReader`]), topic creation ([`create_topics`]) and
+//! librdkafka's in-process mock cluster ([`EmbeddedKafka`]).
 //!
 //! The invariant this crate owns (CONTRACT §5): an input offset is stored for
 //! commit only after the job's result or dead letter was acknowledged by Kafka.
@@ -15,6 +15,7 @@
 //!
 //! Nothing here knows what a job is: records are bytes, results are bytes.
 
+mod admin;
 mod context;
 mod embedded;
 mod error;
@@ -25,6 +26,7 @@ mod reader;
 mod settings;
 mod tracker;
 
+pub use admin::create_topics;
 pub use embedded::EmbeddedKafka;
 pub use error::KafkaError;
 pub use ingest::{Assignment, Ingest, Record};

@@ -14,7 +14,7 @@ const MAX_ID_CHARS: usize = 128;
 /// A load run: which numbers send, how many jobs, how fast, to whom, and how
 /// many of them are awkward (malformed, delayed, expiring).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default = "LoadSpec::file_default", deny_unknown_fields)]
 pub struct LoadSpec {
     /// The business numbers jobs are written for (the Kafka key).
     pub numbers: Vec<LoadNumber>,
@@ -150,6 +150,24 @@ impl Default for LoadSpec {
 }
 
 impl LoadSpec {
+    /// What a spec file leaves out: the default numbers, jobs and
+    /// recipients, and nothing optional: no rate cap (as fast as Kafka
+    /// takes them), no bursts, no malformed, delayed or expiring jobs, and
+    /// an empty `id_prefix` that the caller fills in per run.
+    pub fn file_default() -> Self {
+        Self {
+            rate: None,
+            bursts: Vec::new(),
+            malformed_fraction: 0.0,
+            not_before_fraction: 0.0,
+            not_before_max_s: 0,
+            expires_fraction: 0.0,
+            expires_in_s: 0,
+            id_prefix: String::new(),
+            ..Self::default()
+        }
+    }
+
     /// How many records are malformed: exactly this many, whatever the seed.
     pub fn malformed_count(&self) -> u64 {
         // `jobs` fits in f64 exactly for any run that could finish.

@@ -53,26 +53,55 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
-    /// Write jobs to Kafka at a target rate.
-    Loadgen {
-        /// Load specification (TOML); see crates/wabulk-loadgen.
-        #[arg(long)]
-        spec: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        #[arg(long, default_value = "wabulk.jobs")]
-        topic: String,
-        /// Override the spec's job count.
-        #[arg(long)]
-        jobs: Option<u64>,
-        /// Override the spec's rate (jobs/s); 0 means as fast as possible.
-        #[arg(long)]
-        rate: Option<f64>,
-    },
+    /// Write jobs to Kafka at a target rate (`--spec`), or run a whole
+    /// capacity scenario (`loadgen run SCENARIO.toml`).
+    Loadgen(LoadgenArgs),
     /// Validate a configuration and print the effective one, secrets masked.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct LoadgenArgs {
+    #[command(subcommand)]
+    command: Option<LoadgenCommand>,
+    /// Load specification (TOML); see crates/wabulk-loadgen.
+    #[arg(long, required = true)]
+    spec: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "wabulk.jobs")]
+    topic: String,
+    /// Override the spec's job count.
+    #[arg(long)]
+    jobs: Option<u64>,
+    /// Override the spec's rate (jobs/s); 0 means as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum LoadgenCommand {
+    /// Start the scenario's broker, simulator and engine on 127.0.0.1, drive
+    /// its load, and write a report (JSON, Markdown, SVG charts).
+    Run {
+        /// Scenario file, e.g. loadtest/scenarios/smoke.toml.
+        scenario: PathBuf,
+        /// Report directory; default loadtest/reports/<scenario name>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the scenario's job count (for a quick try).
+        #[arg(long)]
+        jobs: Option<u64>,
+        /// No progress lines, only the summary.
+        #[arg(long)]
+        quiet: bool,
+        /// Serve the engine's /metrics, /healthz and /readyz here during the run.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
     },
 }
 
@@ -101,12 +130,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The demo prints its own progress and checks its own outcome; library
+/// The demo and capacity runs print their own progress and check their own
+/// outcome; library
 /// logs, librdkafka's complaints as the embedded cluster goes away among
 /// them, would drown it.
 fn default_filter(command: &Command) -> &'static str {
     match command {
-        Command::Demo(_) => "error,rdkafka=off,librdkafka=off",
+        Command::Demo(_) | Command::Loadgen(LoadgenArgs { command: Some(_), .. }) => {
+            "error,rdkafka=off,librdkafka=off"
+        }
         // The consumer is closed on its polling thread (so that the final
         // revocation stores the offsets there); rdkafka's own drop then tries
         // to close it again and logs that as an error on every clean stop.
@@ -180,7 +212,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&stats).context("stats")?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Loadgen { spec, brokers, topic, jobs, rate } => {
+        Command::Loadgen(LoadgenArgs {
+            command: Some(LoadgenCommand::Run { scenario, out, jobs, quiet, http_listen }),
+            ..
+        }) => {
+            let mut loaded = wabulk::scenario::Scenario::load(&scenario)?;
+            if let Some(jobs) = jobs {
+                loaded.load.jobs = jobs;
+            }
+            let out = out.unwrap_or_else(|| PathBuf::from("loadtest/reports").join(&loaded.name));
+            let options = wabulk::scenario::RunOptions {
+                quiet,
+                http_listen,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                work_dir: out.clone(),
+            };
+            let report = wabulk::scenario::run(&loaded, &options).await?;
+            wabulk::scenario::print_summary(&report);
+            let written = report.write_to(&out)?;
+            println!(
+                "  report: {}",
+                written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Loadgen(LoadgenArgs { spec, brokers, topic, jobs, rate, .. }) => {
+            let spec = spec.context("--spec is required")?;
             let text =
                 std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
             let mut spec: wabulk_loadgen::LoadSpec = toml::from_str(&text)
@@ -190,6 +247,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             if let Some(rate) = rate {
                 spec.rate = (rate > 0.0).then_some(rate);
+            }
+            if spec.id_prefix.is_empty() {
+                spec.id_prefix = format!("loadgen-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
             }
             let writer = wabulk_kafka::JobWriter::connect(&brokers, &Default::default())?;
             let report = wabulk_loadgen::run(&spec, &writer, &topic, true).await?;

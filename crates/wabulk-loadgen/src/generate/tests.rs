@@ -147,6 +147,12 @@ fn share_defaults_to_mps_in_files() {
     assert_eq!(spec.jobs, 5);
     assert_eq!(spec.recipients, Recipients::Zipf { count: 10, exponent: 1.0 });
     assert_eq!(spec.numbers, LoadSpec::default().numbers);
+    // What a file leaves out is off, not the in-code default's extras.
+    assert_eq!(spec.rate, None);
+    assert!(spec.bursts.is_empty());
+    assert_eq!(spec.malformed_count(), 0);
+    assert_eq!((spec.not_before_fraction, spec.expires_fraction), (0.0, 0.0));
+    assert_eq!(spec.id_prefix, "");
 }
 
 /// Fraction of regular jobs that go to the 10 lowest recipient indices.

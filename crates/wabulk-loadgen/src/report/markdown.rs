@@ -1,0 +1,138 @@
+//! `report.md`: the capacity report as a person reads it, with tables
+//! GitHub renders and the charts linked by file name (they sit beside it).
+
+use std::fmt::Write;
+
+use super::{fmt_secs, CapacityReport, Distribution};
+
+pub(super) fn render(r: &CapacityReport) -> String {
+    let verdict = verdict(r.passed());
+    let mut md = String::new();
+    // Writing to a String cannot fail: the `fmt::Result`s are ignored below.
+    let _ = writeln!(md, "# Capacity run `{}`: {verdict}\n", r.scenario);
+    if !r.description.trim().is_empty() {
+        let _ = writeln!(md, "{}\n", r.description.trim());
+    }
+    let _ = writeln!(md, "```sh\n{}\n```\n", r.command);
+    let m = &r.machine;
+    let _ = writeln!(md, "- **Started:** {}", r.started_at);
+    let _ = writeln!(md, "- **Machine:** {} CPUs, {}, {:.1} GiB memory", m.cpus, m.cpu_model, m.memory_gib);
+    let _ = writeln!(md, "- **Broker:** {}", r.broker);
+    let _ = writeln!(md, "- **Graph API latency:** {}", r.latency);
+    let _ = writeln!(md, "- **Faults:** {}\n", r.faults);
+
+    md.push_str("## Totals\n\n| | |\n|---|---:|\n");
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(md, "| {} | {v} |", cell(k));
+    };
+    row("records written", r.written.to_string());
+    row("malformed", r.malformed.to_string());
+    row("jobs with a result", r.results.to_string());
+    // The engine's statuses in a fixed order, success first, then any other.
+    let known = ["sent", "failed", "expired", "rejected"];
+    let statuses = known
+        .iter()
+        .filter_map(|k| r.by_status.get_key_value(*k))
+        .chain(r.by_status.iter().filter(|(k, _)| !known.contains(&k.as_str())));
+    for (status, n) in statuses {
+        row(&format!("result: {status}"), n.to_string());
+    }
+    row("duplicate results", r.duplicate_results.to_string());
+    row("dead letters", r.dead_letters.to_string());
+    row("elapsed", format!("{:.1} s", r.elapsed_s));
+
+    md.push_str(
+        "\n## Per number\n\n\
+         | number | tier/s | written | sent | failed | achieved/s | % of tier | max in any 1 s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for n in &r.numbers {
+        let (tier, percent) = if n.tier == 0 {
+            ("–".to_string(), "–".to_string())
+        } else {
+            (n.tier.to_string(), format!("{:.1}%", n.percent_of_tier()))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {tier} | {} | {} | {} | {:.1} | {percent} | {} |",
+            cell(&n.phone_number_id),
+            n.written,
+            n.sent,
+            n.failed,
+            n.achieved_mps,
+            n.max_in_any_1s_window
+        );
+    }
+
+    let s = &r.sim;
+    md.push_str("\n## Graph API simulator\n\n| | |\n|---|---:|\n");
+    let mut row = |k: &str, v: u64| {
+        let _ = writeln!(md, "| {} | {v} |", cell(k));
+    };
+    row("requests", s.requests);
+    row("accepted", s.accepted);
+    row("duplicate sends", s.duplicate_sends);
+    row("violations: number tier (1 s window)", s.violations_phone);
+    row("violations: pair rule", s.violations_pair);
+    row("violations: WABA hourly cap", s.violations_waba);
+    row("hangs", s.hangs);
+    row("connection resets", s.resets);
+    row("GOAWAYs", s.goaways);
+    for (code, n) in &s.errors_by_code {
+        row(&format!("error `{code}`"), *n);
+    }
+
+    md.push_str(
+        "\n## Latency\n\n\
+         | | count | p50 | p90 | p99 | max |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    latency_row(&mut md, "job (received → finished)", &r.job_latency);
+    latency_row(&mut md, "send (one Graph API request)", &r.send_latency);
+
+    let _ = writeln!(md, "\n## Checks: {verdict}\n");
+    if r.checks.is_empty() {
+        md.push_str("No checks were made.\n");
+    }
+    for c in &r.checks {
+        let mark = if c.passed { "✔" } else { "✘" };
+        let _ = writeln!(md, "- {mark} **{}**: {}", c.name, c.detail);
+    }
+
+    md.push_str(
+        "\n## Charts\n\n\
+         ![throughput](throughput.svg)\n\n\
+         ![latency](latency.svg)\n\n\
+         ![errors](errors.svg)\n",
+    );
+    md
+}
+
+fn verdict(passed: bool) -> &'static str {
+    if passed {
+        "PASSED"
+    } else {
+        "FAILED"
+    }
+}
+
+fn latency_row(md: &mut String, name: &str, d: &Distribution) {
+    if d.is_empty() {
+        let _ = writeln!(md, "| {name} | 0 | – | – | – | – |");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| {name} | {} | {} | {} | {} | {} |",
+        d.count,
+        fmt_secs(d.p50_s),
+        fmt_secs(d.p90_s),
+        fmt_secs(d.p99_s),
+        fmt_secs(d.max_s)
+    );
+}
+
+/// Text safe inside a table cell: a `|` would end the cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}

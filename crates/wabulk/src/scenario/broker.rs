@@ -1,0 +1,149 @@
+//! The broker a capacity run uses: librdkafka's mock cluster in this process,
+//! or tansu as a child process on a free 127.0.0.1 port, killed when the run
+//! ends whatever happens.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use wabulk_kafka::EmbeddedKafka;
+
+use super::{BrokerKind, BrokerSpec};
+
+/// Where `scripts/install-tansu` puts the binary, relative to the checkout.
+const INSTALLED_TANSU: &str = ".tools/tansu/bin/tansu";
+
+/// How long tansu may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub(super) enum Broker {
+    Embedded(EmbeddedKafka),
+    Tansu(TansuProcess),
+}
+
+impl Broker {
+    /// Starts the broker and creates `topics` (name, partitions).
+    pub(super) async fn start(
+        spec: &BrokerSpec,
+        topics: &[(&str, i32)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Broker> {
+        match spec.kind {
+            BrokerKind::Embedded => {
+                let kafka = EmbeddedKafka::start(1).context("cannot start the embedded Kafka")?;
+                for (topic, partitions) in topics {
+                    kafka
+                        .create_topic(topic, *partitions)
+                        .with_context(|| format!("cannot create {topic}"))?;
+                }
+                Ok(Broker::Embedded(kafka))
+            }
+            BrokerKind::Tansu => {
+                let tansu = TansuProcess::start(spec.tansu_bin.as_deref(), log_dir).await?;
+                wabulk_kafka::create_topics(&tansu.bootstrap(), topics, Duration::from_secs(30))
+                    .await
+                    .context("cannot create the topics on tansu")?;
+                Ok(Broker::Tansu(tansu))
+            }
+        }
+    }
+
+    pub(super) fn bootstrap_servers(&self) -> String {
+        match self {
+            Broker::Embedded(kafka) => kafka.bootstrap_servers(),
+            Broker::Tansu(tansu) => tansu.bootstrap(),
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Broker::Embedded(_) => {
+                "librdkafka mock cluster (in process, about 5 MiB kept per partition)".into()
+            }
+            Broker::Tansu(tansu) => {
+                format!("tansu (memory storage, child process {})", tansu.binary.display())
+            }
+        }
+    }
+}
+
+/// A tansu broker child process.
+#[derive(Debug)]
+pub(super) struct TansuProcess {
+    child: Child,
+    address: SocketAddr,
+    binary: PathBuf,
+}
+
+impl TansuProcess {
+    async fn start(binary: Option<&Path>, log_dir: &Path) -> anyhow::Result<TansuProcess> {
+        let binary = find_tansu(binary)?;
+        let address = free_port().context("cannot find a free port for tansu")?;
+        let url = format!("tcp://{address}");
+        std::fs::create_dir_all(log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+        let log_path = log_dir.join("tansu.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("tansu log")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut tansu = TansuProcess { child, address, binary };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            if let Some(status) = tansu.child.try_wait()? {
+                bail!("tansu exited with {status} before accepting connections; see {}", log_path.display());
+            }
+            if Instant::now() > deadline {
+                bail!("tansu did not accept connections on {address} within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(tansu)
+    }
+
+    fn bootstrap(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+impl Drop for TansuProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_tansu(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = configured {
+        return Ok(path.to_owned());
+    }
+    if let Some(path) = std::env::var_os("WABULK_TANSU") {
+        return Ok(path.into());
+    }
+    if Path::new(INSTALLED_TANSU).is_file() {
+        return Ok(INSTALLED_TANSU.into());
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("tansu"))
+        .find(|candidate| candidate.is_file());
+    on_path.context(
+        "this scenario needs tansu and none was found: run scripts/install-tansu (a cargo install of \
+         about 15 minutes), or set WABULK_TANSU or broker.tansu_bin to its path",
+    )
+}
+
+/// A port nothing listens on right now. Another process could take it
+/// before tansu binds it; tansu then fails to start and the run says so.
+fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
+}

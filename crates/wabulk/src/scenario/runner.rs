@@ -1,0 +1,567 @@
+//! [`run`]: one capacity run, top to bottom: broker, simulator, engine,
+//! readers of results and dead letters, the load, then one sample per
+//! interval until every record written has its result or dead letter (or
+//! the scenario's timeout passes), then everything stops in reverse order
+//! and the figures become a [`CapacityReport`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use wabulk_graph_sim::{SimConfig, SimHandle, SimNumber, SimStats, SimWaba, Simulator};
+use wabulk_kafka::{JobWriter, TopicReader};
+use wabulk_loadgen::{
+    CapacityReport, Check, Distribution, LoadReport, LoadSpec, Machine, NumberReport, Sample, SimSummary,
+    LATENCY_BOUNDS_S,
+};
+use wabulk_model::{JobResult, Status};
+use wabulk_telemetry::{Health, Metrics};
+
+use super::broker::Broker;
+use super::Scenario;
+use crate::config::{Config, PhoneConfig, WabaConfig};
+use crate::setup::EngineSetup;
+
+/// How a run behaves beyond its scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// No progress lines.
+    pub quiet: bool,
+    /// Serve the engine's /metrics, /healthz and /readyz here during the run.
+    pub http_listen: Option<SocketAddr>,
+    /// The command line, recorded in the report so the run can be repeated.
+    pub command: String,
+    /// Where a child broker writes its log.
+    pub work_dir: PathBuf,
+}
+
+/// What the result and DLQ readers have seen so far.
+#[derive(Debug, Default)]
+struct Seen {
+    statuses: HashMap<String, Status>,
+    duplicates: u64,
+    /// phone_number_id → (sent, failed).
+    by_phone: HashMap<String, (u64, u64)>,
+    /// received_at → finished_at of each first result, in seconds.
+    job_latencies: Vec<f64>,
+    dead_letters: u64,
+}
+
+impl Seen {
+    fn finished(&self) -> u64 {
+        self.statuses.len() as u64 + self.dead_letters
+    }
+}
+
+pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<CapacityReport> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let say = |line: String| {
+        if !options.quiet {
+            println!("{line}");
+        }
+    };
+
+    let engine_base = Config::from_toml(
+        &toml::to_string(&scenario.engine).context("scenario [engine]")?,
+        "scenario [engine]",
+        std::iter::empty(),
+    )
+    .context("the scenario's [engine] table is not a valid engine configuration")?;
+    let topics = [
+        (engine_base.kafka.jobs_topic.as_str(), scenario.broker.jobs_partitions),
+        (engine_base.kafka.results_topic.as_str(), scenario.broker.results_partitions),
+        (engine_base.kafka.dlq_topic.as_str(), 1),
+    ];
+    let broker = Broker::start(&scenario.broker, &topics, &options.work_dir).await?;
+    let brokers = broker.bootstrap_servers();
+    say(format!("Kafka: {} on {brokers}", broker.describe()));
+
+    let sim_config = simulator_config(scenario);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("simulator port")?;
+    let sim = Simulator::start(sim_config.clone(), listener).await.context("cannot start the simulator")?;
+    say(format!("Graph API simulator on {} ({})", sim.base_url(), describe_latency(&sim_config)));
+
+    let (config, tokens) = engine_config(engine_base, &brokers, &sim, &sim_config);
+    let setup = EngineSetup::from_config(&config, &|var| tokens.get(var).cloned())?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(address) = options.http_listen {
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot bind {address}"))?;
+        say(format!("metrics on http://{address}/metrics"));
+        tokio::spawn(wabulk_telemetry::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            async move {
+                let _ = http_stopped.await;
+            },
+        ));
+    }
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let readers = start_readers(&brokers, &config, Arc::clone(&seen))?;
+    let spec = LoadSpec { id_prefix: id_prefix(scenario), ..scenario.load.clone() };
+    let writer = JobWriter::connect(&brokers, &config.kafka.properties)?;
+    let jobs_topic = config.kafka.jobs_topic.clone();
+
+    let mut load_report = None;
+    let mut loadgen = None;
+    if scenario.prefill {
+        say(format!("writing {} jobs before the engine starts", spec.jobs));
+        load_report = Some(write_load(&spec, &writer, &jobs_topic, !options.quiet).await?);
+    }
+    let (stop_engine, engine_stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine =
+        tokio::spawn(crate::engine::run(setup, Arc::clone(&metrics), Arc::clone(&health), async move {
+            let _ = engine_stopped.await;
+        }));
+    if load_report.is_none() {
+        say(format!(
+            "writing {} jobs at {} for {} numbers; engine sending",
+            spec.jobs,
+            spec.rate.map_or("full speed".into(), |rate| format!("{rate:.0}/s")),
+            spec.numbers.len()
+        ));
+        let spec = spec.clone();
+        loadgen = Some(tokio::spawn(async move { write_load(&spec, &writer, &jobs_topic, false).await }));
+    }
+
+    let interval = Duration::from_millis(scenario.sample_interval_ms);
+    let deadline = started + Duration::from_secs(scenario.timeout_s);
+    let sending_from = Instant::now();
+    let mut sampler = Sampler::new(&sim_config);
+    let mut timeline = Vec::new();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let finished_in_time = loop {
+        ticks.tick().await;
+        if let Some(task) = loadgen.take_if(|task| task.is_finished()) {
+            load_report = Some(task.await.context("load generator")??);
+        }
+        let finished = seen.lock().unwrap_or_else(|p| p.into_inner()).finished();
+        let sample = sampler.sample(sending_from.elapsed(), interval, &sim.stats(), finished, &metrics);
+        say(progress_line(&sample, finished, &metrics));
+        timeline.push(sample);
+        if load_report.as_ref().is_some_and(|report| finished >= report.written) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            say(format!("  timed out after {} s waiting for results", scenario.timeout_s));
+            break false;
+        }
+    };
+    let _ = stop_engine.send(());
+    engine.await.context("engine task")??;
+    let _ = stop_http.send(());
+    // Every client goes before the broker does, or librdkafka complains
+    // about brokers vanishing under it.
+    for reader in readers {
+        reader.abort();
+        let _ = reader.await;
+    }
+    if let Some(task) = loadgen {
+        task.abort();
+    }
+    let stats = sim.stats();
+    sim.shutdown().await;
+    drop(broker);
+    let load_report = load_report.unwrap_or_default();
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+
+    let mut report = CapacityReport {
+        scenario: scenario.name.clone(),
+        description: scenario.description.trim().to_owned(),
+        command: options.command.clone(),
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: Machine::this(),
+        broker: scenario_broker_name(scenario),
+        latency: describe_latency(&sim_config),
+        faults: describe_faults(&sim_config),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        written: load_report.written,
+        malformed: load_report.malformed,
+        results: seen.statuses.len() as u64,
+        duplicate_results: seen.duplicates,
+        dead_letters: seen.dead_letters,
+        by_status: status_counts(&seen.statuses),
+        sim: sim_summary(&stats),
+        numbers: number_reports(&sim_config, &stats, &seen, &load_report),
+        job_latency: Distribution::from_seconds(&mut seen.job_latencies, LATENCY_BOUNDS_S),
+        send_latency: send_latency(&metrics),
+        timeline,
+        checks: Vec::new(),
+    };
+    report.checks = checks(scenario, &report, finished_in_time, &stats);
+    Ok(report)
+}
+
+/// Writes the load, with a progress bar when asked.
+async fn write_load(
+    spec: &LoadSpec,
+    writer: &JobWriter,
+    topic: &str,
+    progress: bool,
+) -> anyhow::Result<LoadReport> {
+    wabulk_loadgen::run(spec, writer, topic, progress).await.context("the load generator failed")
+}
+
+/// The scenario's simulator with the load's numbers, and one WABA per
+/// distinct `waba_id` with Meta's default cap for its numbers.
+fn simulator_config(scenario: &Scenario) -> SimConfig {
+    let mut config = scenario.simulator.clone();
+    let mut numbers_per_waba: BTreeMap<&str, u64> = BTreeMap::new();
+    for number in &scenario.load.numbers {
+        if config.numbers.iter().any(|n| n.id == number.id) {
+            continue;
+        }
+        config.numbers.push(SimNumber {
+            id: number.id.clone(),
+            mps: number.mps,
+            waba_id: number.waba_id.clone(),
+        });
+        *numbers_per_waba.entry(&number.waba_id).or_default() += 1;
+    }
+    config.wabas = numbers_per_waba
+        .into_iter()
+        .map(|(id, numbers)| SimWaba {
+            id: id.to_owned(),
+            token: format!("capacity-run-token-{id}"),
+            hourly_cap: 1_800_000 * numbers,
+        })
+        .collect();
+    config
+}
+
+/// The engine's configuration for the simulator's numbers and WABAs; tokens
+/// come from the returned map instead of the environment.
+fn engine_config(
+    mut config: Config,
+    brokers: &str,
+    sim: &SimHandle,
+    sim_config: &SimConfig,
+) -> (Config, HashMap<String, String>) {
+    config.kafka.brokers = brokers.to_owned();
+    config.graph.base_url = sim.base_url();
+    config.http.listen = "127.0.0.1:0".into();
+    config.phones = sim_config
+        .numbers
+        .iter()
+        .map(|n| PhoneConfig { id: n.id.clone(), waba_id: n.waba_id.clone(), mps: Some(n.mps) })
+        .collect();
+    let mut tokens = HashMap::new();
+    config.wabas = sim_config
+        .wabas
+        .iter()
+        .map(|w| {
+            let var = format!("WABULK_RUN_TOKEN_{}", w.id);
+            tokens.insert(var.clone(), w.token.clone());
+            WabaConfig { id: w.id.clone(), token_env: Some(var), hourly_call_cap: Some(w.hourly_cap) }
+        })
+        .collect();
+    (config, tokens)
+}
+
+/// The scenario's prefix, or one made of its name and the time, so that
+/// repeated runs never share job ids.
+fn id_prefix(scenario: &Scenario) -> String {
+    if scenario.load.id_prefix.is_empty() {
+        format!("{}-{}", scenario.name, Utc::now().format("%Y%m%dT%H%M%S"))
+    } else {
+        scenario.load.id_prefix.clone()
+    }
+}
+
+/// Turns cumulative simulator counters into per-interval samples.
+#[derive(Debug)]
+struct Sampler {
+    numbers: Vec<String>,
+    previous: SimStats,
+    previous_finished: u64,
+}
+
+impl Sampler {
+    fn new(sim_config: &SimConfig) -> Self {
+        Self {
+            numbers: sim_config.numbers.iter().map(|n| n.id.clone()).collect(),
+            previous: SimStats::default(),
+            previous_finished: 0,
+        }
+    }
+
+    fn sample(
+        &mut self,
+        elapsed: Duration,
+        interval: Duration,
+        stats: &SimStats,
+        finished: u64,
+        metrics: &Metrics,
+    ) -> Sample {
+        let accepted = |stats: &SimStats, id: &str| stats.numbers.get(id).map_or(0, |n| n.accepted);
+        let sent_by_number = self
+            .numbers
+            .iter()
+            .map(|id| (id.clone(), accepted(stats, id) - accepted(&self.previous, id)))
+            .collect();
+        let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
+        for (code, count) in &stats.errors_by_code {
+            let delta = count - self.previous.errors_by_code.get(code).copied().unwrap_or_default();
+            if delta > 0 {
+                errors_by_code.insert(code.clone(), delta);
+            }
+        }
+        for (kind, now, before) in
+            [("hang", stats.hangs, self.previous.hangs), ("reset", stats.resets, self.previous.resets)]
+        {
+            if now > before {
+                errors_by_code.insert(kind.into(), now - before);
+            }
+        }
+        let sample = Sample {
+            t_s: elapsed.as_secs_f64(),
+            interval_s: interval.as_secs_f64(),
+            sent_by_number,
+            errors_by_code,
+            results: finished - self.previous_finished,
+            backlog: metrics.backlog.get(),
+            inflight: metrics.inflight.get(),
+        };
+        self.previous = stats.clone();
+        self.previous_finished = finished;
+        sample
+    }
+}
+
+fn progress_line(sample: &Sample, finished: u64, metrics: &Metrics) -> String {
+    let sent: u64 = sample.sent_by_number.values().sum();
+    let errors: u64 = sample.errors_by_code.values().sum();
+    format!(
+        "  {:>5.0} s  finished {:>8}  sent {:>7.0}/s  errors {:>5.0}/s  in flight {:>5}  queued {:>7}",
+        sample.t_s,
+        finished,
+        sent as f64 / sample.interval_s,
+        errors as f64 / sample.interval_s,
+        metrics.inflight.get(),
+        metrics.backlog.get(),
+    )
+}
+
+/// Reads results and dead letters as the engine writes them.
+fn start_readers(
+    brokers: &str,
+    config: &Config,
+    seen: Arc<Mutex<Seen>>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let timeout = Duration::from_secs(10);
+    let results = TopicReader::connect(brokers, &config.kafka.results_topic, timeout)?;
+    let dead = TopicReader::connect(brokers, &config.kafka.dlq_topic, timeout)?;
+    let seen_results = Arc::clone(&seen);
+    let results = tokio::spawn(async move {
+        while let Ok(record) = results.next().await {
+            let Ok(result) = serde_json::from_slice::<JobResult>(&record.payload) else { continue };
+            let mut seen = seen_results.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.statuses.insert(result.id, result.status).is_some() {
+                seen.duplicates += 1;
+                continue;
+            }
+            let counts = seen.by_phone.entry(result.phone_number_id).or_default();
+            match result.status {
+                Status::Sent => counts.0 += 1,
+                Status::Failed => counts.1 += 1,
+                _ => {}
+            }
+            let latency = (result.finished_at - result.received_at).num_microseconds().unwrap_or(0);
+            seen.job_latencies.push(latency.max(0) as f64 / 1e6);
+        }
+    });
+    let dead = tokio::spawn(async move {
+        while dead.next().await.is_ok() {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).dead_letters += 1;
+        }
+    });
+    Ok(vec![results, dead])
+}
+
+fn status_counts(statuses: &HashMap<String, Status>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for status in statuses.values() {
+        *counts.entry(format!("{status:?}").to_lowercase()).or_default() += 1;
+    }
+    counts
+}
+
+fn sim_summary(stats: &SimStats) -> SimSummary {
+    SimSummary {
+        requests: stats.requests,
+        accepted: stats.accepted,
+        duplicate_sends: stats.duplicate_count,
+        violations_phone: stats.violations.phone,
+        violations_pair: stats.violations.pair,
+        violations_waba: stats.violations.waba,
+        errors_by_code: stats.errors_by_code.clone(),
+        hangs: stats.hangs,
+        resets: stats.resets,
+        goaways: stats.goaways,
+    }
+}
+
+fn number_reports(
+    sim_config: &SimConfig,
+    stats: &SimStats,
+    seen: &Seen,
+    load: &LoadReport,
+) -> Vec<NumberReport> {
+    sim_config
+        .numbers
+        .iter()
+        .map(|n| {
+            let sim_number = stats.numbers.get(&n.id);
+            let (sent, failed) = seen.by_phone.get(&n.id).copied().unwrap_or_default();
+            NumberReport {
+                phone_number_id: n.id.clone(),
+                tier: n.mps,
+                written: load.per_number.get(&n.id).copied().unwrap_or_default(),
+                sent,
+                failed,
+                achieved_mps: sim_number.map_or(0.0, |s| s.achieved_mps),
+                max_in_any_1s_window: sim_number.map_or(0, |s| s.max_in_any_1s_window),
+            }
+        })
+        .collect()
+}
+
+/// The engine's `wabulk_send_latency_seconds` histogram.
+fn send_latency(metrics: &Metrics) -> Distribution {
+    use prometheus::core::Metric as _;
+    let metric = metrics.send_latency.metric();
+    let cumulative: Vec<(f64, u64)> =
+        metric.get_histogram().get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+    Distribution::from_buckets(&cumulative, None)
+}
+
+fn checks(
+    scenario: &Scenario,
+    report: &CapacityReport,
+    finished_in_time: bool,
+    stats: &SimStats,
+) -> Vec<Check> {
+    let check = |name: &str, passed: bool, detail: String| Check { name: name.into(), passed, detail };
+    let valid = report.written - report.malformed;
+    let violations = &stats.violations;
+    let mut checks = vec![
+        check(
+            "load written",
+            report.written == scenario.load.jobs,
+            format!("{} of {} records acknowledged by Kafka", report.written, scenario.load.jobs),
+        ),
+        check(
+            "finished in time",
+            finished_in_time,
+            format!("every record had its result or dead letter within {} s", scenario.timeout_s),
+        ),
+        check(
+            "one result per valid job",
+            report.results == valid,
+            format!("{} results for {valid} valid jobs", report.results),
+        ),
+        check(
+            "one dead letter per malformed record",
+            report.dead_letters == report.malformed,
+            format!("{} dead letters for {} malformed records", report.dead_letters, report.malformed),
+        ),
+        check(
+            "no duplicates",
+            report.duplicate_results == 0 && report.sim.duplicate_sends == 0,
+            format!(
+                "{} duplicate results, {} jobs accepted twice by the simulator",
+                report.duplicate_results, report.sim.duplicate_sends
+            ),
+        ),
+        check(
+            "no limit broken",
+            violations.phone + violations.pair + violations.waba == 0,
+            format!(
+                "violations: phone {}, pair {}, waba {}",
+                violations.phone, violations.pair, violations.waba
+            ),
+        ),
+    ];
+    if let Some(min) = scenario.expect.min_percent_of_tier {
+        let lowest = report.numbers.iter().min_by(|a, b| a.percent_of_tier().total_cmp(&b.percent_of_tier()));
+        checks.push(check(
+            "numbers at their tier",
+            lowest.is_some_and(|n| n.percent_of_tier() >= min),
+            lowest.map_or("no numbers".into(), |n| {
+                format!(
+                    "lowest {:.1}% of tier ({}), at least {min}% expected",
+                    n.percent_of_tier(),
+                    n.phone_number_id
+                )
+            }),
+        ));
+    }
+    if let Some(min) = scenario.expect.min_total_mps {
+        let mps = sending_rate(&report.timeline);
+        checks.push(check(
+            "total throughput",
+            mps >= min,
+            format!("{mps:.0} messages/s over the sending part of the run, at least {min:.0} expected"),
+        ));
+    }
+    checks
+}
+
+/// Acceptances per second from the first to the last sample with any.
+pub(super) fn sending_rate(timeline: &[Sample]) -> f64 {
+    let sent = |s: &Sample| s.sent_by_number.values().sum::<u64>();
+    let first = timeline.iter().position(|s| sent(s) > 0);
+    let last = timeline.iter().rposition(|s| sent(s) > 0);
+    let (Some(first), Some(last)) = (first, last) else { return 0.0 };
+    let span: f64 = timeline[first..=last].iter().map(|s| s.interval_s).sum();
+    let total: u64 = timeline[first..=last].iter().map(sent).sum();
+    total as f64 / span
+}
+
+fn scenario_broker_name(scenario: &Scenario) -> String {
+    match scenario.broker.kind {
+        super::BrokerKind::Embedded => "librdkafka mock cluster (in process)".into(),
+        super::BrokerKind::Tansu => "tansu 0.6 (memory storage, child process)".into(),
+    }
+}
+
+fn describe_latency(config: &SimConfig) -> String {
+    match config.latency {
+        wabulk_graph_sim::Latency::Fixed(d) if d.is_zero() => "none (answers at once)".into(),
+        wabulk_graph_sim::Latency::Fixed(d) => format!("fixed {} ms", d.as_millis()),
+        wabulk_graph_sim::Latency::Meta { scale } => {
+            format!("Meta-like lognormal × {scale} (p50 {:.0} ms)", 500.0 * scale)
+        }
+    }
+}
+
+fn describe_faults(config: &SimConfig) -> String {
+    let f = &config.faults;
+    let parts: Vec<String> = [
+        ("transient", f.transient),
+        ("permanent", f.permanent),
+        ("130429 storms per number-second", f.throttle_storm),
+        ("hangs", f.hang),
+        ("resets", f.reset),
+        ("GOAWAY", f.goaway),
+    ]
+    .into_iter()
+    .filter(|(_, p)| *p > 0.0)
+    .map(|(name, p)| format!("{:.1}% {name}", p * 100.0))
+    .chain(f.forced.iter().map(|e| format!("{:.1}% forced {}", e.probability * 100.0, e.code)))
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}

@@ -1,0 +1,52 @@
+//! The end-of-run summary on the terminal: the same figures as the report's
+//! Markdown, laid out for a console.
+
+use wabulk_loadgen::CapacityReport;
+
+pub fn print_summary(report: &CapacityReport) {
+    let valid = report.written - report.malformed;
+    let sim = &report.sim;
+    println!();
+    println!("wabulk {}: {} jobs written, {:.0} s", report.scenario, report.written, report.elapsed_s);
+    println!(
+        "  results: {} of {valid} valid jobs ({}), duplicates {}",
+        report.results,
+        report.by_status.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", "),
+        report.duplicate_results
+    );
+    println!("  dead letters: {} of {} malformed records", report.dead_letters, report.malformed);
+    println!();
+    println!(
+        "  {:<18} {:>6} {:>8} {:>8} {:>7} {:>13} {:>10} {:>12}",
+        "number", "tier", "written", "sent", "failed", "achieved/s", "of tier", "max in 1 s"
+    );
+    for n in &report.numbers {
+        println!(
+            "  {:<18} {:>6} {:>8} {:>8} {:>7} {:>13.1} {:>9.1}% {:>12}",
+            n.phone_number_id,
+            n.tier,
+            n.written,
+            n.sent,
+            n.failed,
+            n.achieved_mps,
+            n.percent_of_tier(),
+            n.max_in_any_1s_window
+        );
+    }
+    println!();
+    println!(
+        "  latency: job p50 {:.3} s, p99 {:.3} s; request p50 {:.3} s, p99 {:.3} s",
+        report.job_latency.p50_s,
+        report.job_latency.p99_s,
+        report.send_latency.p50_s,
+        report.send_latency.p99_s
+    );
+    println!(
+        "  simulator: {} requests, violations phone {} pair {} waba {}, job ids accepted twice {}",
+        sim.requests, sim.violations_phone, sim.violations_pair, sim.violations_waba, sim.duplicate_sends
+    );
+    for check in report.checks.iter().filter(|c| !c.passed) {
+        println!("  failed: {}: {}", check.name, check.detail);
+    }
+    println!("  {}", if report.passed() { "PASSED" } else { "FAILED" });
+}
