@@ -1,33 +1,48 @@
 //! The jobs consumer: reads `wabulk.jobs`, tracks every record handed to the
-//! engine until the engine says it is done, stores each partition's contiguous
-//! watermark for commit, pauses and resumes partitions for backpressure, and
-//! holds a revocation until the revoked partitions' jobs in flight are
-//! finished (or the engine has dropped them).
+//! engine until the engine says it is done, commits each partition's
+//! contiguous watermark promptly, pauses and resumes partitions for
+//! backpressure, and holds a revocation until the revoked partitions' jobs in
+//! flight are finished (or the engine has dropped them).
 //!
 //! Finished offsets above the watermark: jobs of one partition finish out of
 //! order (numbers send at different rates), so at a stop or a crash some
 //! offsets above the watermark are already finished. With the watermark, each
-//! partition's store carries, in the offset commit metadata, the ranges of
+//! partition's commit carries, in the offset commit metadata, the ranges of
 //! offsets above it that need no more work ([`OffsetTracker::finished_above`],
 //! encoded as described in `finished`: `v1:3-5,9` relative to the watermark,
-//! at most 3,500 bytes, lowest ranges first). A store happens whenever the
-//! watermark or that set changes, at most every 100 ms per partition (`done`
-//! stores when due, the polling thread catches up within 100 ms), and always
-//! with the latest set when the partition is revoked (which includes the
-//! close) and in [`Ingest::commit_now`]. librdkafka's auto-commit commits a
-//! stored position only when it is beyond the committed one, so when only the
-//! metadata changed the polling thread commits it explicitly, at most once a
-//! second. On assignment, before its first record is polled, the consumer
-//! fetches each new partition's committed position and metadata and decodes
-//! the finished offsets; [`Ingest::next`] does not hand out the records at
-//! those offsets but tracks and resolves them at once, so the watermark moves
-//! past them as if the engine had done them. Every offset in the metadata is
-//! one whose result was acknowledged (or a gap that held no record), so
-//! skipping it never loses a job; metadata that cannot be read is ignored
-//! (those records are then sent again).
+//! at most 3,500 bytes, lowest ranges first). On assignment, before its first
+//! record is polled, the consumer fetches each new partition's committed
+//! position and metadata and decodes the finished offsets; [`Ingest::next`]
+//! does not hand out the records at those offsets but tracks and resolves
+//! them at once, so the watermark moves past them as if the engine had done
+//! them. Every offset in the metadata is one whose result was acknowledged
+//! (or a gap that held no record), so skipping it never loses a job; metadata
+//! that cannot be read is ignored (those records are then sent again).
+//!
+//! Commits: this consumer owns them (`enable.auto.commit=false`; the offset
+//! store is not used). What a crash re-sends is every job done since the last
+//! commit the broker acknowledged, so commits follow the dones closely:
+//! whenever a partition's watermark or finished offsets changed, a
+//! dedicated committer thread ("wabulk-kafka-commit") commits every changed
+//! partition (explicit positions with their metadata) synchronously, one
+//! commit at a time and at least [`COMMIT_FLOOR`] apart; what is done while
+//! one is under way goes in the next. (Synchronous on its own thread because
+//! rdkafka reports a manual asynchronous commit's answer nowhere that could
+//! chain the next one.) Commits are taken under the `commit_order` lock, in
+//! the order of the data they carry, so a later commit is never overtaken by
+//! an earlier one. A failed commit marks its partitions to be committed
+//! again. A revocation (including the final one of the close) commits the
+//! revoked partitions' final positions
+//! synchronously before giving them up, and [`Ingest::commit_now`] (graceful
+//! shutdown) waits for the outstanding commit, then commits everything
+//! synchronously. A lost assignment commits nothing: the partitions already
+//! belong to someone else. The time from `done` to the broker's
+//! acknowledgement of the commit that covers it, and the count of jobs in
+//! between, are reported to the [`CommitListener`] (the engine's
+//! `wabulk_commit_lag_seconds` and `wabulk_uncommitted_jobs`).
 //!
 //! Shape: one dedicated OS thread ("wabulk-kafka-poll") polls the consumer in
-//! a loop, 100 ms at a time, whatever the engine is doing. librdkafka runs the
+//! a loop, 10 ms at a time, whatever the engine is doing. librdkafka runs the
 //! rebalance callbacks on the thread that polls, and a revocation here blocks
 //! (bounded by `revoke_timeout`) until the engine has finished or forgotten
 //! the revoked partitions' jobs; on a dedicated thread that wait blocks no
@@ -35,7 +50,7 @@
 //! [`Ingest::next`] and calls [`Ingest::done`]. Because the thread polls
 //! continuously, the consumer also stays in the group while every partition is
 //! paused: heartbeats come from librdkafka's own background thread, and
-//! `max.poll.interval.ms` is never exceeded since poll is called every 100 ms
+//! `max.poll.interval.ms` is never exceeded since poll is called every 10 ms
 //! (the flip side: a wedged engine is not detected by that timeout; the
 //! engine's own health check has to).
 //!
@@ -71,13 +86,15 @@ use crate::finished;
 use crate::{KafkaError, KafkaSettings, OffsetTracker};
 
 /// How long one poll of the consumer blocks: the latency of noticing `stop`.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The least time between two stores of one partition's position.
-const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// The least time between the starts of two commits of the committer thread:
+/// a busy engine commits at most 100 times a second, each commit covering
+/// every job done meanwhile.
+pub const COMMIT_FLOOR: Duration = Duration::from_millis(10);
 
-/// The least time between two explicit commits of metadata-only changes.
-const METADATA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the committer thread waits for work before checking `stop`.
+const COMMITTER_IDLE: Duration = Duration::from_millis(100);
 
 /// How long an assignment waits for the new partitions' committed metadata.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,7 +124,7 @@ pub enum Assignment {
 /// The jobs consumer. `Send + Sync`: share it in an `Arc` between the task
 /// that reads and the tasks that acknowledge.
 pub struct Ingest {
-    /// Shared with the polling thread; `done` stores offsets and resumes
+    /// Shared with the polling thread; `done` commits offsets and resumes
     /// partitions through it from whatever thread the engine calls on.
     consumer: Arc<BaseConsumer<IngestContext>>,
     /// Ownership, trackers and backpressure, shared with the rebalance
@@ -118,9 +135,11 @@ pub struct Ingest {
     records: tokio::sync::Mutex<mpsc::UnboundedReceiver<Polled>>,
     /// Tells the polling thread to close the consumer and exit.
     stop: Arc<AtomicBool>,
-    /// Joined on drop, so that once `Ingest` is gone the consumer has left the
-    /// group and committed its stored offsets.
+    /// Joined on drop, so that once `Ingest` is gone the consumer has
+    /// committed its final offsets and left the group.
     poller: Option<thread::JoinHandle<()>>,
+    /// The committer thread; joined on drop, before the poller.
+    committer: Option<thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -156,6 +175,15 @@ struct Shared {
     /// Signalled when a revoking partition resolves an offset or is
     /// forgotten, to wake the revocation waiting in the rebalance callback.
     settled: Condvar,
+    /// Signalled when a partition becomes dirty (and on stop), to wake the
+    /// committer thread.
+    commit_wanted: Condvar,
+    /// Held from taking positions to recording the broker's answer, by
+    /// whoever commits (the committer thread, a revocation, `commit_now`):
+    /// one commit at a time, issued in the order of the data it carries, so
+    /// that a later commit is never overtaken by an earlier one. Taken before
+    /// the state lock, never while holding it.
+    commit_order: Mutex<()>,
     /// Assignment events to the engine. Unbounded so that the rebalance
     /// callback never blocks on a slow engine; there is one event per
     /// rebalance, so it cannot grow in practice.
@@ -181,8 +209,50 @@ struct State {
     closing: bool,
     /// Source of ownership epochs, one per partition assignment.
     next_epoch: u64,
-    /// When the polling thread last committed metadata-only changes.
-    metadata_committed_at: Instant,
+    /// The asynchronous commits and what they cover.
+    commits: Commits,
+}
+
+/// Told of every change in the number of jobs done but not yet covered by a
+/// commit the broker acknowledged: `delta` is +1 per [`Ingest::done`], and
+/// negative when a commit covering jobs is acknowledged (`lags` then holds,
+/// for each of them, the time from its `done` to that acknowledgement) or
+/// when they are dropped uncommitted (a lost or failed revocation: `lags` is
+/// empty, and their next owner sends them again). The sum of the deltas is
+/// the current count. Called under the consumer's state lock, from the
+/// thread that calls `done` or from the polling thread: it must be quick and
+/// must not call into [`Ingest`].
+pub type CommitListener = Box<dyn Fn(i64, &[Duration]) + Send + Sync>;
+
+/// One partition's position in a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    partition: i32,
+    /// The ownership epoch it was taken in: an answer for an older epoch
+    /// does not touch the partition's new assignment.
+    epoch: u64,
+    offset: i64,
+    metadata: String,
+}
+
+/// The commit state shared by all partitions.
+#[derive(Default)]
+struct Commits {
+    /// A partition may be dirty: the committer has work.
+    wanted: bool,
+    /// The consumer is stopping: the committer exits.
+    stop: bool,
+    listener: Option<CommitListener>,
+}
+
+impl Commits {
+    fn report(&self, delta: i64, lags: &[Duration]) {
+        if let Some(listener) = &self.listener {
+            if delta != 0 || !lags.is_empty() {
+                listener(delta, lags);
+            }
+        }
+    }
 }
 
 struct Owned {
@@ -199,16 +269,16 @@ struct Owned {
     /// `next` resolves their records instead of handing them out. Ascending;
     /// ranges below the latest record are dropped as records go by.
     skip: VecDeque<RangeInclusive<i64>>,
-    /// The position and metadata last stored in this assignment.
-    stored: Option<(i64, String)>,
-    /// When `stored` was written.
-    stored_at: Option<Instant>,
-    /// The tracker changed since the last store.
+    /// The tracker changed since the last commit was issued.
     dirty: bool,
-    /// A store changed only the metadata, which auto-commit does not commit
-    /// (it skips a position not beyond the committed one): the polling thread
-    /// commits it explicitly.
-    metadata_uncommitted: bool,
+    /// The position and metadata of the last commit issued in this
+    /// assignment (set back to `committed` when that commit fails).
+    issued: Option<(i64, String)>,
+    /// The position and metadata of the last commit the broker acknowledged.
+    committed: Option<(i64, String)>,
+    /// When each job done since the last acknowledged commit was done,
+    /// oldest first: what a crash would send again.
+    done_at: VecDeque<Instant>,
 }
 
 impl Owned {
@@ -219,10 +289,10 @@ impl Owned {
             revoking: false,
             forgotten: false,
             skip: skip.into(),
-            stored: None,
-            stored_at: None,
             dirty: false,
-            metadata_uncommitted: false,
+            issued: None,
+            committed: None,
+            done_at: VecDeque::new(),
         }
     }
 
@@ -236,14 +306,20 @@ impl Owned {
         self.skip.front().is_some_and(|range| range.contains(&offset))
     }
 
-    /// The position to store and its metadata; `None` before any record.
+    /// The position to commit and its metadata; `None` before any record.
     fn position(&self) -> Option<(i64, String)> {
         let watermark = self.tracker.watermark()?;
         Some((watermark, finished::encode(watermark, self.tracker.finished_above())))
     }
 
-    fn store_due(&self, now: Instant) -> bool {
-        self.dirty && self.stored_at.is_none_or(|at| now.duration_since(at) >= STORE_INTERVAL)
+    /// The position to commit when it differs from the last one issued.
+    fn changed(&mut self, partition: i32) -> Option<Position> {
+        self.dirty = false;
+        let (offset, metadata) = self.position()?;
+        if self.issued.as_ref().is_some_and(|(o, m)| *o == offset && *m == metadata) {
+            return None;
+        }
+        Some(Position { partition, epoch: self.epoch, offset, metadata })
     }
 }
 
@@ -299,84 +375,77 @@ impl Shared {
     }
 
     /// A list of positions (the next offset to consume) with their metadata.
-    fn positions_tpl(&self, positions: &[(i32, i64, String)]) -> TopicPartitionList {
+    fn positions_tpl(&self, positions: &[Position]) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::with_capacity(positions.len());
-        for (partition, position, metadata) in positions {
+        for position in positions {
             // Only fails for a special offset value, which a position never is.
-            let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*position));
-            if let Some(mut element) = tpl.find_partition(&self.topic, *partition) {
-                element.set_metadata(metadata);
+            let _ =
+                tpl.add_partition_offset(&self.topic, position.partition, Offset::Offset(position.offset));
+            if let Some(mut element) = tpl.find_partition(&self.topic, position.partition) {
+                element.set_metadata(&position.metadata);
             }
         }
         tpl
     }
 
-    /// Stores positions and their metadata for commit.
-    fn store(&self, consumer: &BaseConsumer<IngestContext>, positions: &[(i32, i64, String)]) {
-        if positions.is_empty() {
-            return;
+    /// The positions to commit of every owned partition whose position or
+    /// finished offsets changed since the last commit issued (revoking
+    /// partitions are left to their revocation), each with the count of its
+    /// jobs done so far, which the commit covers. Marks them issued.
+    fn changed_positions(state: &mut State) -> (Vec<Position>, Vec<usize>) {
+        let mut positions = Vec::new();
+        let mut snapshot = Vec::new();
+        for (&partition, owned) in &mut state.owned {
+            if !owned.dirty || owned.revoking {
+                continue;
+            }
+            if let Some(position) = owned.changed(partition) {
+                owned.issued = Some((position.offset, position.metadata.clone()));
+                snapshot.push(owned.done_at.len());
+                positions.push(position);
+            }
         }
-        // `store_offsets` (rd_kafka_offsets_store) stores the offset as given,
-        // with its metadata; the older `store_offset` would store offset + 1.
-        if let Err(error) = consumer.store_offsets(&self.positions_tpl(positions)) {
-            // Happens only when the partition is no longer assigned (lost).
-            let positions: Vec<(i32, i64)> = positions.iter().map(|(p, o, _)| (*p, *o)).collect();
-            tracing::warn!(%error, ?positions, "could not store offsets");
-        }
+        (positions, snapshot)
     }
 
-    /// Stores `owned`'s position and finished offsets if they changed since
-    /// its last store. Under the state lock, so that a partition's stores
-    /// happen in order.
-    fn store_partition(&self, consumer: &BaseConsumer<IngestContext>, partition: i32, owned: &mut Owned) {
-        owned.dirty = false;
-        let Some((position, metadata)) = owned.position() else {
-            return;
+    /// Commits `positions` synchronously and records the answer: on success
+    /// each partition's jobs done before the positions were taken (`snapshot`,
+    /// the count of `done_at` then) are committed and reported with their
+    /// lags; on failure the partitions are to be committed again. Partitions
+    /// revoked (or re-assigned) since are left alone. Call with
+    /// `commit_order` held and without the state lock: it blocks for a round
+    /// trip.
+    fn commit_sync(
+        &self,
+        consumer: &BaseConsumer<IngestContext>,
+        positions: &[Position],
+        snapshot: &[usize],
+    ) -> Result<(), KafkaError> {
+        let result = match consumer.commit(&self.positions_tpl(positions), CommitMode::Sync) {
+            Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(error) => Err(KafkaError::Commit(error)),
         };
-        match &owned.stored {
-            Some(stored) if stored.0 == position && stored.1 == metadata => return,
-            // Auto-commit commits a stored position beyond the last one.
-            Some(stored) => owned.metadata_uncommitted = stored.0 == position,
-            None => owned.metadata_uncommitted = false,
-        }
-        let entry = (partition, position, metadata);
-        self.store(consumer, std::slice::from_ref(&entry));
-        owned.stored = Some((entry.1, entry.2));
-        owned.stored_at = Some(Instant::now());
-    }
-
-    /// On the polling thread: stores the partitions whose store was held back
-    /// by `STORE_INTERVAL`, and once a second commits the metadata-only
-    /// changes that auto-commit leaves out.
-    fn flush(&self, consumer: &BaseConsumer<IngestContext>) {
+        let now = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
-        let now = Instant::now();
-        for (&partition, owned) in &mut state.owned {
-            if owned.store_due(now) {
-                self.store_partition(consumer, partition, owned);
+        let mut lags = Vec::new();
+        for (position, &covered) in positions.iter().zip(snapshot) {
+            let Some(owned) = state.owned.get_mut(&position.partition).filter(|o| o.epoch == position.epoch)
+            else {
+                continue;
+            };
+            if result.is_ok() {
+                let covered = covered.min(owned.done_at.len());
+                lags.extend(owned.done_at.drain(..covered).map(|at| now.saturating_duration_since(at)));
+                owned.committed = Some((position.offset, position.metadata.clone()));
+            } else {
+                owned.issued = owned.committed.clone();
+                owned.dirty = true;
+                state.commits.wanted = true;
             }
         }
-        if now.duration_since(state.metadata_committed_at) < METADATA_COMMIT_INTERVAL {
-            return;
-        }
-        state.metadata_committed_at = now;
-        let mut positions = Vec::new();
-        for (&partition, owned) in &mut state.owned {
-            if owned.metadata_uncommitted && !owned.revoking {
-                owned.metadata_uncommitted = false;
-                if let Some((position, metadata)) = &owned.stored {
-                    positions.push((partition, *position, metadata.clone()));
-                }
-            }
-        }
-        if !positions.is_empty() {
-            // Async: the result reaches `commit_callback`. Under the lock, so
-            // it cannot overtake a later store's commit.
-            if let Err(error) = consumer.commit(&self.positions_tpl(&positions), CommitMode::Async) {
-                tracing::warn!(%error, "could not commit finished offsets; the next store retries");
-            }
-        }
+        state.commits.report(-(lags.len() as i64), &lags);
+        result
     }
 
     /// The finished offsets of each of `partitions`, from the group's
@@ -430,6 +499,7 @@ impl Shared {
             let owned = Owned::new(epoch, finished.remove(&partition).unwrap_or_default());
             if let Some(old) = state.owned.insert(partition, owned) {
                 state.tracked -= old.tracker.pending();
+                state.commits.report(-(old.done_at.len() as i64), &[]);
             }
         }
     }
@@ -474,23 +544,52 @@ impl Shared {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            // Mostly stored already; storing again is harmless and makes the
-            // final position and finished offsets explicit, however recent.
-            // librdkafka's auto-commit commits the revoked partitions' stored
-            // offsets (and metadata) as the revocation completes, even when
-            // the position is already the committed one.
-            let finals: Vec<(i32, i64, String)> = partitions
-                .iter()
-                .filter_map(|&p| {
-                    let (position, metadata) = state.owned.get(&p)?.position()?;
-                    Some((p, position, metadata))
-                })
-                .collect();
-            self.store(consumer, &finals);
+            // The final positions, unless the broker has them already.
+            // Committed here rather than left to librdkafka: auto-commit is
+            // off, and the next owner starts from this commit.
+            // After the commit under way, if any (the lock order:
+            // `commit_order`, then the state).
+            drop(state);
+            let order = self.commit_order.lock().unwrap_or_else(PoisonError::into_inner);
+            state = self.lock();
+            let mut finals = Vec::new();
+            let mut snapshot = Vec::new();
+            for &partition in partitions {
+                let Some(owned) = state.owned.get_mut(&partition) else {
+                    continue;
+                };
+                let Some((offset, metadata)) = owned.position() else {
+                    continue;
+                };
+                if owned.committed.as_ref().is_some_and(|(o, m)| *o == offset && *m == metadata) {
+                    continue;
+                }
+                owned.issued = Some((offset, metadata.clone()));
+                snapshot.push(owned.done_at.len());
+                finals.push(Position { partition, epoch: owned.epoch, offset, metadata });
+            }
+            if !finals.is_empty() {
+                // Synchronous, without the lock (late `done` calls of other
+                // partitions go on). librdkafka finishes the revocation only
+                // once its commits are answered anyway.
+                drop(state);
+                if let Err(error) = self.commit_sync(consumer, &finals, &snapshot) {
+                    tracing::warn!(
+                        %error,
+                        ?partitions,
+                        "could not commit the revoked partitions; their next owner re-reads from the last commit"
+                    );
+                }
+                state = self.lock();
+            }
+            drop(order);
         }
         for partition in partitions {
             if let Some(owned) = state.owned.remove(partition) {
                 state.tracked -= owned.tracker.pending();
+                // Not committed (lost, or the commit failed): the next owner
+                // sends them again; they no longer count here.
+                state.commits.report(-(owned.done_at.len() as i64), &[]);
             }
         }
         tracing::info!(?partitions, lost, "partitions revoked");
@@ -588,7 +687,7 @@ impl ConsumerContext for IngestContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
+        match &result {
             Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "offset commit failed; the next one retries"),
         }
@@ -616,9 +715,11 @@ impl Ingest {
                 paused: false,
                 closing: false,
                 next_epoch: 0,
-                metadata_committed_at: Instant::now(),
+                commits: Commits::default(),
             }),
             settled: Condvar::new(),
+            commit_wanted: Condvar::new(),
+            commit_order: Mutex::new(()),
             assignments,
             lag: Mutex::new(BTreeMap::new()),
         });
@@ -627,8 +728,6 @@ impl Ingest {
             &[
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("auto.offset.reset", "earliest"),
-                // How much is re-read after a crash is bounded by this too.
-                ("auto.commit.interval.ms", "1000"),
                 // Feeds `lag()`.
                 ("statistics.interval.ms", "1000"),
                 ("enable.partition.eof", "false"),
@@ -636,10 +735,10 @@ impl Ingest {
             &settings.extra,
             &[
                 ("group.id", settings.group_id.as_str()),
-                // `done` is the only path to the offset store...
+                // Commits are this consumer's own (see the module docs),
+                // taken from `done`; librdkafka's offset store is not used.
                 ("enable.auto.offset.store", "false"),
-                // ...and auto-commit commits only what is stored.
-                ("enable.auto.commit", "true"),
+                ("enable.auto.commit", "false"),
             ],
         );
         let consumer: BaseConsumer<IngestContext> = config
@@ -660,12 +759,26 @@ impl Ingest {
                 move || poll_loop(&consumer, &shared, &records_tx, &stop)
             })
             .map_err(KafkaError::Thread)?;
+        let committer = thread::Builder::new().name("wabulk-kafka-commit".into()).spawn({
+            let consumer = consumer.clone();
+            let shared = shared.clone();
+            move || commit_loop(&consumer, &shared)
+        });
+        let committer = match committer {
+            Ok(committer) => committer,
+            Err(error) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = poller.join();
+                return Err(KafkaError::Thread(error));
+            }
+        };
         let ingest = Ingest {
             consumer,
             shared,
             records: tokio::sync::Mutex::new(records),
             stop,
             poller: Some(poller),
+            committer: Some(committer),
         };
         Ok((ingest, assignment_events))
     }
@@ -718,11 +831,12 @@ impl Ingest {
 
     /// The job at (`partition`, `offset`) is finished: its result or dead
     /// letter was acknowledged by Kafka. Advances the partition's watermark
-    /// or adds to its finished offsets above it, and stores both for the next
-    /// auto-commit (at once, or within 100 ms when the partition was stored
-    /// less than 100 ms ago); resumes paused partitions once below the
-    /// low-water mark. Calls for partitions no longer owned, or for
-    /// offsets not handed out by `next`, are ignored.
+    /// or adds to its finished offsets above it, and wakes the committer
+    /// thread to commit both (at once, or with the next commit when one is
+    /// under way or the last started less than [`COMMIT_FLOOR`] ago);
+    /// resumes paused partitions once below the low-water mark. Calls for
+    /// partitions no longer owned, or for offsets not handed out by `next`,
+    /// are ignored.
     pub fn done(&self, partition: i32, offset: i64) {
         let mut guard = self.shared.lock();
         let state = &mut *guard;
@@ -733,25 +847,25 @@ impl Ingest {
         owned.tracker.resolve(offset);
         let resolved = before - owned.tracker.pending();
         state.tracked -= resolved;
-        // `advanced` or not, a resolved offset changes what is stored: the
-        // watermark or the finished offsets above it.
+        // `advanced` or not, a resolved offset changes what is committed:
+        // the watermark or the finished offsets above it.
         if resolved > 0 {
+            let now = Instant::now();
             owned.dirty = true;
-            if owned.store_due(Instant::now()) {
-                // Under the lock, so that concurrent `done` calls store a
-                // partition's positions in increasing order.
-                self.shared.store_partition(&self.consumer, partition, owned);
+            owned.done_at.push_back(now);
+            if owned.revoking {
+                self.shared.settled.notify_all();
             }
-        }
-        if owned.revoking && resolved > 0 {
-            self.shared.settled.notify_all();
+            state.commits.report(1, &[]);
+            state.commits.wanted = true;
+            self.shared.commit_wanted.notify_one();
         }
         self.shared.resume_if_drained(&self.consumer, state);
     }
 
     /// After [`Assignment::Revoked`]: the engine has dropped the partition's
     /// waiting jobs, so the revocation stops waiting for them. Their offsets
-    /// stay unresolved, so nothing is stored beyond the first of them and the
+    /// stay unresolved, so nothing is committed beyond the first of them and the
     /// next owner reads them again. Jobs of the partition still in flight
     /// may call `done` until the revocation completes.
     pub fn forget(&self, partition: i32) {
@@ -799,53 +913,120 @@ impl Ingest {
             .collect())
     }
 
-    /// Stores every owned partition's latest position and finished offsets,
-    /// commits them now and waits for the broker's answer (graceful
-    /// shutdown: call after the last `done`). Blocks the calling thread for
-    /// one round trip.
+    /// Jobs done whose offsets no commit acknowledged by the broker covers
+    /// yet: what a crash now would send again (besides the requests in
+    /// flight).
+    pub fn uncommitted(&self) -> usize {
+        self.shared.lock().owned.values().map(|o| o.done_at.len()).sum()
+    }
+
+    /// Sets the listener told of commit progress (see [`CommitListener`]),
+    /// replacing any earlier one. Set it before the first `done`: changes
+    /// before it are not reported.
+    pub fn set_commit_listener(&self, listener: CommitListener) {
+        self.shared.lock().commits.listener = Some(listener);
+    }
+
+    /// Commits every owned partition's latest position and finished offsets
+    /// now and waits for the broker's answer (graceful shutdown: call after
+    /// the last `done`). Blocks the calling thread for the commit under way,
+    /// if any, and one round trip.
     pub fn commit_now(&self) -> Result<(), KafkaError> {
-        let positions: Vec<(i32, i64, String)> = {
+        let _order = self.shared.commit_order.lock().unwrap_or_else(PoisonError::into_inner);
+        let (positions, snapshot) = {
             let mut guard = self.shared.lock();
             let state = &mut *guard;
             let mut positions = Vec::new();
+            let mut snapshot = Vec::new();
             for (&partition, owned) in &mut state.owned {
                 if owned.revoking {
                     continue;
                 }
-                self.shared.store_partition(&self.consumer, partition, owned);
-                owned.metadata_uncommitted = false;
-                if let Some((position, metadata)) = &owned.stored {
-                    positions.push((partition, *position, metadata.clone()));
-                }
+                owned.dirty = false;
+                let Some((offset, metadata)) = owned.position() else {
+                    continue;
+                };
+                owned.issued = Some((offset, metadata.clone()));
+                snapshot.push(owned.done_at.len());
+                positions.push(Position { partition, epoch: owned.epoch, offset, metadata });
             }
-            positions
+            (positions, snapshot)
         };
         if positions.is_empty() {
             return Ok(());
         }
-        // Explicit offsets rather than librdkafka's stored ones: it would
-        // leave out a position already committed whose metadata changed.
-        match self.consumer.commit(&self.shared.positions_tpl(&positions), CommitMode::Sync) {
-            Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(error) => Err(KafkaError::Commit(error)),
-        }
+        // Explicit offsets (the offset store is not used), with their metadata.
+        self.shared.commit_sync(&self.consumer, &positions, &snapshot)
     }
 }
 
 impl Drop for Ingest {
-    /// Closes the consumer: the final revocation stores the watermarks (it
-    /// does not wait for the engine), librdkafka commits the stored offsets
-    /// and leaves the group. Blocks for that, typically well under a second.
+    /// Closes the consumer: the final revocation commits the watermarks (it
+    /// does not wait for the engine) and the consumer leaves the group.
+    /// Blocks for that, typically well under a second.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // A revocation waiting for the engine would otherwise hold the
         // polling thread, and so this drop, until `revoke_timeout`.
-        self.shared.lock().closing = true;
+        {
+            let mut state = self.shared.lock();
+            state.closing = true;
+            state.commits.stop = true;
+        }
         self.shared.settled.notify_all();
+        self.shared.commit_wanted.notify_all();
+        // The committer finishes the commit under way; the close's final
+        // revocation then commits what is left.
+        if let Some(committer) = self.committer.take() {
+            if committer.join().is_err() {
+                tracing::error!("the Kafka committer thread panicked");
+            }
+        }
         if let Some(poller) = self.poller.take() {
             if poller.join().is_err() {
                 tracing::error!("the Kafka polling thread panicked");
             }
+        }
+    }
+}
+
+/// The committer thread: waits for a partition to become dirty, waits out
+/// the rest of [`COMMIT_FLOOR`] since its last commit started (what is done
+/// meanwhile joins this commit), commits every changed partition
+/// synchronously, and again, until told to stop.
+fn commit_loop(consumer: &BaseConsumer<IngestContext>, shared: &Shared) {
+    let mut started: Option<Instant> = None;
+    loop {
+        {
+            let mut state = shared.lock();
+            while !state.commits.wanted && !state.commits.stop {
+                state = shared
+                    .commit_wanted
+                    .wait_timeout(state, COMMITTER_IDLE)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            if state.commits.stop {
+                return;
+            }
+        }
+        if let Some(rest) = started.and_then(|at| COMMIT_FLOOR.checked_sub(at.elapsed())) {
+            thread::sleep(rest);
+        }
+        let _order = shared.commit_order.lock().unwrap_or_else(PoisonError::into_inner);
+        let (positions, snapshot) = {
+            let mut state = shared.lock();
+            state.commits.wanted = false;
+            Shared::changed_positions(&mut state)
+        };
+        if positions.is_empty() {
+            continue;
+        }
+        started = Some(Instant::now());
+        if let Err(error) = shared.commit_sync(consumer, &positions, &snapshot) {
+            tracing::warn!(%error, "offset commit failed; the next one retries");
+            // Not at once: the coordinator may be down or moving.
+            thread::sleep(Duration::from_millis(200));
         }
     }
 }
@@ -857,13 +1038,8 @@ fn poll_loop(
     records: &mpsc::UnboundedSender<Polled>,
     stop: &AtomicBool,
 ) {
-    let mut flushed_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let polled = consumer.poll(POLL_INTERVAL);
-        if flushed_at.elapsed() >= STORE_INTERVAL / 2 {
-            shared.flush(consumer);
-            flushed_at = Instant::now();
-        }
         let Some(polled) = polled else {
             continue;
         };

@@ -4,11 +4,11 @@
 //! checks ([`TopicReader`]), topic creation ([`create_topics`]) and
 //! librdkafka's in-process mock cluster ([`EmbeddedKafka`]).
 //!
-//! The invariant this crate owns (CONTRACT §5): an input offset is stored for
-//! commit only after the job's result or dead letter was acknowledged by Kafka.
-//! [`Ingest::done`] is the only path to `store_offsets`, and it stores the
-//! contiguous watermark of its partition, never an offset beyond one that is
-//! still unresolved. Offsets above the watermark that are finished travel in
+//! The invariant this crate owns (CONTRACT §5): an input offset is committed
+//! only after the job's result or dead letter was acknowledged by Kafka.
+//! [`Ingest::done`] is the only way an offset becomes committable, and the
+//! consumer commits (within milliseconds of it) the contiguous watermark of
+//! its partition, never an offset beyond one that is still unresolved. Offsets above the watermark that are finished travel in
 //! the offset commit metadata, and whoever reads the partition next skips
 //! them: a job whose result was acknowledged is not sent again after a
 //! restart or a rebalance (short of what the metadata's size cap leaves out).
@@ -29,7 +29,7 @@ mod tracker;
 pub use admin::create_topics;
 pub use embedded::EmbeddedKafka;
 pub use error::KafkaError;
-pub use ingest::{Assignment, Ingest, Record};
+pub use ingest::{Assignment, CommitListener, Ingest, Record, COMMIT_FLOOR};
 pub use output::{JobWriter, Output};
 pub use reader::TopicReader;
 pub use settings::KafkaSettings;

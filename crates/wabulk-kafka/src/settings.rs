@@ -32,10 +32,11 @@ pub struct KafkaSettings {
     pub revoke_timeout: Duration,
     /// Extra librdkafka properties, applied to every client this crate
     /// creates (consumer properties on a producer are ignored by librdkafka
-    /// with a warning, and vice versa). They cannot switch off
-    /// `enable.auto.offset.store=false`, `enable.auto.commit=true`, or the
-    /// producer's `enable.idempotence=true` and `acks=all`: the delivery
-    /// guarantee rests on them.
+    /// with a warning, and vice versa). They cannot change
+    /// `enable.auto.offset.store=false`, `enable.auto.commit=false` (the
+    /// consumer commits itself, right after each `done`), or the producer's
+    /// `enable.idempotence=true` and `acks=all`: the delivery guarantee
+    /// rests on them.
     pub extra: BTreeMap<String, String>,
 }
 

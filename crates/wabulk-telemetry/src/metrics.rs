@@ -54,6 +54,12 @@ const SEND_LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 const QUEUE_WAIT_BUCKETS: &[f64] =
     &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0];
 
+/// Commit lag buckets, in seconds: from a result's acknowledgement to the
+/// acknowledgement of the offset commit that covers it. Commits follow the
+/// results within milliseconds (a 10 ms floor plus a round trip to the group
+/// coordinator); seconds mean the coordinator is slow or unreachable.
+const COMMIT_LAG_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// Every metric of CONTRACT §9 plus what ops need to answer "why is it slow?".
 /// Labels are bounded: never recipients, tokens or free text.
 ///
@@ -130,6 +136,14 @@ pub struct Metrics {
     pub jobs_in_memory: IntGauge,
     /// `wabulk_partitions_paused`: partitions paused for backpressure.
     pub partitions_paused: IntGauge,
+    /// `wabulk_uncommitted_jobs`: jobs whose result or dead letter Kafka
+    /// acknowledged and whose input offset no acknowledged commit covers
+    /// yet; with `wabulk_inflight_requests`, what a crash would send again.
+    pub uncommitted_jobs: IntGauge,
+    /// `wabulk_commit_lag_seconds`: from a job's result (or dead letter)
+    /// being acknowledged to the acknowledgement of the offset commit that
+    /// covers it.
+    pub commit_lag: Histogram,
     /// `wabulk_build_info{version}`: always 1; tells dashboards which build runs.
     pub build_info: IntGaugeVec,
 
@@ -296,6 +310,17 @@ impl Metrics {
                 &r,
                 "wabulk_partitions_paused",
                 "Partitions of the jobs topic paused for backpressure.",
+            ),
+            uncommitted_jobs: gauge(
+                &r,
+                "wabulk_uncommitted_jobs",
+                "Jobs whose result or dead letter is acknowledged and whose input offset is not yet committed.",
+            ),
+            commit_lag: histogram(
+                &r,
+                "wabulk_commit_lag_seconds",
+                "Time from a job's result being acknowledged to the acknowledgement of the offset commit covering it.",
+                COMMIT_LAG_BUCKETS,
             ),
             build_info: gauge_vec(
                 &r,

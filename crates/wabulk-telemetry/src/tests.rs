@@ -33,6 +33,8 @@ const ADDED_METRICS: &[(&str, &str)] = &[
     ("wabulk_unknown_outcome_retries_total", "counter"),
     ("wabulk_jobs_in_memory", "gauge"),
     ("wabulk_partitions_paused", "gauge"),
+    ("wabulk_uncommitted_jobs", "gauge"),
+    ("wabulk_commit_lag_seconds", "histogram"),
     ("wabulk_build_info", "gauge"),
 ];
 

@@ -74,6 +74,17 @@ pub async fn run(
     let setup = Arc::new(setup);
     let clock = TokioClock::new();
     let (ingest, assignments) = Ingest::connect(&setup.kafka).context("cannot start the Kafka consumer")?;
+    {
+        // Told on every done and every acknowledged commit, under the
+        // consumer's lock: two atomic updates.
+        let (uncommitted, lag) = (metrics.uncommitted_jobs.clone(), metrics.commit_lag.clone());
+        ingest.set_commit_listener(Box::new(move |delta, lags| {
+            uncommitted.add(delta);
+            for waited in lags {
+                lag.observe(waited.as_secs_f64());
+            }
+        }));
+    }
     let ingest = Arc::new(ingest);
     let output = Arc::new(Output::connect(&setup.kafka).context("cannot start the Kafka producer")?);
     let sender = Sender::new(setup.sender.clone()).context("graph settings are not usable")?;

@@ -130,10 +130,7 @@ async fn a_restarted_consumer_resumes_at_the_watermark_and_skips_what_was_done()
     });
     assert_eq!(ends.len(), 2, "keys spread over both partitions");
 
-    let mut settings = settings(&kafka, topic);
-    // No auto-commit before the restart: what the next consumer sees was
-    // committed by `commit_now` (or by the close, which commits the same).
-    settings.extra.insert("auto.commit.interval.ms".into(), "60000".into());
+    let settings = settings(&kafka, topic);
     let (ingest, mut events) = Ingest::connect(&settings).unwrap();
     let records = read(&ingest, positions.len()).await;
     assert!(matches!(next_event(&mut events).await, Assignment::Assigned(_)));
@@ -187,8 +184,7 @@ async fn a_new_consumer_receives_exactly_the_jobs_not_done() {
     kafka.create_topic(topic, 1).unwrap();
     let count = 40;
     produce(&kafka, topic, count).await;
-    let mut settings = settings(&kafka, topic);
-    settings.extra.insert("auto.commit.interval.ms".into(), "60000".into());
+    let settings = settings(&kafka, topic);
     let (ingest, _events) = Ingest::connect(&settings).unwrap();
     let records = read(&ingest, count).await;
     assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..count as i64).collect::<Vec<_>>());
@@ -218,12 +214,33 @@ async fn a_new_consumer_receives_exactly_the_jobs_not_done() {
     assert_eq!((position, metadata.as_str()), (5, "v1:1-11,14-19,21-33"));
 }
 
+/// Polls the group's committed position and metadata of `partition` until
+/// it is `want` (up to `limit`); how long that took, or `None`.
+async fn committed_within(
+    kafka: &EmbeddedKafka,
+    group: &str,
+    topic: &str,
+    want: (i64, &str),
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let (position, metadata) = committed_with_metadata(kafka, group, topic, 0);
+        if position == want.0 && metadata == want.1 {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
 /// The watermark is stuck on an unfinished job while jobs above it finish:
-/// auto-commit would not commit a position already committed, so the
-/// consumer commits the changed metadata itself, without `commit_now` (what
-/// a crash finds committed).
+/// the commit of the changed metadata follows each `done` within
+/// milliseconds, without `commit_now` (what a crash finds committed), and
+/// the commit listener hears of every job done and of each commit, with its
+/// lag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_offsets_are_committed_while_the_watermark_is_stuck() {
+async fn dones_are_committed_promptly_while_the_watermark_is_stuck() {
     init_logs();
     let kafka = EmbeddedKafka::start(1).unwrap();
     let topic = "stuck.jobs";
@@ -231,15 +248,46 @@ async fn finished_offsets_are_committed_while_the_watermark_is_stuck() {
     produce(&kafka, topic, 10).await;
     let settings = settings(&kafka, topic);
     let (ingest, _events) = Ingest::connect(&settings).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new((0i64, Vec::<Duration>::new())));
+    ingest.set_commit_listener(Box::new({
+        let heard = heard.clone();
+        move |delta, lags| {
+            let mut heard = heard.lock().unwrap();
+            heard.0 += delta;
+            heard.1.extend_from_slice(lags);
+        }
+    }));
     read(&ingest, 10).await;
+    let group = settings.group_id.as_str();
+    // Well under the second auto-commit used to take; generous for a loaded
+    // two-core machine (the commit itself takes a few milliseconds).
+    let prompt = Duration::from_millis(500);
+
     ingest.done(0, 3);
-    // Auto-commit (every second) commits the first store.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(committed_with_metadata(&kafka, &settings.group_id, topic, 0), (0, "v1:3".into()));
+    let first = committed_within(&kafka, group, topic, (0, "v1:3"), Duration::from_secs(10)).await;
+    assert!(first.is_some_and(|took| took < prompt), "v1:3 committed after {first:?}");
     ingest.done(0, 5);
     ingest.done(0, 6);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(committed_with_metadata(&kafka, &settings.group_id, topic, 0), (0, "v1:3,5-6".into()));
+    let second = committed_within(&kafka, group, topic, (0, "v1:3,5-6"), Duration::from_secs(10)).await;
+    assert!(second.is_some_and(|took| took < prompt), "v1:3,5-6 committed after {second:?}");
+    // The watermark moves: 0..=2 done, 3 done before, 4 not.
+    for offset in 0..3 {
+        ingest.done(0, offset);
+    }
+    let third = committed_within(&kafka, group, topic, (4, "v1:1-2"), Duration::from_secs(10)).await;
+    assert!(third.is_some_and(|took| took < prompt), "4 / v1:1-2 committed after {third:?}");
+    // The listener's count is back to 0 once the answer is recorded, which
+    // follows the broker's acknowledgement by a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while heard.lock().unwrap().0 != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (uncommitted, lags) = heard.lock().unwrap().clone();
+    assert_eq!(uncommitted, 0, "every job done is committed");
+    assert_eq!(ingest.uncommitted(), 0);
+    assert_eq!(lags.len(), 6, "one lag per job done: {lags:?}");
+    assert!(lags.iter().all(|lag| *lag < prompt), "lags {lags:?}");
+    println!("commit lags: first {first:?}, second {second:?}, third {third:?}; listener {lags:?}");
 }
 
 /// At the high-water mark `next` stops yielding; the consumer stays in the
@@ -276,13 +324,13 @@ async fn backpressure_pauses_without_leaving_the_group() {
     assert!(events.try_recv().is_err(), "still no rebalance");
     // 40 written, position 16: statistics arrive every second.
     assert_eq!(ingest.lag(), vec![(0, 24)]);
-    // The auto-commit (every second) committed the watermark of the dones.
+    // The dones' watermark was committed right after them.
     assert_eq!(ingest.committed(Duration::from_secs(5)).unwrap(), vec![(0, 6)]);
 }
 
 /// A second consumer joins: the first is told which partition it loses, the
 /// revocation waits while that partition has jobs in flight, `done` during
-/// the wait still stores, `forget` ends the wait, and the new owner starts at
+/// the wait still commits, `forget` ends the wait, and the new owner starts at
 /// the watermark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
@@ -309,7 +357,7 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     // While we hold the partition's jobs, the revocation waits: the new owner
     // is not assigned yet, and the jobs still count as ours. Every `done`
     // below comes after the revocation started; the new owner starting at the
-    // gap proves they were still stored, i.e. that the revocation waited.
+    // gap proves they were still committed, i.e. that the revocation waited.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(second_events.try_recv().is_err(), "handover waits for the engine");
     assert!(second.assigned().is_empty());
@@ -320,8 +368,8 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     first.forget(moved);
 
     assert_eq!(next_event(&mut second_events).await, Assignment::Assigned(vec![moved]));
-    // librdkafka commits the revoked partition's stored watermark as the
-    // revocation completes. The mock broker refuses that commit when the group
+    // The revocation commits the revoked partition's watermark before it
+    // completes. The mock broker refuses that commit when the group
     // is already rebalancing again (a real broker accepts it while preparing a
     // rebalance), which happens here under CPU load when the mock fails the
     // new member's first SyncGroup; the dones of the wait are then lost and

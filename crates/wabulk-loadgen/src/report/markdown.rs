@@ -39,6 +39,8 @@ pub(super) fn render(r: &CapacityReport) -> String {
     }
     row("duplicate results", r.duplicate_results.to_string());
     row("dead letters", r.dead_letters.to_string());
+    row("sending rate (first to last send)", format!("{:.0} messages/s", r.sending_rate()));
+    row("peak rate (best sample)", format!("{:.0} messages/s", r.peak_rate()));
     row("elapsed", format!("{:.1} s", r.elapsed_s));
 
     md.push_str(

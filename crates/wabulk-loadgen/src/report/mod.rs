@@ -188,6 +188,27 @@ impl CapacityReport {
         self.checks.iter().all(|c| c.passed)
     }
 
+    /// Simulator acceptances per second from the first to the last sample
+    /// with any: the run's sending rate, start-up and draining excluded.
+    pub fn sending_rate(&self) -> f64 {
+        let sent = |s: &Sample| s.sent_by_number.values().sum::<u64>();
+        let first = self.timeline.iter().position(|s| sent(s) > 0);
+        let last = self.timeline.iter().rposition(|s| sent(s) > 0);
+        let (Some(first), Some(last)) = (first, last) else { return 0.0 };
+        let samples = &self.timeline[first..=last];
+        let span: f64 = samples.iter().map(|s| s.interval_s).sum();
+        samples.iter().map(sent).sum::<u64>() as f64 / span
+    }
+
+    /// The most acceptances per second in any one sample.
+    pub fn peak_rate(&self) -> f64 {
+        self.timeline
+            .iter()
+            .filter(|s| s.interval_s > 0.0)
+            .map(|s| s.sent_by_number.values().sum::<u64>() as f64 / s.interval_s)
+            .fold(0.0, f64::max)
+    }
+
     /// The Markdown summary (`report.md`), linking the charts by file name.
     pub fn markdown(&self) -> String {
         markdown::render(self)

@@ -420,3 +420,22 @@ proptest! {
         prop_assert_eq!(d.count, total);
     }
 }
+
+#[test]
+fn sending_and_peak_rates_come_from_the_timeline() {
+    let mut r = report();
+    // Sample t sends (70 + t) + 20 + (300 + 10 t) = 390 + 11 t over 1 s.
+    let total: u64 = (1..=10).map(|t| 390 + 11 * t).sum();
+    assert!((r.sending_rate() - total as f64 / 10.0).abs() < 1e-9);
+    assert!((r.peak_rate() - 500.0).abs() < 1e-9);
+    // Idle samples before the first and after the last send do not count,
+    // idle ones in between do.
+    let template = r.timeline[0].clone();
+    let idle = |t_s: f64| Sample { t_s, sent_by_number: BTreeMap::new(), ..template.clone() };
+    r.timeline.insert(0, idle(0.0));
+    r.timeline.insert(5, idle(4.5));
+    r.timeline.push(idle(11.0));
+    assert!((r.sending_rate() - total as f64 / 11.0).abs() < 1e-9);
+    r.timeline.clear();
+    assert_eq!((r.sending_rate(), r.peak_rate()), (0.0, 0.0));
+}

@@ -506,7 +506,7 @@ fn checks(
         ));
     }
     if let Some(min) = scenario.expect.min_total_mps {
-        let mps = sending_rate(&report.timeline);
+        let mps = report.sending_rate();
         checks.push(check(
             "total throughput",
             mps >= min,
@@ -514,17 +514,6 @@ fn checks(
         ));
     }
     checks
-}
-
-/// Acceptances per second from the first to the last sample with any.
-pub(super) fn sending_rate(timeline: &[Sample]) -> f64 {
-    let sent = |s: &Sample| s.sent_by_number.values().sum::<u64>();
-    let first = timeline.iter().position(|s| sent(s) > 0);
-    let last = timeline.iter().rposition(|s| sent(s) > 0);
-    let (Some(first), Some(last)) = (first, last) else { return 0.0 };
-    let span: f64 = timeline[first..=last].iter().map(|s| s.interval_s).sum();
-    let total: u64 = timeline[first..=last].iter().map(sent).sum();
-    total as f64 / span
 }
 
 fn scenario_broker_name(scenario: &Scenario) -> String {

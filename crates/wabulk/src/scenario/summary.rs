@@ -3,6 +3,9 @@
 
 use wabulk_loadgen::CapacityReport;
 
+/// Rows of the per-number table; more numbers are summarised.
+const MAX_ROWS: usize = 12;
+
 pub fn print_summary(report: &CapacityReport) {
     let valid = report.written - report.malformed;
     let sim = &report.sim;
@@ -20,7 +23,14 @@ pub fn print_summary(report: &CapacityReport) {
         "  {:<18} {:>6} {:>8} {:>8} {:>7} {:>13} {:>10} {:>12}",
         "number", "tier", "written", "sent", "failed", "achieved/s", "of tier", "max in 1 s"
     );
-    for n in &report.numbers {
+    // Many numbers: the slowest and fastest few, the rest are in the report.
+    let mut numbers: Vec<_> = report.numbers.iter().collect();
+    let hidden = numbers.len().saturating_sub(MAX_ROWS);
+    if hidden > 0 {
+        numbers.sort_by(|a, b| a.percent_of_tier().total_cmp(&b.percent_of_tier()));
+        numbers.drain(MAX_ROWS / 2..numbers.len() - MAX_ROWS / 2);
+    }
+    for n in numbers {
         println!(
             "  {:<18} {:>6} {:>8} {:>8} {:>7} {:>13.1} {:>9.1}% {:>12}",
             n.phone_number_id,
@@ -33,6 +43,14 @@ pub fn print_summary(report: &CapacityReport) {
             n.max_in_any_1s_window
         );
     }
+    if hidden > 0 {
+        println!("  ({hidden} numbers between the slowest and fastest above are in the report)");
+    }
+    println!(
+        "  throughput: {:.0} messages/s from the first send to the last, best second {:.0}",
+        report.sending_rate(),
+        report.peak_rate()
+    );
     println!();
     println!(
         "  latency: job p50 {:.3} s, p99 {:.3} s; request p50 {:.3} s, p99 {:.3} s",

@@ -1,7 +1,9 @@
 //! Crash safety and graceful stops, with the engine as a child process:
-//! SIGKILL three times under load, at random moments, loses no job and
-//! duplicates no more than was in flight or not yet committed; SIGTERM
-//! drains, commits and exits 0, and the restart sends nothing twice.
+//! SIGKILL under load at random moments (three times, or twenty in the
+//! ignored soak) loses no job and repeats no more than each kill exposed
+//! (requests in flight, results acknowledged but not yet committed: read
+//! from the engine's `/metrics` just before the kill); SIGTERM drains,
+//! commits and exits 0, and the restart sends nothing twice.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -9,9 +11,9 @@ use std::time::{Duration, Instant};
 use wabulk_graph_sim::Latency;
 
 use crate::harness::{
-    by_id, distinct_ids, finish_load, init_logs, is_sent, limits_report, load, sim_config, start_load,
-    status_counts, violations, Collector, EngineProcess, EngineToml, Number, Program, Stack, TempDir,
-    MPS_MARGIN,
+    by_id, distinct_ids, exposed, finish_load, free_port, init_logs, is_sent, limits_report, load,
+    sim_config, start_load, status_counts, violations, Collector, EngineProcess, EngineToml, Exposed, Number,
+    Program, Stack, TempDir, MPS_MARGIN,
 };
 
 /// Polls `done` every 100 ms for up to `limit`; whether it became true.
@@ -43,8 +45,82 @@ async fn progress_after(results: &Collector, more: usize, limit: Duration) -> Op
     first
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_engine_loses_nothing() {
+/// How a crash test kills the engine.
+struct Kills {
+    name: &'static str,
+    /// How many SIGKILLs (each followed by a restart).
+    count: u32,
+    /// Jobs written, at `rate` per second.
+    jobs: u64,
+    rate: f64,
+    /// Before each kill, the (restarted) engine must have written this many
+    /// results, then a random delay in `delay_ms` follows.
+    results_before: usize,
+    delay_ms: std::ops::Range<u64>,
+}
+
+/// What one kill exposed and what it cost.
+#[derive(Debug)]
+struct Kill {
+    at: Duration,
+    delay_ms: u64,
+    /// Scraped from the engine's `/metrics` just before the SIGKILL.
+    exposed: Exposed,
+    /// Simulator duplicates when killed, and when the next kill (or the end)
+    /// came: the difference is what this kill made the next engine send again.
+    duplicates_at: u64,
+    duplicates_after: u64,
+    resumed_after: Duration,
+}
+
+impl Kill {
+    fn duplicates(&self) -> u64 {
+        self.duplicates_after - self.duplicates_at
+    }
+}
+
+/// What a kill may repeat beyond the scraped figures (per kill): the results
+/// being written at the kill (answered by the Graph API, not yet acknowledged
+/// by Kafka: the producer's 5 ms linger plus a round trip) and the requests
+/// started between the scrape and the SIGKILL (a few milliseconds). 100 ms
+/// of all tiers covers both with room; the gap this test guards against (a
+/// commit once a second) costs ten times that.
+fn slack(tiers: u32) -> u64 {
+    u64::from(tiers) / 10
+}
+
+/// A small xorshift, seeded from the clock (or `WABULK_IT_CRASH_SEED` to
+/// replay a run); the seed is printed.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Random {
+        let seed =
+            std::env::var("WABULK_IT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        println!("random seed {seed} (WABULK_IT_CRASH_SEED={seed} replays the delays)");
+        Random(seed)
+    }
+
+    fn in_range(&mut self, range: &std::ops::Range<u64>) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        range.start + self.0 % (range.end - range.start).max(1)
+    }
+}
+
+/// SIGKILLs a `ShortSession` engine under load `plan.count` times, each at
+/// a random moment once it is busy, restarting it each time; then checks that
+/// every job has a result, all `sent`, that each kill repeated no more than
+/// it exposed (requests in flight plus acknowledged but uncommitted jobs,
+/// scraped from `/metrics` just before the kill, plus [`slack`]), and that no
+/// limit was broken.
+async fn kill_repeatedly(plan: Kills) {
     init_logs();
     let numbers = [
         Number::new("106540352242922", 80),
@@ -53,74 +129,96 @@ async fn killed_engine_loses_nothing() {
     ];
     let tiers: u32 = numbers.iter().map(|n| n.mps).sum();
     let stack = Stack::start(sim_config(&numbers, Latency::Meta { scale: 0.05 }), 4).await;
-    let dir = TempDir::new("crash");
-    let mut toml = EngineToml::new(&stack, "it-crash", &numbers);
+    let dir = TempDir::new(plan.name);
+    let mut toml = EngineToml::new(&stack, &format!("it-{}", plan.name), &numbers);
     toml.limits.push(MPS_MARGIN.into());
+    // A fixed port, so that every generation serves /metrics on it.
+    let port = free_port();
+    toml.http_listen = format!("127.0.0.1:{port}");
     let config = toml.write(dir.path());
     let results = Collector::start(&stack.brokers(), crate::harness::RESULTS);
     let started = Instant::now();
+    let mut random = Random::new();
     let mut engine = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), 0);
-    let load = start_load(&stack.brokers(), load(&numbers, &[1.0, 1.0, 1.0], 4_000, 300.0, "crash"));
+    let load =
+        start_load(&stack.brokers(), load(&numbers, &[1.0, 1.0, 1.0], plan.jobs, plan.rate, plan.name));
 
-    // Three crashes while the engine is busy: each once the (restarted)
-    // engine has written a few hundred results, then after a random delay of
-    // up to 2 s, so that the kill lands anywhere in its work (a send, a
-    // result write, a commit). The delays are printed to replay a failure.
-    let mut kills = Vec::new();
-    for generation in 1..=3 {
-        let busy = progress_after(&results, 400, Duration::from_secs(60)).await;
+    // Each kill once the (restarted) engine has written some results, then
+    // after a random delay, so that the kill lands anywhere in its work (a
+    // send, a result write, a commit). The delays are printed.
+    let mut kills: Vec<Kill> = Vec::new();
+    for generation in 1..=plan.count {
+        let busy = progress_after(&results, plan.results_before, Duration::from_secs(60)).await;
         assert!(busy.is_some(), "engine {} wrote no result:\n{}", generation - 1, engine.log_tail(30));
-        tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
-        let jitter = Duration::from_millis(
-            u64::from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .subsec_nanos(),
-            ) % 2_000,
-        );
-        println!("kill {generation}: random delay {} ms", jitter.as_millis());
-        tokio::time::sleep(jitter).await;
+        if generation == 1 {
+            tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+        }
+        let delay_ms = random.in_range(&plan.delay_ms);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         assert!(engine.running(), "engine {} exited by itself:\n{}", generation - 1, engine.log_tail(30));
+        let exposed = tokio::task::spawn_blocking(move || exposed(port)).await.expect("scrape");
         engine.kill();
-        let killed_at = started.elapsed();
-        let accepted = stack.sim.stats().accepted;
-        kills.push((killed_at, results.len(), accepted));
+        let exposed = exposed.unwrap_or_else(|| panic!("engine {} served no /metrics", generation - 1));
+        let at = started.elapsed();
+        let stats = stack.sim.stats();
+        if let Some(previous) = kills.last_mut() {
+            previous.duplicates_after = stats.duplicate_count;
+        }
         engine = EngineProcess::spawn(Program::ShortSession, &config, dir.path(), generation);
         // The simulator counts at arrival, so a new acceptance is the new engine's.
-        let resumed = Instant::now();
-        let sending = wait_for(Duration::from_secs(60), || stack.sim.stats().accepted > accepted).await;
+        let restarted = Instant::now();
+        let sending = wait_for(Duration::from_secs(60), || stack.sim.stats().accepted > stats.accepted).await;
         assert!(sending, "restarted engine {generation} sent nothing in 60 s:\n{}", engine.log_tail(30));
-        println!(
-            "kill {generation} at {:.1} s: {} results, {accepted} accepted by the simulator; \
-             the restarted engine sent again after {:.1} s",
-            killed_at.as_secs_f64(),
-            kills[kills.len() - 1].1,
-            resumed.elapsed().as_secs_f64()
-        );
+        kills.push(Kill {
+            at,
+            delay_ms,
+            exposed,
+            duplicates_at: stats.duplicate_count,
+            duplicates_after: stats.duplicate_count,
+            resumed_after: restarted.elapsed(),
+        });
     }
 
     let report = finish_load(load).await;
     let ids: HashSet<String> = report.job_ids.iter().cloned().collect();
     assert_eq!(ids.len() as u64, report.written);
     let all_in =
-        results.wait_until(Duration::from_secs(90), |records| distinct_ids(records) >= ids.len()).await;
+        results.wait_until(Duration::from_secs(120), |records| distinct_ids(records) >= ids.len()).await;
     let elapsed = started.elapsed();
     engine.terminate();
     let exit = engine.wait_exit(Duration::from_secs(20));
     let all = results.results();
     results.stop().await;
     let stats = stack.stop().await;
+    if let Some(last) = kills.last_mut() {
+        last.duplicates_after = stats.duplicate_count;
+    }
 
+    for (n, kill) in kills.iter().enumerate() {
+        println!(
+            "kill {} at {:.1} s (delay {} ms): in flight {}, uncommitted {}; the restarted engine sent again \
+             after {:.1} s; {} sent again",
+            n + 1,
+            kill.at.as_secs_f64(),
+            kill.delay_ms,
+            kill.exposed.inflight,
+            kill.exposed.uncommitted,
+            kill.resumed_after.as_secs_f64(),
+            kill.duplicates()
+        );
+    }
     let grouped = by_id(&all);
     let missing: Vec<&String> = ids.iter().filter(|id| !grouped.contains_key(*id)).take(10).collect();
     let duplicate_results = all.len() - grouped.len();
     let duplicate_sent: usize =
         grouped.values().map(|rs| rs.iter().filter(|r| is_sent(r)).count().saturating_sub(1)).sum();
+    let exposed_total: u64 = kills.iter().map(|k| k.exposed.total()).sum();
+    let bound = exposed_total + slack(tiers) * kills.len() as u64;
     println!(
-        "killed {} times: {} jobs, {} results ({:?}) in {:.1} s; duplicate results {duplicate_results} \
-         (of which sent twice {duplicate_sent}), simulator: {} requests, {} accepted, duplicates {}, \
-         violations {:?}",
+        "{}: killed {} times: {} jobs, {} results ({:?}) in {:.1} s; duplicate results {duplicate_results} \
+         (of which sent twice {duplicate_sent}), simulator: {} requests, {} accepted, duplicates {} \
+         ({:.1} per kill; exposed at the kills {exposed_total}, bound {bound}), violations {:?}",
+        plan.name,
         kills.len(),
         ids.len(),
         all.len(),
@@ -129,18 +227,30 @@ async fn killed_engine_loses_nothing() {
         stats.requests,
         stats.accepted,
         stats.duplicate_count,
+        stats.duplicate_count as f64 / kills.len().max(1) as f64,
         stats.violations
     );
     assert!(all_in && missing.is_empty(), "jobs without a result after the crashes, e.g. {missing:?}");
     assert!(grouped.keys().all(|id| ids.contains(id)), "a result for a job that was never written");
     assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
-    // What a crash may repeat: requests in flight, and jobs whose results
-    // were acknowledged but whose offsets were not yet committed (auto-commit
-    // runs every second). Three seconds of every tier per kill is generous.
-    let bound = (kills.len() as u64) * u64::from(tiers) * 3;
+    // What a crash may repeat (CONTRACT §5): requests in flight, and jobs
+    // whose results were acknowledged but whose offsets were not yet
+    // committed; commits follow the results within milliseconds, so the
+    // latter are a handful. Per kill, against what it exposed.
+    for (n, kill) in kills.iter().enumerate() {
+        let allowed = kill.exposed.total() + slack(tiers);
+        assert!(
+            kill.duplicates() <= allowed,
+            "kill {} made the engine send {} jobs again, more than it exposed ({:?}) plus {} slack",
+            n + 1,
+            kill.duplicates(),
+            kill.exposed,
+            slack(tiers)
+        );
+    }
     assert!(
         stats.duplicate_count <= bound && duplicate_results as u64 <= bound,
-        "more duplicates than could have been in flight at {} kills: simulator {}, results {}, bound {bound}",
+        "more duplicates than were exposed at {} kills: simulator {}, results {}, bound {bound}",
         kills.len(),
         stats.duplicate_count,
         duplicate_results
@@ -152,6 +262,36 @@ async fn killed_engine_loses_nothing() {
         matches!(exit, Some(status) if status.success()),
         "the last engine did not stop cleanly: {exit:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_engine_loses_nothing() {
+    kill_repeatedly(Kills {
+        name: "crash",
+        count: 3,
+        jobs: 4_000,
+        rate: 300.0,
+        results_before: 400,
+        delay_ms: 0..2_000,
+    })
+    .await;
+}
+
+/// The soak: 20 SIGKILLs, each after a random 0.3 to 2 s of sending by the
+/// (restarted) engine. About 5 minutes (each restart waits ~12 s for the
+/// group), hence ignored by default; docs/reliability.md has the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak, about 5 minutes: cargo test -p wabulk --test it -- crash::soak --ignored --nocapture"]
+async fn soak_twenty_kills_at_random_moments() {
+    kill_repeatedly(Kills {
+        name: "soak",
+        count: 20,
+        jobs: 9_000,
+        rate: 300.0,
+        results_before: 1,
+        delay_ms: 300..2_000,
+    })
+    .await;
 }
 
 /// Load on `numbers` (in proportion to `shares`) in `partitions` partitions;

@@ -565,6 +565,30 @@ pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// What a SIGKILL now could make the engine at `port` send again, from its
+/// `/metrics`: requests in flight plus jobs whose results are acknowledged
+/// and not yet committed. `None` when it does not answer.
+pub(crate) fn exposed(port: u16) -> Option<Exposed> {
+    let body = http_get(port, "/metrics").ok()?;
+    Some(Exposed {
+        inflight: sample(&body, "wabulk_inflight_requests")? as u64,
+        uncommitted: sample(&body, "wabulk_uncommitted_jobs")? as u64,
+    })
+}
+
+/// See [`exposed`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Exposed {
+    pub(crate) inflight: u64,
+    pub(crate) uncommitted: u64,
+}
+
+impl Exposed {
+    pub(crate) fn total(&self) -> u64 {
+        self.inflight + self.uncommitted
+    }
+}
+
 /// Total limit violations the simulator counted.
 pub(crate) fn violations(stats: &SimStats) -> u64 {
     stats.violations.phone + stats.violations.pair + stats.violations.waba
@@ -573,7 +597,8 @@ pub(crate) fn violations(stats: &SimStats) -> u64 {
 /// Not a test: the engine of a [`Program::ShortSession`] child, which runs
 /// this binary with only this function selected. Run by the test harness
 /// without [`CHILD_CONFIG_ENV`], it does nothing. Like `wabulk run`, it
-/// stops gracefully on SIGTERM.
+/// serves `/metrics` on the configuration's `http.listen` and stops
+/// gracefully on SIGTERM.
 #[test]
 fn engine_child() {
     let Some(path) = std::env::var_os(CHILD_CONFIG_ENV) else { return };
@@ -591,11 +616,19 @@ fn engine_child() {
             .expect("SIGTERM handler");
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new());
+        let listener = tokio::net::TcpListener::bind(setup.http_listen).await.expect("http.listen");
+        let http = tokio::spawn(wabulk_telemetry::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            std::future::pending(),
+        ));
         wabulk::engine::run(setup, metrics, health, async move {
             terminate.recv().await;
         })
         .await
         .expect("engine");
+        http.abort();
     });
 }
 

@@ -1,5 +1,6 @@
 //! The engine against its surroundings at scale: the only Kafka broker going
-//! away mid-run and coming back, and two engines sharing one consumer group
+//! away mid-run and coming back (for less, and for longer, than the consumer
+//! session), and two engines sharing one consumer group
 //! while one of them is SIGKILLed and restarted (partitions move twice).
 //! Nothing is lost, no number exceeds its tier at the simulator, and the
 //! duplicates are reported (and bounded by what could have been in flight).
@@ -13,7 +14,7 @@ use wabulk_loadgen::LoadReport;
 use crate::harness::{
     by_id, distinct_ids, finish_load, init_logs, is_sent, limits_report, load, sim_config, start_load,
     status_counts, violations, Collector, EngineProcess, EngineToml, InProcessEngine, Number, Program, Stack,
-    TempDir, JOBS, MPS_MARGIN, RESULTS,
+    TempDir, CHILD_SESSION_TIMEOUT_MS, JOBS, MPS_MARGIN, RESULTS,
 };
 
 /// The mock cluster's only broker (librdkafka numbers mock brokers from 1).
@@ -354,4 +355,100 @@ async fn two_engines_share_a_group_and_survive_a_kill() {
     for (name, exit) in [("engine 0", survivor_exit), ("engine 2", restarted_exit)] {
         assert!(matches!(exit, Some(status) if status.success()), "{name} did not stop cleanly: {exit:?}");
     }
+}
+
+/// The only broker goes down for 10 s, longer than the engine's 6 s consumer
+/// session: the session expires while jobs are in flight and results wait
+/// for the broker, the assignment is lost (librdkafka revokes it as lost),
+/// and when the broker is back the engine rejoins, gets its partitions again
+/// and re-reads from its last commit. Nothing is lost, progress resumes, and
+/// what is sent twice is bounded by what was exposed when the broker went:
+/// requests in flight and uncommitted jobs then, plus what was sent during
+/// the outage (its results could not be acknowledged, so no commit covers
+/// those jobs: CONTRACT §5 allows sending them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_longer_than_the_session_loses_nothing() {
+    init_logs();
+    let numbers = [Number::new("106540352242922", 80), Number::new("106540352242923", 80)];
+    let tiers: u32 = numbers.iter().map(|n| n.mps).sum();
+    let stack = Stack::start(sim_config(&numbers, Latency::Meta { scale: 0.05 }), 4).await;
+    let mut toml = EngineToml::new(&stack, "it-long-outage", &numbers);
+    toml.limits.push(MPS_MARGIN.into());
+    let mut setup = toml.setup();
+    let session = Duration::from_millis(CHILD_SESSION_TIMEOUT_MS);
+    setup.kafka.extra.insert("session.timeout.ms".into(), CHILD_SESSION_TIMEOUT_MS.to_string());
+    setup.kafka.extra.insert("heartbeat.interval.ms".into(), "500".into());
+    let engine = InProcessEngine::start(setup);
+    let results = Collector::start_through_errors(&stack.brokers(), RESULTS);
+    let started = Instant::now();
+    let load = start_load(&stack.brokers(), load(&numbers, &[1.0; 2], 1_500, 200.0, "long-outage"));
+
+    let flowing = results.wait_until(Duration::from_secs(60), |records| records.len() >= 300).await;
+    assert!(flowing, "only {} results in 60 s before the outage", results.len());
+    let outage = session + Duration::from_secs(4);
+    let exposed = engine.metrics.inflight.get() + engine.metrics.uncommitted_jobs.get();
+    let accepted_at_down = stack.sim.stats().accepted;
+    let duplicates_at_down = stack.sim.stats().duplicate_count;
+    let down_at = started.elapsed();
+    stack.kafka.broker_down(BROKER);
+    tokio::time::sleep(outage).await;
+    let accepted_at_up = stack.sim.stats().accepted;
+    stack.kafka.broker_up(BROKER);
+    let up = Instant::now();
+    assert!(engine.running(), "the engine stopped during the outage");
+
+    // Progress resumes: the simulator accepts 100 more jobs.
+    let limit = Duration::from_secs(60);
+    let sending = wait_for(limit, || stack.sim.stats().accepted > accepted_at_up + 100).await;
+    let resumed_after = up.elapsed();
+    assert!(sending, "the engine did not send 100 more jobs in 60 s after the broker came back");
+
+    let ids = load_ids(load).await;
+    let all_in =
+        results.wait_until(Duration::from_secs(120), |records| distinct_ids(records) >= ids.len()).await;
+    let elapsed = started.elapsed();
+    assert!(engine.running(), "the engine stopped after the outage");
+    let uncommitted_at_end = engine.metrics.uncommitted_jobs.get();
+    engine.stop().await;
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+
+    let found = outcome(&ids, &all);
+    let sent_during = accepted_at_up - accepted_at_down;
+    let bound = u64::try_from(exposed).unwrap_or(0) + sent_during + u64::from(tiers) / 10;
+    println!(
+        "long outage: down at {:.1} s for {:.0} s (session {:.0} s) with {exposed} exposed; accepted during it \
+         {sent_during}; 100 more accepted {:.1} s after broker_up; {} jobs, {} results ({:?}) in {:.1} s; \
+         duplicate results {} (sent twice {}), simulator duplicates {} ({} before the outage), bound {bound}; \
+         uncommitted at the end {uncommitted_at_end}; {}",
+        down_at.as_secs_f64(),
+        outage.as_secs_f64(),
+        session.as_secs_f64(),
+        resumed_after.as_secs_f64(),
+        ids.len(),
+        all.len(),
+        status_counts(&all),
+        elapsed.as_secs_f64(),
+        found.duplicate_results,
+        found.sent_twice,
+        stats.duplicate_count,
+        duplicates_at_down,
+        limits_report(&stats)
+    );
+    assert!(
+        all_in && found.missing.is_empty(),
+        "{} jobs without a result after the outage, e.g. {:?}",
+        found.missing.len(),
+        &found.missing[..found.missing.len().min(10)]
+    );
+    assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
+    assert!(
+        stats.duplicate_count <= bound && found.duplicate_results as u64 <= bound,
+        "more duplicates than were exposed by the outage: simulator {}, results {}, bound {bound}",
+        stats.duplicate_count,
+        found.duplicate_results
+    );
+    assert_eq!(uncommitted_at_end, 0, "every acknowledged job is committed once the broker is back");
+    assert_tiers_kept(&stats, &numbers);
 }
