@@ -26,7 +26,7 @@ mod reader;
 mod settings;
 mod tracker;
 
-pub use admin::create_topics;
+pub use admin::{create_topics, topic_record_count};
 pub use embedded::EmbeddedKafka;
 pub use error::KafkaError;
 pub use ingest::{Assignment, CommitListener, Ingest, Record, COMMIT_FLOOR};

@@ -170,6 +170,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     }
     let stats = sim.stats();
     sim.shutdown().await;
+    let kept = {
+        let (brokers, topic) = (brokers.clone(), config.kafka.jobs_topic.clone());
+        tokio::task::spawn_blocking(move || {
+            wabulk_kafka::topic_record_count(&brokers, &topic, Duration::from_secs(10))
+        })
+        .await
+        .context("record count task")?
+        .context("cannot count the jobs topic's records")?
+    };
     drop(broker);
     let load_report = load_report.unwrap_or_default();
     let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
@@ -197,7 +206,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         timeline,
         checks: Vec::new(),
     };
-    report.checks = checks(scenario, &report, finished_in_time, &stats);
+    report.checks = checks(scenario, &report, finished_in_time, &stats, kept);
     Ok(report)
 }
 
@@ -444,11 +453,14 @@ fn send_latency(metrics: &Metrics) -> Distribution {
     Distribution::from_buckets(&cumulative, None)
 }
 
+/// `kept`: records in the jobs topic at the end, to tell a broker that lost
+/// acknowledged records from an engine that did.
 fn checks(
     scenario: &Scenario,
     report: &CapacityReport,
     finished_in_time: bool,
     stats: &SimStats,
+    kept: i64,
 ) -> Vec<Check> {
     let check = |name: &str, passed: bool, detail: String| Check { name: name.into(), passed, detail };
     let valid = report.written - report.malformed;
@@ -458,6 +470,11 @@ fn checks(
             "load written",
             report.written == scenario.load.jobs,
             format!("{} of {} records acknowledged by Kafka", report.written, scenario.load.jobs),
+        ),
+        check(
+            "broker kept every record",
+            u64::try_from(kept).is_ok_and(|kept| kept == report.written),
+            format!("{kept} records appended to the jobs topic for {} the broker acknowledged", report.written),
         ),
         check(
             "finished in time",
