@@ -35,11 +35,41 @@
 //! revoked partitions' final positions
 //! synchronously before giving them up, and [`Ingest::commit_now`] (graceful
 //! shutdown) waits for the outstanding commit, then commits everything
-//! synchronously. A lost assignment commits nothing: the partitions already
-//! belong to someone else. The time from `done` to the broker's
+//! synchronously. A lost assignment commits nothing: the partitions may
+//! already belong to someone else (but see "Lost assignments" below). The
+//! time from `done` to the broker's
 //! acknowledgement of the commit that covers it, and the count of jobs in
 //! between, are reported to the [`CommitListener`] (the engine's
 //! `wabulk_commit_lag_seconds` and `wabulk_uncommitted_jobs`).
+//!
+//! Lost assignments: when the session expires (a broker outage longer than
+//! `session.timeout.ms`), librdkafka revokes the assignment as lost, and
+//! nothing can be committed for it. The jobs of it done before the loss but
+//! not yet committed, and those still being worked on (sent during the
+//! outage, their results acknowledged only once the broker is back), would
+//! then all be handed out and sent again when the partition comes back. So
+//! a lost revocation keeps, per partition, what that ownership finished
+//! (every offset it read below its watermark, and the finished ranges above
+//! it) in a side table (`lost`), and a `done` for a partition in that table
+//! (a job of the lost ownership, done late) adds its offset there. When the
+//! partition is assigned to this consumer again, the assignment first waits
+//! (up to `revoke_timeout`, in the rebalance callback, as a revocation
+//! does) until no job of the lost ownership is left with the engine (each is
+//! done, or the engine calls [`Ingest::forget`] for the partition, which it
+//! does once nothing of it is outstanding), then merges the remembered
+//! offsets at or above the newly fetched committed position into those the
+//! commit metadata lists: `next` resolves their records without handing them
+//! out, and the commits move past them. Skipping them is correct whoever
+//! owned the partition meanwhile: each has an acknowledged result. A `done`
+//! after that, for an offset the new ownership handed out, resolves it there
+//! (again: its result is acknowledged; the new copy, if sent, is a
+//! duplicate, and its own `done` is then ignored); for an offset of the lost
+//! ownership not read again yet, it is added to the offsets to skip. Bounds:
+//! one entry per partition, consumed by the partition's next assignment here
+//! or dropped after 10 minutes; at most 4,096 ranges per entry (when full, a
+//! new range displaces the highest: offsets left out are only sent again).
+//! If the partition goes to another consumer instead, that consumer re-sends
+//! what the lost ownership finished after its last commit (CONTRACT §5).
 //!
 //! Shape: one dedicated OS thread ("wabulk-kafka-poll") polls the consumer in
 //! a loop, 10 ms at a time, whatever the engine is doing. librdkafka runs the
@@ -63,7 +93,7 @@
 //! joining or leaving does not make every other instance drop and re-read all
 //! its waiting jobs, as the eager `range` strategy would.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +113,7 @@ use tokio::sync::mpsc;
 
 use crate::context::{client_config, global_error, log};
 use crate::finished;
+use crate::lost::{self, LostPartition};
 use crate::{KafkaError, KafkaSettings, OffsetTracker};
 
 /// How long one poll of the consumer blocks: the latency of noticing `stop`.
@@ -209,6 +240,9 @@ struct State {
     closing: bool,
     /// Source of ownership epochs, one per partition assignment.
     next_epoch: u64,
+    /// What each partition whose assignment was lost had finished, kept
+    /// for its next assignment here (see the module docs and `lost`).
+    lost: HashMap<i32, LostPartition>,
     /// The asynchronous commits and what they cover.
     commits: Commits,
 }
@@ -217,8 +251,11 @@ struct State {
 /// commit the broker acknowledged: `delta` is +1 per [`Ingest::done`], and
 /// negative when a commit covering jobs is acknowledged (`lags` then holds,
 /// for each of them, the time from its `done` to that acknowledgement) or
-/// when they are dropped uncommitted (a lost or failed revocation: `lags` is
-/// empty, and their next owner sends them again). The sum of the deltas is
+/// when they are dropped uncommitted (a failed revocation commit, or a lost
+/// assignment's jobs when the partition is assigned here again, to be
+/// skipped, or when it does not come back within 10 minutes: `lags` is
+/// empty). A lost assignment's jobs, including those done after the loss,
+/// count until then. The sum of the deltas is
 /// the current count. Called under the consumer's state lock, from the
 /// thread that calls `done` or from the polling thread: it must be quick and
 /// must not call into [`Ingest`].
@@ -233,6 +270,28 @@ struct Position {
     epoch: u64,
     offset: i64,
     metadata: String,
+}
+
+/// A partition's committed position, and the finished offsets above it
+/// that its metadata lists.
+struct Committed {
+    position: i64,
+    finished: Vec<RangeInclusive<i64>>,
+}
+
+/// Drops the lost partitions' entries older than [`lost::LOST_TTL`]: their
+/// jobs done are then sent again if the partition comes back.
+fn expire_lost(state: &mut State, now: Instant) {
+    if state.lost.is_empty() {
+        return;
+    }
+    let expired: Vec<i32> = state.lost.iter().filter(|(_, l)| l.expired(now)).map(|(&p, _)| p).collect();
+    for partition in expired {
+        if let Some(entry) = state.lost.remove(&partition) {
+            tracing::debug!(partition, "forgetting what a lost assignment finished: it did not come back");
+            state.commits.report(-(entry.uncommitted as i64), &[]);
+        }
+    }
 }
 
 /// The commit state shared by all partitions.
@@ -265,10 +324,18 @@ struct Owned {
     /// The engine dropped this partition's waiting jobs: the revocation stops
     /// waiting for them.
     forgotten: bool,
-    /// Offsets finished before this assignment, from the committed metadata:
-    /// `next` resolves their records instead of handing them out. Ascending;
+    /// Offsets finished before this assignment, from the committed metadata
+    /// and from a lost assignment of the partition here: `next` resolves
+    /// their records instead of handing them out. Ascending, disjoint;
     /// ranges below the latest record are dropped as records go by.
     skip: VecDeque<RangeInclusive<i64>>,
+    /// The offsets read (handed out or skipped) in this assignment, from the
+    /// first to the latest; records come in increasing offset order.
+    read: Option<RangeInclusive<i64>>,
+    /// The offsets a lost assignment of this partition here had read: its
+    /// jobs may still be done, and those not read yet in this assignment
+    /// are then skipped too.
+    inherited: Option<RangeInclusive<i64>>,
     /// The tracker changed since the last commit was issued.
     dirty: bool,
     /// The position and metadata of the last commit issued in this
@@ -282,13 +349,15 @@ struct Owned {
 }
 
 impl Owned {
-    fn new(epoch: u64, skip: Vec<RangeInclusive<i64>>) -> Self {
+    fn new(epoch: u64, skip: VecDeque<RangeInclusive<i64>>, inherited: Option<RangeInclusive<i64>>) -> Self {
         Owned {
             epoch,
             tracker: OffsetTracker::new(),
             revoking: false,
             forgotten: false,
-            skip: skip.into(),
+            skip,
+            read: None,
+            inherited,
             dirty: false,
             issued: None,
             committed: None,
@@ -300,10 +369,21 @@ impl Owned {
     /// Records come in increasing offset order, so ranges below it are done
     /// with.
     fn finished_before(&mut self, offset: i64) -> bool {
+        self.read = Some(self.read.as_ref().map_or(offset, |read| *read.start())..=offset);
         while self.skip.front().is_some_and(|range| *range.end() < offset) {
             self.skip.pop_front();
         }
         self.skip.front().is_some_and(|range| range.contains(&offset))
+    }
+
+    /// A job of a lost assignment of this partition here, at `offset`, is
+    /// done (its result acknowledged after the loss): when this assignment
+    /// has not read that far yet, its record is skipped. Whether it will be.
+    fn inherit(&mut self, offset: i64) -> bool {
+        let ahead = self.read.as_ref().is_none_or(|read| offset > *read.end());
+        ahead
+            && self.inherited.as_ref().is_some_and(|inherited| inherited.contains(&offset))
+            && lost::insert(&mut self.skip, offset, lost::MAX_SKIP_RANGES)
     }
 
     /// The position to commit and its metadata; `None` before any record.
@@ -448,15 +528,16 @@ impl Shared {
         result
     }
 
-    /// The finished offsets of each of `partitions`, from the group's
-    /// committed positions and their metadata. Bounded by
+    /// The group's committed position of each of `partitions` that has one,
+    /// with the finished offsets its metadata lists. Bounded by
     /// `COMMITTED_TIMEOUT`; on failure nothing is skipped (jobs finished by
-    /// the previous owner are then sent again).
+    /// the previous owner are then sent again), and metadata that cannot be
+    /// read lists nothing.
     fn finished_of(
         &self,
         consumer: &BaseConsumer<IngestContext>,
         partitions: &[i32],
-    ) -> BTreeMap<i32, Vec<RangeInclusive<i64>>> {
+    ) -> BTreeMap<i32, Committed> {
         let committed =
             match consumer.committed_offsets(self.tpl(partitions.iter().copied()), COMMITTED_TIMEOUT) {
                 Ok(committed) => committed,
@@ -475,32 +556,99 @@ impl Shared {
             let Ok(metadata) = std::panic::catch_unwind(AssertUnwindSafe(|| element.metadata().to_owned()))
             else {
                 tracing::warn!(partition = element.partition(), "ignoring offset metadata that is not UTF-8");
+                finished.insert(element.partition(), Committed { position, finished: Vec::new() });
                 continue;
             };
-            match finished::decode(position, &metadata) {
-                Ok(ranges) if ranges.is_empty() => {}
+            let ranges = match finished::decode(position, &metadata) {
                 Ok(ranges) => {
-                    tracing::debug!(partition = element.partition(), position, %metadata, "finished offsets to skip");
-                    finished.insert(element.partition(), ranges);
+                    if !ranges.is_empty() {
+                        tracing::debug!(partition = element.partition(), position, %metadata, "finished offsets to skip");
+                    }
+                    ranges
                 }
                 Err(error) => {
-                    tracing::warn!(partition = element.partition(), %error, %metadata, "ignoring offset metadata")
+                    tracing::warn!(partition = element.partition(), %error, %metadata, "ignoring offset metadata");
+                    Vec::new()
                 }
-            }
+            };
+            finished.insert(element.partition(), Committed { position, finished: ranges });
         }
         finished
     }
 
-    fn assign(&self, partitions: &[i32], mut finished: BTreeMap<i32, Vec<RangeInclusive<i64>>>) {
-        let mut state = self.lock();
+    /// Takes `partitions` on, each skipping what its committed metadata
+    /// lists and, when its assignment here was lost before, what that
+    /// assignment finished.
+    fn assign(&self, partitions: &[i32], mut committed: BTreeMap<i32, Committed>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        expire_lost(state, Instant::now());
         for &partition in partitions {
             let epoch = state.next_epoch;
             state.next_epoch += 1;
-            let owned = Owned::new(epoch, finished.remove(&partition).unwrap_or_default());
+            let (position, finished) =
+                committed.remove(&partition).map_or((None, Vec::new()), |c| (Some(c.position), c.finished));
+            let (skip, inherited) = match state.lost.remove(&partition) {
+                Some(lost) => {
+                    let remembered = lost.finished_count();
+                    // They count as committed from now on: their records are
+                    // skipped, and committed with the watermark past them.
+                    state.commits.report(-(lost.uncommitted as i64), &[]);
+                    let (skip, inherited) = lost.merge_into(position, finished);
+                    tracing::info!(
+                        partition,
+                        ?position,
+                        remembered,
+                        ranges = skip.len(),
+                        "skipping the jobs a lost assignment of this partition finished"
+                    );
+                    (skip, inherited)
+                }
+                None => (finished.into(), None),
+            };
+            let owned = Owned::new(epoch, skip, inherited);
             if let Some(old) = state.owned.insert(partition, owned) {
                 state.tracked -= old.tracker.pending();
                 state.commits.report(-(old.done_at.len() as i64), &[]);
             }
+        }
+    }
+
+    /// Before `partitions` are assigned: waits (up to `revoke_timeout`, as a
+    /// revocation does) until no job of a lost assignment of theirs here is
+    /// left with the engine: each is done (and remembered, so its record is
+    /// skipped) or forgotten. Otherwise a job whose result is acknowledged
+    /// just after the partition is read again would be handed out and sent
+    /// twice.
+    fn await_lost(&self, partitions: &[i32]) {
+        let started = Instant::now();
+        let deadline = started + self.revoke_timeout;
+        let mut state = self.lock();
+        let mut waited = false;
+        loop {
+            let unsettled: Vec<i32> = partitions
+                .iter()
+                .copied()
+                .filter(|p| state.lost.get(p).is_some_and(|lost| !lost.settled()))
+                .collect();
+            if unsettled.is_empty() || state.closing {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    partitions = ?unsettled,
+                    timeout = ?self.revoke_timeout,
+                    "a lost assignment still has jobs in flight; those done from now on may be sent again"
+                );
+                break;
+            }
+            waited = true;
+            state =
+                self.settled.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        if waited {
+            tracing::info!(?partitions, waited = ?started.elapsed(), "waited for the jobs of a lost assignment");
         }
     }
 
@@ -584,12 +732,39 @@ impl Shared {
             }
             drop(order);
         }
-        for partition in partitions {
-            if let Some(owned) = state.owned.remove(partition) {
-                state.tracked -= owned.tracker.pending();
-                // Not committed (lost, or the commit failed): the next owner
-                // sends them again; they no longer count here.
-                state.commits.report(-(owned.done_at.len() as i64), &[]);
+        let now = Instant::now();
+        expire_lost(&mut state, now);
+        for &partition in partitions {
+            let Some(owned) = state.owned.remove(&partition) else {
+                continue;
+            };
+            state.tracked -= owned.tracker.pending();
+            let uncommitted = owned.done_at.len();
+            // A lost assignment committed nothing: what it finished is kept
+            // for the partition's next assignment here, and so are its jobs
+            // done from now on.
+            let kept = lost
+                .then(|| LostPartition::new(owned.read, &owned.tracker, &owned.skip, uncommitted, now))
+                .flatten()
+                .map(|mut kept| {
+                    kept.forgotten = owned.forgotten;
+                    kept
+                });
+            match kept {
+                Some(kept) => {
+                    tracing::info!(
+                        partition,
+                        finished = kept.finished_count(),
+                        pending = owned.tracker.pending(),
+                        "assignment lost: keeping its finished offsets for the partition's return"
+                    );
+                    if let Some(old) = state.lost.insert(partition, kept) {
+                        state.commits.report(-(old.uncommitted as i64), &[]);
+                    }
+                }
+                // Not committed (the commit failed): the next owner sends
+                // them again; they no longer count here.
+                None => state.commits.report(-(uncommitted as i64), &[]),
             }
         }
         tracing::info!(?partitions, lost, "partitions revoked");
@@ -645,6 +820,9 @@ impl ConsumerContext for IngestContext {
                 if partitions.is_empty() {
                     return;
                 }
+                // Before reading them again, so that the lost assignment's
+                // jobs still out are not handed out twice.
+                self.shared.await_lost(&partitions);
                 let finished = self.shared.finished_of(consumer, &partitions);
                 self.shared.assign(&partitions, finished);
             }
@@ -715,6 +893,7 @@ impl Ingest {
                 paused: false,
                 closing: false,
                 next_epoch: 0,
+                lost: HashMap::new(),
                 commits: Commits::default(),
             }),
             settled: Condvar::new(),
@@ -808,11 +987,16 @@ impl Ingest {
                 .get_mut(&record.partition)
                 .filter(|owned| owned.epoch == epoch && !owned.revoking);
             if let Some(owned) = current {
+                // Also notes the offset as read.
                 if owned.finished_before(record.offset) {
                     // Tracked and resolved, so the watermark moves past it.
                     owned.tracker.track(record.offset);
                     owned.tracker.resolve(record.offset);
                     owned.dirty = true;
+                    // Committed promptly too, so that the group's position
+                    // passes the skipped jobs without waiting for a `done`.
+                    state.commits.wanted = true;
+                    self.shared.commit_wanted.notify_one();
                     tracing::trace!(
                         partition = record.partition,
                         offset = record.offset,
@@ -834,13 +1018,27 @@ impl Ingest {
     /// or adds to its finished offsets above it, and wakes the committer
     /// thread to commit both (at once, or with the next commit when one is
     /// under way or the last started less than [`COMMIT_FLOOR`] ago);
-    /// resumes paused partitions once below the low-water mark. Calls for
-    /// partitions no longer owned, or for offsets not handed out by `next`,
-    /// are ignored.
+    /// resumes paused partitions once below the low-water mark. For a
+    /// partition whose assignment was lost, the offset is remembered (if that
+    /// ownership read it) and skipped when the partition is assigned here
+    /// again; for a partition assigned again since, an offset of the lost
+    /// ownership not read again yet is skipped (see the module docs). Other
+    /// calls, for partitions no longer owned or offsets not handed out by
+    /// `next`, are ignored.
     pub fn done(&self, partition: i32, offset: i64) {
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         let Some(owned) = state.owned.get_mut(&partition) else {
+            // A job of a lost assignment: remembered for the partition's
+            // return here.
+            if let Some(lost) = state.lost.get_mut(&partition) {
+                if lost.done(offset) {
+                    lost.uncommitted += 1;
+                    state.commits.report(1, &[]);
+                    // An assignment of the partition may wait for it.
+                    self.shared.settled.notify_all();
+                }
+            }
             return;
         };
         let before = owned.tracker.pending();
@@ -859,6 +1057,10 @@ impl Ingest {
             state.commits.report(1, &[]);
             state.commits.wanted = true;
             self.shared.commit_wanted.notify_one();
+        } else if owned.inherit(offset) {
+            // A job of the partition's lost assignment here, not read again
+            // yet: its record will be skipped.
+            tracing::trace!(partition, offset, "a job of a lost assignment done: skipping its record");
         }
         self.shared.resume_if_drained(&self.consumer, state);
     }
@@ -867,11 +1069,20 @@ impl Ingest {
     /// waiting jobs, so the revocation stops waiting for them. Their offsets
     /// stay unresolved, so nothing is committed beyond the first of them and the
     /// next owner reads them again. Jobs of the partition still in flight
-    /// may call `done` until the revocation completes.
+    /// may call `done` until the revocation completes. After a lost
+    /// revocation: no job of that ownership is left, so the partition's next
+    /// assignment here need not wait for more of them to be done (call it
+    /// once nothing of the partition is outstanding).
     pub fn forget(&self, partition: i32) {
-        let mut state = self.shared.lock();
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
         if let Some(owned) = state.owned.get_mut(&partition) {
             owned.forgotten = true;
+            self.shared.settled.notify_all();
+        } else if let Some(lost) = state.lost.get_mut(&partition) {
+            // The revocation was lost: the partition's next assignment here
+            // may be waiting for its last jobs.
+            lost.forgotten = true;
             self.shared.settled.notify_all();
         }
     }
@@ -917,7 +1128,9 @@ impl Ingest {
     /// yet: what a crash now would send again (besides the requests in
     /// flight).
     pub fn uncommitted(&self) -> usize {
-        self.shared.lock().owned.values().map(|o| o.done_at.len()).sum()
+        let state = self.shared.lock();
+        state.owned.values().map(|o| o.done_at.len()).sum::<usize>()
+            + state.lost.values().map(|l| l.uncommitted).sum::<usize>()
     }
 
     /// Sets the listener told of commit progress (see [`CommitListener`]),
@@ -1005,6 +1218,8 @@ fn commit_loop(consumer: &BaseConsumer<IngestContext>, shared: &Shared) {
                     .wait_timeout(state, COMMITTER_IDLE)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
+                // Cheap when nothing was lost; otherwise a few entries.
+                expire_lost(&mut state, Instant::now());
             }
             if state.commits.stop {
                 return;

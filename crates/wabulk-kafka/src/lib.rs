@@ -21,6 +21,7 @@ mod embedded;
 mod error;
 mod finished;
 mod ingest;
+mod lost;
 mod output;
 mod reader;
 mod settings;

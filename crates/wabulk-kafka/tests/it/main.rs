@@ -406,6 +406,92 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     assert_eq!(first.in_memory(), remaining);
 }
 
+/// The consumer's session expires during a broker outage while jobs it handed
+/// out are still being worked on: librdkafka revokes the assignment as lost
+/// (nothing can be committed for it). Jobs done before the loss, during the
+/// outage after it, and after the broker is back are remembered, and when
+/// the same consumer gets the partition back it hands out only the jobs
+/// never done, and its commits move past the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_done_after_a_lost_assignment_are_not_handed_out_again() {
+    init_logs();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let topic = "lost.jobs";
+    kafka.create_topic(topic, 1).unwrap();
+    let count = 40;
+    produce(&kafka, topic, count).await;
+    let mut settings = settings(&kafka, topic);
+    // The re-assignment below is held (in the rebalance callback, by the
+    // polling thread) longer than the session: polls must not be missed.
+    settings.extra.insert("max.poll.interval.ms".into(), "60000".into());
+    let group = settings.group_id.clone();
+    let (ingest, mut events) = Ingest::connect(&settings).unwrap();
+    let records = read(&ingest, count).await;
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..count as i64).collect::<Vec<_>>());
+    assert_eq!(next_event(&mut events).await, Assignment::Assigned(vec![0]));
+    for offset in 0..5 {
+        ingest.done(0, offset);
+    }
+    let committed = committed_within(&kafka, &group, topic, (5, "v1:"), Duration::from_secs(10)).await;
+    assert!(committed.is_some(), "0..5 committed before the outage");
+
+    kafka.broker_down(1);
+    let down = Instant::now();
+    // Done during the outage, before the session expires: not committable.
+    for offset in [5, 6, 7, 20] {
+        ingest.done(0, offset);
+    }
+    let lost = timeout(Duration::from_secs(30), events.recv()).await.unwrap().unwrap();
+    assert_eq!(lost, Assignment::Revoked(vec![0]), "the assignment is lost with the session");
+    let lost_after = down.elapsed();
+    // The event comes first; the revocation completes a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ingest.assigned().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ingest.assigned().is_empty(), "the revocation completes");
+    // Done after the loss, broker still down.
+    for offset in (8..15).chain(21..25) {
+        ingest.done(0, offset);
+    }
+    kafka.broker_up(1);
+    // The consumer rejoins and is assigned the partition again, but waits
+    // (up to `revoke_timeout`) for the lost assignment's jobs still out.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(events.try_recv().is_err(), "the re-assignment waits for the lost assignment's jobs");
+    assert!(ingest.assigned().is_empty());
+    // Done once the broker is back; the engine then has nothing of the
+    // lost assignment left (the rest was dropped), and says so.
+    for offset in 25..30 {
+        ingest.done(0, offset);
+    }
+    ingest.forget(0);
+    let again = timeout(Duration::from_secs(60), events.recv()).await.unwrap().unwrap();
+    assert_eq!(again, Assignment::Assigned(vec![0]), "the same consumer gets the partition back");
+    let reassigned_after = down.elapsed();
+
+    // Only the jobs never done are handed out again.
+    let not_done: Vec<i64> = (15..20).chain(30..count as i64).collect();
+    let handed: Vec<i64> = read(&ingest, not_done.len()).await.iter().map(|r| r.offset).collect();
+    assert_eq!(handed, not_done, "only the jobs never done are handed out again");
+    assert!(next_within(&ingest, Duration::from_secs(1)).await.is_none(), "nothing done is read again");
+    // The commit moves past the jobs done by the lost assignment: the
+    // watermark is the first job never done, and 20..=29 are finished above it.
+    let moved = committed_within(&kafka, &group, topic, (15, "v1:5-14"), Duration::from_secs(10)).await;
+    assert!(moved.is_some(), "committed {:?}", committed_with_metadata(&kafka, &group, topic, 0));
+    for offset in not_done {
+        ingest.done(0, offset);
+    }
+    let end = committed_within(&kafka, &group, topic, (count as i64, "v1:"), Duration::from_secs(10)).await;
+    assert!(end.is_some(), "committed {:?}", committed_with_metadata(&kafka, &group, topic, 0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ingest.uncommitted() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ingest.uncommitted(), 0, "nothing left uncommitted");
+    println!("lost after {lost_after:?}, re-assigned after {reassigned_after:?}");
+}
+
 /// `result` and `dead_letter` resolve with Kafka's acknowledgement, and the
 /// records are on their topics with their keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

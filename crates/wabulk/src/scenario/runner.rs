@@ -474,7 +474,10 @@ fn checks(
         check(
             "broker kept every record",
             u64::try_from(kept).is_ok_and(|kept| kept == report.written),
-            format!("{kept} records appended to the jobs topic for {} the broker acknowledged", report.written),
+            format!(
+                "{kept} records appended to the jobs topic for {} the broker acknowledged",
+                report.written
+            ),
         ),
         check(
             "finished in time",

@@ -362,10 +362,12 @@ async fn two_engines_share_a_group_and_survive_a_kill() {
 /// for the broker, the assignment is lost (librdkafka revokes it as lost),
 /// and when the broker is back the engine rejoins, gets its partitions again
 /// and re-reads from its last commit. Nothing is lost, progress resumes, and
-/// what is sent twice is bounded by what was exposed when the broker went:
-/// requests in flight and uncommitted jobs then, plus what was sent during
-/// the outage (its results could not be acknowledged, so no commit covers
-/// those jobs: CONTRACT §5 allows sending them again).
+/// what is sent twice is bounded by what was exposed when the broker went
+/// (requests in flight and uncommitted jobs then) plus a slack of 100 ms of
+/// the tiers: the jobs sent during the outage, whose results are
+/// acknowledged only after the assignment was lost, are not sent again,
+/// because `Ingest` keeps what a lost assignment finished and skips it when
+/// the partitions come back (before that, every one of them was: ~865).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_longer_than_the_session_loses_nothing() {
     init_logs();
@@ -416,7 +418,9 @@ async fn broker_outage_longer_than_the_session_loses_nothing() {
 
     let found = outcome(&ids, &all);
     let sent_during = accepted_at_up - accepted_at_down;
-    let bound = u64::try_from(exposed).unwrap_or(0) + sent_during + u64::from(tiers) / 10;
+    // Not `+ sent_during`: those jobs' results were acknowledged after the
+    // loss, and the lost assignment's finished offsets are skipped.
+    let bound = u64::try_from(exposed).unwrap_or(0) + u64::from(tiers) / 10;
     println!(
         "long outage: down at {:.1} s for {:.0} s (session {:.0} s) with {exposed} exposed; accepted during it \
          {sent_during}; 100 more accepted {:.1} s after broker_up; {} jobs, {} results ({:?}) in {:.1} s; \
@@ -445,7 +449,8 @@ async fn broker_outage_longer_than_the_session_loses_nothing() {
     assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
     assert!(
         stats.duplicate_count <= bound && found.duplicate_results as u64 <= bound,
-        "more duplicates than were exposed by the outage: simulator {}, results {}, bound {bound}",
+        "more duplicates than were exposed when the broker went: simulator {}, results {}, bound {bound} \
+         ({sent_during} sent during the outage)",
         stats.duplicate_count,
         found.duplicate_results
     );
