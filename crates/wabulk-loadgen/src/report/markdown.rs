@@ -40,6 +40,10 @@ pub(super) fn render(r: &CapacityReport) -> String {
     row("duplicate results", r.duplicate_results.to_string());
     row("dead letters", r.dead_letters.to_string());
     row("sending rate (first to last send)", format!("{:.0} messages/s", r.sending_rate()));
+    row(
+        "sustained rate (first and last sending samples left out)",
+        format!("{:.0} messages/s", r.sustained_rate()),
+    );
     row("peak rate (best sample)", format!("{:.0} messages/s", r.peak_rate()));
     row("elapsed", format!("{:.1} s", r.elapsed_s));
 

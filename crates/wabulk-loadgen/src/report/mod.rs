@@ -200,6 +200,23 @@ impl CapacityReport {
         samples.iter().map(sent).sum::<u64>() as f64 / span
     }
 
+    /// Acceptances per second over the samples strictly between the first
+    /// and the last with any, which may be partly idle (start-up, the
+    /// draining tail); the sending rate when there are none between.
+    pub fn sustained_rate(&self) -> f64 {
+        let sent = |s: &Sample| s.sent_by_number.values().sum::<u64>();
+        let first = self.timeline.iter().position(|s| sent(s) > 0);
+        let last = self.timeline.iter().rposition(|s| sent(s) > 0);
+        match (first, last) {
+            (Some(first), Some(last)) if last > first + 1 => {
+                let samples = &self.timeline[first + 1..last];
+                let span: f64 = samples.iter().map(|s| s.interval_s).sum();
+                samples.iter().map(sent).sum::<u64>() as f64 / span
+            }
+            _ => self.sending_rate(),
+        }
+    }
+
     /// The most acceptances per second in any one sample.
     pub fn peak_rate(&self) -> f64 {
         self.timeline

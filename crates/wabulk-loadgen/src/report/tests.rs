@@ -428,6 +428,9 @@ fn sending_and_peak_rates_come_from_the_timeline() {
     let total: u64 = (1..=10).map(|t| 390 + 11 * t).sum();
     assert!((r.sending_rate() - total as f64 / 10.0).abs() < 1e-9);
     assert!((r.peak_rate() - 500.0).abs() < 1e-9);
+    // Samples 2 to 9: 390 × 8 + 11 × (2 + … + 9).
+    let inner: u64 = (2..=9).map(|t| 390 + 11 * t).sum();
+    assert!((r.sustained_rate() - inner as f64 / 8.0).abs() < 1e-9);
     // Idle samples before the first and after the last send do not count,
     // idle ones in between do.
     let template = r.timeline[0].clone();
@@ -436,6 +439,8 @@ fn sending_and_peak_rates_come_from_the_timeline() {
     r.timeline.insert(5, idle(4.5));
     r.timeline.push(idle(11.0));
     assert!((r.sending_rate() - total as f64 / 11.0).abs() < 1e-9);
+    // The idle sample in between counts, the idle edges do not.
+    assert!((r.sustained_rate() - inner as f64 / 9.0).abs() < 1e-9);
     r.timeline.clear();
     assert_eq!((r.sending_rate(), r.peak_rate()), (0.0, 0.0));
 }

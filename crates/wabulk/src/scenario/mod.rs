@@ -103,8 +103,9 @@ pub struct Expectations {
     /// by the simulator between its first and last acceptance). Only
     /// meaningful when the load keeps every number busy.
     pub min_percent_of_tier: Option<f64>,
-    /// The simulator accepts at least this many messages per second over
-    /// the sending part of the run (first to last acceptance).
+    /// The simulator accepts at least this many messages per second,
+    /// sustained (`CapacityReport::sustained_rate`: the samples between the
+    /// first and the last with any acceptance).
     pub min_total_mps: Option<f64>,
 }
 

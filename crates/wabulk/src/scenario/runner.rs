@@ -526,11 +526,11 @@ fn checks(
         ));
     }
     if let Some(min) = scenario.expect.min_total_mps {
-        let mps = report.sending_rate();
+        let mps = report.sustained_rate();
         checks.push(check(
             "total throughput",
             mps >= min,
-            format!("{mps:.0} messages/s over the sending part of the run, at least {min:.0} expected"),
+            format!("{mps:.0} messages/s sustained, at least {min:.0} expected"),
         ));
     }
     checks

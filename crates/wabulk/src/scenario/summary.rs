@@ -47,8 +47,9 @@ pub fn print_summary(report: &CapacityReport) {
         println!("  ({hidden} numbers between the slowest and fastest above are in the report)");
     }
     println!(
-        "  throughput: {:.0} messages/s from the first send to the last, best second {:.0}",
+        "  throughput: {:.0} messages/s from the first send to the last, {:.0} sustained, best second {:.0}",
         report.sending_rate(),
+        report.sustained_rate(),
         report.peak_rate()
     );
     println!();
