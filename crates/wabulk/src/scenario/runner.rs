@@ -539,7 +539,7 @@ fn checks(
 fn scenario_broker_name(scenario: &Scenario) -> String {
     match scenario.broker.kind {
         super::BrokerKind::Embedded => "librdkafka mock cluster (in process)".into(),
-        super::BrokerKind::Tansu => "tansu 0.6 (memory storage, child process)".into(),
+        super::BrokerKind::Tansu => "tansu 0.6 (SQLite storage, child process)".into(),
     }
 }
 
