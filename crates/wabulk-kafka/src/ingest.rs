@@ -622,33 +622,44 @@ impl Shared {
     /// twice.
     fn await_lost(&self, partitions: &[i32]) {
         let started = Instant::now();
-        let deadline = started + self.revoke_timeout;
-        let mut state = self.lock();
+        let (_state, unsettled, waited) = self.wait_settled(self.lock(), partitions, |state, p| {
+            state.lost.get(&p).is_some_and(|lost| !lost.settled())
+        });
+        if !unsettled.is_empty() {
+            tracing::warn!(
+                partitions = ?unsettled,
+                timeout = ?self.revoke_timeout,
+                "a lost assignment still has jobs in flight; those done from now on may be sent again"
+            );
+        }
+        if waited {
+            tracing::info!(?partitions, waited = ?started.elapsed(), "waited for the jobs of a lost assignment");
+        }
+    }
+
+    /// Waits on `settled`, up to `revoke_timeout`, until none of `partitions`
+    /// is `unsettled` or the consumer is closing; returns the state, the
+    /// partitions still unsettled at the deadline, and whether it waited.
+    fn wait_settled<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        partitions: &[i32],
+        unsettled: impl Fn(&State, i32) -> bool,
+    ) -> (MutexGuard<'a, State>, Vec<i32>, bool) {
+        let deadline = Instant::now() + self.revoke_timeout;
         let mut waited = false;
         loop {
-            let unsettled: Vec<i32> = partitions
-                .iter()
-                .copied()
-                .filter(|p| state.lost.get(p).is_some_and(|lost| !lost.settled()))
-                .collect();
-            if unsettled.is_empty() || state.closing {
-                break;
-            }
+            let left: Vec<i32> = partitions.iter().copied().filter(|&p| unsettled(&state, p)).collect();
             let now = Instant::now();
+            if left.is_empty() || state.closing {
+                return (state, Vec::new(), waited);
+            }
             if now >= deadline {
-                tracing::warn!(
-                    partitions = ?unsettled,
-                    timeout = ?self.revoke_timeout,
-                    "a lost assignment still has jobs in flight; those done from now on may be sent again"
-                );
-                break;
+                return (state, left, waited);
             }
             waited = true;
             state =
                 self.settled.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
-        }
-        if waited {
-            tracing::info!(?partitions, waited = ?started.elapsed(), "waited for the jobs of a lost assignment");
         }
     }
 
@@ -667,30 +678,16 @@ impl Shared {
         // A lost assignment already belongs to someone else: storing or
         // committing for it fails, and waiting would only delay the rejoin.
         if !lost {
-            let deadline = Instant::now() + self.revoke_timeout;
-            loop {
-                let unsettled: Vec<i32> = partitions
-                    .iter()
-                    .copied()
-                    .filter(|p| state.owned.get(p).is_some_and(|o| !o.forgotten && o.tracker.pending() > 0))
-                    .collect();
-                if unsettled.is_empty() || state.closing {
-                    break;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    tracing::warn!(
-                        partitions = ?unsettled,
-                        timeout = ?self.revoke_timeout,
-                        "revocation timed out with jobs in flight; the next owner reads them again"
-                    );
-                    break;
-                }
-                state = self
-                    .settled
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+            let unsettled;
+            (state, unsettled, _) = self.wait_settled(state, partitions, |state, p| {
+                state.owned.get(&p).is_some_and(|o| !o.forgotten && o.tracker.pending() > 0)
+            });
+            if !unsettled.is_empty() {
+                tracing::warn!(
+                    partitions = ?unsettled,
+                    timeout = ?self.revoke_timeout,
+                    "revocation timed out with jobs in flight; the next owner reads them again"
+                );
             }
             // The final positions, unless the broker has them already.
             // Committed here rather than left to librdkafka: auto-commit is
