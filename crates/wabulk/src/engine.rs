@@ -546,7 +546,7 @@ impl SendStage {
         let Dispatch { ticket, waba, job: mut pending, attempt, .. } = dispatch;
         self.metrics.inflight.dec();
         self.metrics.send_latency.observe(latency.as_secs_f64());
-        self.books.close(pending.partition);
+        let partition = pending.partition;
         match outcome {
             Outcome::Sent { wamid } => {
                 let _ = self.scheduler.send(Command::Finish(ticket));
@@ -569,12 +569,12 @@ impl SendStage {
                 if reason == RetryReason::Timeout {
                     self.metrics.unknown_outcome_retries.inc();
                 }
-                if self.draining || self.books.is_revoking(pending.partition) {
+                if self.draining || self.books.is_revoking(partition) {
                     let _ = self.scheduler.send(Command::Finish(ticket));
-                    return;
+                } else {
+                    pending.last_error = Some(error);
+                    let _ = self.scheduler.send(Command::Retry { ticket, job: pending, scope, reason, after });
                 }
-                pending.last_error = Some(error);
-                let _ = self.scheduler.send(Command::Retry { ticket, job: pending, scope, reason, after });
             }
             Outcome::Halt { error, .. } => {
                 self.count_api_error(&error);
@@ -591,6 +591,10 @@ impl SendStage {
                 let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
             }
         }
+        // Only now, after the result's write (if any) is open: closing first
+        // could let a revocation forget the partition while that result is
+        // still being written, and its job would be sent again.
+        self.books.close(partition);
     }
 
     fn count_api_error(&self, error: &ApiError) {
