@@ -158,8 +158,9 @@ fn find_tansu(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join("tansu"))
         .find(|candidate| candidate.is_file());
     on_path.context(
-        "this scenario needs tansu and none was found: run scripts/install-tansu (a cargo install of \
-         about 15 minutes), or set WABULK_TANSU or broker.tansu_bin to its path",
+        "this scenario needs tansu and none was found (not in $WABULK_TANSU, .tools/tansu/bin/tansu \
+         under the current directory, or the PATH): run scripts/install-tansu from the checkout (a \
+         cargo install of about 15 minutes), or set WABULK_TANSU or broker.tansu_bin to its path",
     )
 }
 
