@@ -573,7 +573,8 @@ impl SendStage {
                     let _ = self.scheduler.send(Command::Finish(ticket));
                 } else {
                     pending.last_error = Some(error);
-                    let _ = self.scheduler.send(Command::Retry { ticket, job: pending, scope, reason, after });
+                    let _ =
+                        self.scheduler.send(Command::Retry { ticket, job: pending, scope, reason, after });
                 }
             }
             Outcome::Halt { error, .. } => {

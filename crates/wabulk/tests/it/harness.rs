@@ -663,14 +663,10 @@ pub(crate) fn load(numbers: &[Number], shares: &[f64], jobs: u64, rate: f64, pre
         jobs,
         rate: Some(rate),
         recipients: Recipients::Uniform { count: 1_000_000 },
-        bursts: Vec::new(),
-        malformed_fraction: 0.0,
-        not_before_fraction: 0.0,
-        not_before_max_s: 0,
-        expires_fraction: 0.0,
-        expires_in_s: 0,
         id_prefix: prefix.into(),
         seed: 3,
+        // No bursts, malformed, delayed or expiring jobs.
+        ..LoadSpec::file_default()
     }
 }
 

@@ -85,26 +85,61 @@ fn assert_tiers_kept(stats: &SimStats, numbers: &[Number]) {
 }
 
 /// `wabulk_results_total{status="sent"}` of an in-process engine.
+/// After an outage: every job written has a result (`all_in`: within the
+/// wait), and every one is `sent`.
+fn assert_every_job_sent(all_in: bool, found: &Outcome, all: &[wabulk_model::JobResult]) {
+    assert!(
+        all_in && found.missing.is_empty(),
+        "{} jobs without a result after the outage, e.g. {:?}",
+        found.missing.len(),
+        &found.missing[..found.missing.len().min(10)]
+    );
+    assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(all));
+}
+
+/// The start of an outage test: two 80/s numbers on a four-partition stack,
+/// an in-process engine, a results reader that reads on through broker
+/// errors, and 1500 jobs written at 200/s, 300 of whose results are in.
+struct OutageRun {
+    numbers: [Number; 2],
+    tiers: u32,
+    stack: Stack,
+    engine: InProcessEngine,
+    results: Collector,
+    started: Instant,
+    load: tokio::task::JoinHandle<LoadReport>,
+}
+
+impl OutageRun {
+    /// `name` tells the group and job ids apart; `adjust` changes the
+    /// engine's setup (e.g. its consumer session).
+    async fn start(name: &str, adjust: impl FnOnce(&mut wabulk::setup::EngineSetup)) -> OutageRun {
+        init_logs();
+        let numbers = [Number::new("106540352242922", 80), Number::new("106540352242923", 80)];
+        let tiers: u32 = numbers.iter().map(|n| n.mps).sum();
+        let stack = Stack::start(sim_config(&numbers, Latency::Meta { scale: 0.05 }), 4).await;
+        let mut toml = EngineToml::new(&stack, &format!("it-{name}"), &numbers);
+        toml.limits.push(MPS_MARGIN.into());
+        let mut setup = toml.setup();
+        adjust(&mut setup);
+        let engine = InProcessEngine::start(setup);
+        let results = Collector::start_through_errors(&stack.brokers(), RESULTS);
+        let started = Instant::now();
+        let load = start_load(&stack.brokers(), load(&numbers, &[1.0; 2], 1_500, 200.0, name));
+        let flowing = results.wait_until(Duration::from_secs(60), |records| records.len() >= 300).await;
+        assert!(flowing, "only {} results in 60 s before the outage", results.len());
+        OutageRun { numbers, tiers, stack, engine, results, started, load }
+    }
+}
+
 fn written(engine: &InProcessEngine) -> u64 {
     engine.metrics.results.get_metric_with_label_values(&["sent"]).map_or(0, |c| c.get())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_mid_run_loses_nothing() {
-    init_logs();
-    let numbers = [Number::new("106540352242922", 80), Number::new("106540352242923", 80)];
-    let tiers: u32 = numbers.iter().map(|n| n.mps).sum();
-    let stack = Stack::start(sim_config(&numbers, Latency::Meta { scale: 0.05 }), 4).await;
-    let mut toml = EngineToml::new(&stack, "it-outage", &numbers);
-    toml.limits.push(MPS_MARGIN.into());
-    let engine = InProcessEngine::start(toml.setup());
-    // The reader too loses the broker; this one reads on after it.
-    let results = Collector::start_through_errors(&stack.brokers(), RESULTS);
-    let started = Instant::now();
-    let load = start_load(&stack.brokers(), load(&numbers, &[1.0; 2], 1_500, 200.0, "outage"));
-
-    let flowing = results.wait_until(Duration::from_secs(60), |records| records.len() >= 300).await;
-    assert!(flowing, "only {} results in 60 s before the outage", results.len());
+    let OutageRun { numbers, tiers, stack, engine, results, started, load } =
+        OutageRun::start("outage", |_| {}).await;
     let down_at = started.elapsed();
     let results_at_down = results.len();
     let accepted_at_down = stack.sim.stats().accepted;
@@ -178,13 +213,7 @@ async fn broker_outage_mid_run_loses_nothing() {
         stats.duplicate_count,
         limits_report(&stats)
     );
-    assert!(
-        all_in && found.missing.is_empty(),
-        "{} jobs without a result after the outage, e.g. {:?}",
-        found.missing.len(),
-        &found.missing[..found.missing.len().min(10)]
-    );
-    assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
+    assert_every_job_sent(all_in, &found, &all);
     // No process died and no partition moved, so the only possible repeats
     // are re-sent requests; allow what 3 s of both tiers could put in flight.
     let bound = u64::from(tiers) * 3;
@@ -370,23 +399,13 @@ async fn two_engines_share_a_group_and_survive_a_kill() {
 /// the partitions come back (before that, every one of them was: ~865).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_longer_than_the_session_loses_nothing() {
-    init_logs();
-    let numbers = [Number::new("106540352242922", 80), Number::new("106540352242923", 80)];
-    let tiers: u32 = numbers.iter().map(|n| n.mps).sum();
-    let stack = Stack::start(sim_config(&numbers, Latency::Meta { scale: 0.05 }), 4).await;
-    let mut toml = EngineToml::new(&stack, "it-long-outage", &numbers);
-    toml.limits.push(MPS_MARGIN.into());
-    let mut setup = toml.setup();
     let session = Duration::from_millis(CHILD_SESSION_TIMEOUT_MS);
-    setup.kafka.extra.insert("session.timeout.ms".into(), CHILD_SESSION_TIMEOUT_MS.to_string());
-    setup.kafka.extra.insert("heartbeat.interval.ms".into(), "500".into());
-    let engine = InProcessEngine::start(setup);
-    let results = Collector::start_through_errors(&stack.brokers(), RESULTS);
-    let started = Instant::now();
-    let load = start_load(&stack.brokers(), load(&numbers, &[1.0; 2], 1_500, 200.0, "long-outage"));
-
-    let flowing = results.wait_until(Duration::from_secs(60), |records| records.len() >= 300).await;
-    assert!(flowing, "only {} results in 60 s before the outage", results.len());
+    let OutageRun { numbers, tiers, stack, engine, results, started, load } =
+        OutageRun::start("long-outage", |setup| {
+            setup.kafka.extra.insert("session.timeout.ms".into(), CHILD_SESSION_TIMEOUT_MS.to_string());
+            setup.kafka.extra.insert("heartbeat.interval.ms".into(), "500".into());
+        })
+        .await;
     let outage = session + Duration::from_secs(4);
     let exposed = engine.metrics.inflight.get() + engine.metrics.uncommitted_jobs.get();
     let accepted_at_down = stack.sim.stats().accepted;
@@ -440,13 +459,7 @@ async fn broker_outage_longer_than_the_session_loses_nothing() {
         duplicates_at_down,
         limits_report(&stats)
     );
-    assert!(
-        all_in && found.missing.is_empty(),
-        "{} jobs without a result after the outage, e.g. {:?}",
-        found.missing.len(),
-        &found.missing[..found.missing.len().min(10)]
-    );
-    assert!(all.iter().all(is_sent), "every job is sent: {:?}", status_counts(&all));
+    assert_every_job_sent(all_in, &found, &all);
     assert!(
         stats.duplicate_count <= bound && found.duplicate_results as u64 <= bound,
         "more duplicates than were exposed when the broker went: simulator {}, results {}, bound {bound} \
