@@ -61,14 +61,11 @@ impl Broker {
         }
     }
 
+    /// For the progress lines and the report.
     pub(super) fn describe(&self) -> String {
         match self {
-            Broker::Embedded(_) => {
-                "librdkafka mock cluster (in process, about 5 MiB kept per partition)".into()
-            }
-            Broker::Tansu(tansu) => {
-                format!("tansu (memory storage, child process {})", tansu.binary.display())
-            }
+            Broker::Embedded(_) => "librdkafka mock cluster (in process)".into(),
+            Broker::Tansu(_) => "tansu (SQLite storage, child process)".into(),
         }
     }
 }
@@ -80,7 +77,6 @@ pub(super) struct TansuProcess {
     /// Holds the database, removed when the broker goes.
     run_dir: PathBuf,
     address: SocketAddr,
-    binary: PathBuf,
 }
 
 impl TansuProcess {
@@ -108,7 +104,7 @@ impl TansuProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut tansu = TansuProcess { child, run_dir: run_dir.to_owned(), address, binary };
+        let mut tansu = TansuProcess { child, run_dir: run_dir.to_owned(), address };
         let deadline = Instant::now() + START_TIMEOUT;
         while tokio::net::TcpStream::connect(address).await.is_err() {
             if let Some(status) = tansu.child.try_wait()? {

@@ -179,6 +179,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         .context("record count task")?
         .context("cannot count the jobs topic's records")?
     };
+    let broker_name = broker.describe();
     drop(broker);
     let load_report = load_report.unwrap_or_default();
     let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
@@ -189,7 +190,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         command: options.command.clone(),
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         machine: Machine::this(),
-        broker: scenario_broker_name(scenario),
+        broker: broker_name,
         latency: describe_latency(&sim_config),
         faults: describe_faults(&sim_config),
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -534,13 +535,6 @@ fn checks(
         ));
     }
     checks
-}
-
-fn scenario_broker_name(scenario: &Scenario) -> String {
-    match scenario.broker.kind {
-        super::BrokerKind::Embedded => "librdkafka mock cluster (in process)".into(),
-        super::BrokerKind::Tansu => "tansu 0.6 (SQLite storage, child process)".into(),
-    }
 }
 
 fn describe_latency(config: &SimConfig) -> String {
