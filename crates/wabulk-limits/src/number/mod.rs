@@ -8,7 +8,7 @@
 //!   sliding-window log: the times of the
 //!   last `limit` sends, so the answer is never approximate and never over.
 //! * **pacing**: GCRA with emission interval `w / limit` and a small burst
-//!   tolerance (about 5 % of a second's worth), so a full second's quota is not
+//!   tolerance (about 0.5 % of a second's worth), so a full second's quota is not
 //!   sent in the first few milliseconds of each second. Bunched sends arrive at
 //!   Meta even more bunched (PLATFORM.md "Margins"); spreading them keeps the
 //!   arrival rate, not only the send rate, under the limit.
@@ -26,10 +26,15 @@ mod tests;
 
 const SEC: u64 = 1_000_000_000;
 
-/// Pacing burst as a fraction of one second's quota: 1/20 = 5 %. Raising it
-/// lets more sends go back to back after an idle spell (more bunching on the
-/// wire); lowering it towards one send paces strictly at `1 s / limit`.
-const PACING_BURST_DIVISOR: u64 = 20;
+/// Pacing burst as a fraction of one second's quota: 1/200 = 0.5 % (5 sends
+/// for a 1000/s number, at least 2). Raising it lets more sends go back to
+/// back after an idle spell, and those bunch on the wire: with 5 %, a backlog
+/// delivered in bursts started 100 numbers at 50 sends each at once, the
+/// queue they formed drained faster than it filled, and the simulator saw up
+/// to 1,042 arrivals in one second for a 1000/s number (loadtest/RESULTS.md,
+/// "backlog"). Lowering it towards one send paces strictly at `1 s / limit`
+/// but loses a slot to every late timer wake-up.
+const PACING_BURST_DIVISOR: u64 = 200;
 
 /// The parameters that follow from one effective limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +79,7 @@ pub struct NumberLimiter {
     /// The configured messages per second, kept for reporting.
     mps: u32,
     /// Custom GCRA burst (sends), set only by [`NumberLimiter::with_burst_tolerance`];
-    /// `None` means the default 5 % of the limit.
+    /// `None` means the default 0.5 % of the limit.
     burst_override: Option<u32>,
     /// Parameters at the full effective limit (configured mps less the margin).
     full: Pace,
@@ -110,7 +115,7 @@ impl NumberLimiter {
     }
 
     /// Like [`NumberLimiter::new`] with the pacing burst set to `burst` sends
-    /// (at least 1) instead of 5 % of the limit. `u32::MAX` effectively turns
+    /// (at least 1) instead of 0.5 % of the limit. `u32::MAX` effectively turns
     /// pacing off and leaves only the exact 1 s window, which tests use to check
     /// the window on its own.
     pub fn with_burst_tolerance(mps: u32, margin_percent: f64, burst: u32) -> Self {

@@ -28,11 +28,11 @@ fn margin_stretches_the_window_and_keeps_the_count() {
 }
 
 #[test]
-fn fresh_limiter_sends_at_once_with_a_five_percent_burst() {
+fn fresh_limiter_sends_at_once_with_a_half_percent_burst() {
     let mut l = NumberLimiter::new(1000, 2.0);
     assert_eq!(l.check(ms(0)), Ok(()));
-    // 1000 per 1.02 s: burst of ceil(1000 / 20) = 50, then one every 1.02 ms.
-    assert_eq!(l.acquire_up_to(ms(0), 1000), 50);
+    // 1000 per 1.02 s: burst of ceil(1000 / 200) = 5, then one every 1.02 ms.
+    assert_eq!(l.acquire_up_to(ms(0), 1000), 5);
     let interval = 1_020_000_000u64.div_ceil(1000);
     assert_eq!(l.check(ms(0)), Err(NotUntil(ns(interval))));
     assert_eq!(l.acquire(ns(interval - 1)), Err(NotUntil(ns(interval))));
@@ -119,7 +119,8 @@ fn pause_keeps_the_later_instant() {
     l.pause_until(ms(200));
     assert_eq!(l.check(ms(0)), Err(NotUntil(ms(500))));
     assert_eq!(l.acquire_up_to(ms(499), 5), 0);
-    assert_eq!(l.acquire_up_to(ms(500), 5), 4);
+    // The burst of an 80/s number: ceil(80 / 200) = 1, raised to the floor of 2.
+    assert_eq!(l.acquire_up_to(ms(500), 5), 2);
 }
 
 #[derive(Debug, Clone)]
