@@ -12,21 +12,9 @@ use wabulk_graph_sim::Latency;
 
 use crate::harness::{
     by_id, distinct_ids, exposed, finish_load, free_port, init_logs, is_sent, limits_report, load,
-    sim_config, start_load, status_counts, violations, Collector, EngineProcess, EngineToml, Exposed, Number,
-    Program, Stack, TempDir, MPS_MARGIN,
+    sim_config, start_load, status_counts, violations, wait_for, Collector, EngineProcess, EngineToml,
+    Exposed, Number, Program, Stack, TempDir, MPS_MARGIN,
 };
-
-/// Polls `done` every 100 ms for up to `limit`; whether it became true.
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    true
-}
 
 /// Waits until `results` has grown by `more` records (up to `limit`); how
 /// long the first new one took to appear, if any did.

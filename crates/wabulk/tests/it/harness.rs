@@ -685,3 +685,15 @@ pub(crate) async fn finish_load(load: tokio::task::JoinHandle<LoadReport>) -> Lo
         .expect("the load generator finished within 60 s")
         .expect("load generator task")
 }
+
+/// Polls `done` every 100 ms for up to `limit`; whether it became true.
+pub(crate) async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}

@@ -13,8 +13,8 @@ use wabulk_loadgen::LoadReport;
 
 use crate::harness::{
     by_id, distinct_ids, finish_load, init_logs, is_sent, limits_report, load, sim_config, start_load,
-    status_counts, violations, Collector, EngineProcess, EngineToml, InProcessEngine, Number, Program, Stack,
-    TempDir, CHILD_SESSION_TIMEOUT_MS, JOBS, MPS_MARGIN, RESULTS,
+    status_counts, violations, wait_for, Collector, EngineProcess, EngineToml, InProcessEngine, Number,
+    Program, Stack, TempDir, CHILD_SESSION_TIMEOUT_MS, JOBS, MPS_MARGIN, RESULTS,
 };
 
 /// The mock cluster's only broker (librdkafka numbers mock brokers from 1).
@@ -26,18 +26,6 @@ async fn load_ids(load: tokio::task::JoinHandle<LoadReport>) -> HashSet<String> 
     let ids: HashSet<String> = report.job_ids.iter().cloned().collect();
     assert_eq!(ids.len() as u64, report.written, "job ids are unique");
     ids
-}
-
-/// Polls `done` every 100 ms for up to `limit`; whether it became true.
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    true
 }
 
 /// Accepted requests per number at the simulator.
