@@ -1,5 +1,6 @@
 //! Pure rate limiters for the WhatsApp Cloud API limits (PLATFORM.md "Limits"):
-//! the throughput of one business number ([`NumberLimiter`]), the budget of each
+//! the throughput of one business number ([`NumberLimiter`], and
+//! [`DepartureWindow`] where its requests leave), the budget of each
 //! (number, recipient) pair ([`PairBudgets`]) and the rolling-hour call cap of a
 //! WABA ([`WabaWindow`]).
 //!
@@ -10,11 +11,13 @@
 //! changes.
 
 mod clock;
+mod departure;
 mod number;
 mod pair;
 mod waba;
 
 pub use clock::{Clock, FakeClock, Moment, MonotonicClock, NotUntil};
+pub use departure::{DepartureWindow, WindowAllowance};
 pub use number::NumberLimiter;
 pub use pair::{PairBudgets, PairRule, PairRuleError};
 pub use waba::WabaWindow;

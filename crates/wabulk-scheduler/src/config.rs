@@ -1,8 +1,9 @@
 //! Tunables of the scheduler, each with its range and effect.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use wabulk_limits::PairRule;
+use wabulk_limits::{PairRule, WindowAllowance};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -20,6 +21,9 @@ pub struct SchedulerConfig {
     /// Most HTTP requests for one job, every kind of retry included; the job
     /// then fails with `retries_exhausted`.
     pub max_attempts: u32,
+    /// Widens every number's window by the host's scheduling delay; shared
+    /// with the sender's departure gates, which see the same value.
+    pub window_allowance: Arc<WindowAllowance>,
 }
 
 impl Default for SchedulerConfig {
@@ -30,6 +34,7 @@ impl Default for SchedulerConfig {
             slow_down_for: Duration::from_secs(10),
             max_batch: 256,
             max_attempts: 10,
+            window_allowance: Arc::default(),
         }
     }
 }

@@ -115,7 +115,7 @@ async fn phase(name: &str, latency: Duration, loops: u64, secs: u64) -> f64 {
                 let body = Bytes::from(format!(
                     r#"{{"messaging_product":"whatsapp","to":"{to}","type":"text","text":{{"body":"bench"}}}}"#
                 ));
-                let counter = match sender.send(NumericId::new(NUMBER), &token, body, 1).await {
+                let counter = match sender.send(NumericId::new(NUMBER), &token, body, 1, None).await {
                     Outcome::Sent { .. } => &tally.sent,
                     Outcome::Retry { reason: RetryReason::Connection, .. } => &tally.connection,
                     Outcome::Retry { reason: RetryReason::Timeout, .. } => &tally.timeout,

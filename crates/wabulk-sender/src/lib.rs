@@ -8,6 +8,7 @@
 
 mod classify;
 mod config;
+mod departure;
 mod pool;
 mod sender;
 mod token;
@@ -18,6 +19,7 @@ pub use classify::{
     NUMBER_UPGRADING_PAUSE, PAIR_LIMIT_PAUSE, SPAM_LIMIT_PAUSE,
 };
 pub use config::{SenderConfig, SenderError};
+pub use departure::{DepartureGate, SchedulingDelay};
 pub use pool::PoolStats;
 pub use sender::Sender;
 pub use token::AccessToken;

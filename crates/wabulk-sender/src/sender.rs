@@ -12,6 +12,7 @@ use wabulk_model::{ApiError, ErrorCode, FailReason, NumericId, Outcome, RetryRea
 
 use crate::classify::{classify_with_cap, request_backoff};
 use crate::config::{tls_config, SenderConfig, SenderError, Target};
+use crate::departure::DepartureGate;
 use crate::pool::{Pool, PoolConfig, PoolError, PoolStats, StreamError};
 use crate::token::AccessToken;
 
@@ -66,13 +67,16 @@ impl Sender {
 
     /// One `POST {base_url}/{phone_number_id}/messages` with the JSON `body`.
     /// `attempt` is 1 for the first try of a job (it drives the request-scope
-    /// backoff). Never panics; every result is classified.
+    /// backoff). `gate`, the number's [`DepartureGate`], is passed on the
+    /// instant the request gets its stream. Never panics; every result is
+    /// classified.
     pub async fn send(
         &self,
         phone_number_id: NumericId,
         token: &AccessToken,
         body: Bytes,
         attempt: u32,
+        gate: Option<&DepartureGate>,
     ) -> Outcome {
         let config = &self.inner.config;
         let cap = config.max_request_backoff;
@@ -96,7 +100,7 @@ impl Sender {
                 ),
             };
         };
-        match self.exchange(&uri, &authorization, body).await {
+        match self.exchange(&uri, &authorization, body, gate).await {
             Ok(answer) => classify_with_cap(answer.status, &answer.headers, &answer.body, attempt, cap),
             Err(TransportError::Timeout) => Outcome::Retry {
                 scope: Scope::Request,
@@ -129,6 +133,7 @@ impl Sender {
         uri: &Uri,
         authorization: &HeaderValue,
         body: Bytes,
+        gate: Option<&DepartureGate>,
     ) -> Result<crate::pool::Answer, TransportError> {
         let config = &self.inner.config;
         // Waiting for a stream is bounded apart from the exchange: at worst
@@ -151,8 +156,15 @@ impl Sender {
                     )))
                 }
             };
+            if let Some(gate) = gate {
+                // With its stream in hand, so that nothing comes between the
+                // departure and the write; before the request timeout starts,
+                // because nothing has been sent while it waits here.
+                gate.pass().await;
+            }
             // The request timeout runs from the first time the request got a
-            // stream, across re-dispatches, to the end of the body.
+            // stream and left the gate, across re-dispatches, to the end of
+            // the body.
             let deadline = *exchange_deadline.get_or_insert_with(|| Instant::now() + config.request_timeout);
             let request = build_request(uri, authorization);
             match timeout_at(deadline, slot.exchange(request, body.clone())).await {
@@ -233,7 +245,7 @@ mod tests {
         })
         .unwrap();
         let outcome =
-            sender.send(NumericId::new(1), &AccessToken::new("sec\nret".into()), Bytes::new(), 1).await;
+            sender.send(NumericId::new(1), &AccessToken::new("sec\nret".into()), Bytes::new(), 1, None).await;
         match outcome {
             Outcome::Halt { scope: Scope::Waba, error } => {
                 assert_eq!(error.code, ErrorCode::Engine("invalid_token".into()));
@@ -273,9 +285,9 @@ mod tests {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..n {
             let (sender, token) = (sender.clone(), token.clone());
-            set.spawn(
-                async move { sender.send(NumericId::new(1), &token, Bytes::from_static(b"{}"), 1).await },
-            );
+            set.spawn(async move {
+                sender.send(NumericId::new(1), &token, Bytes::from_static(b"{}"), 1, None).await
+            });
         }
         let mut out = Vec::new();
         while let Some(outcome) = set.join_next().await {

@@ -21,7 +21,8 @@ use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `limit` values of `wabulk_throttled_total` (CONTRACT §9): a fixed set,
@@ -144,6 +145,14 @@ pub struct Metrics {
     /// being acknowledged to the acknowledgement of the offset commit that
     /// covers it.
     pub commit_lag: Histogram,
+    /// `wabulk_scheduling_delay_seconds`: how late the engine's runtime ran
+    /// a task that was due, peak of the last 30 s. Every number's window is
+    /// widened by twice this (at most 100 ms), so it is also the rate the
+    /// host's load costs: 10 ms here slows every number by 2 %.
+    pub scheduling_delay: Gauge,
+    /// `wabulk_departures_held_total`: requests held at their number's
+    /// departure gate because they reached it bunched with others.
+    pub departures_held: IntCounter,
     /// `wabulk_build_info{version}`: always 1; tells dashboards which build runs.
     pub build_info: IntGaugeVec,
 
@@ -322,6 +331,16 @@ impl Metrics {
                 "Time from a job's result being acknowledged to the acknowledgement of the offset commit covering it.",
                 COMMIT_LAG_BUCKETS,
             ),
+            scheduling_delay: float_gauge(
+                &r,
+                "wabulk_scheduling_delay_seconds",
+                "Peak lateness of the engine's runtime over the last 30 s; windows are widened by twice it.",
+            ),
+            departures_held: counter(
+                &r,
+                "wabulk_departures_held_total",
+                "Requests held at their number's departure gate because they arrived there bunched.",
+            ),
             build_info: gauge_vec(
                 &r,
                 "wabulk_build_info",
@@ -342,6 +361,11 @@ impl Metrics {
             m.results.with_label_values(&[status]);
         }
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // The standard process_* metrics (CPU seconds, resident memory, open
+        // file descriptors, threads, start time) that every dashboard expects.
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registered once");
         m
     }
 
@@ -435,6 +459,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid gauge definition");
+    r.register(Box::new(g.clone())).expect("gauge registered once");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid gauge definition");
     r.register(Box::new(g.clone())).expect("gauge registered once");
     g
 }

@@ -35,7 +35,13 @@ const ADDED_METRICS: &[(&str, &str)] = &[
     ("wabulk_partitions_paused", "gauge"),
     ("wabulk_uncommitted_jobs", "gauge"),
     ("wabulk_commit_lag_seconds", "histogram"),
+    ("wabulk_scheduling_delay_seconds", "gauge"),
+    ("wabulk_departures_held_total", "counter"),
     ("wabulk_build_info", "gauge"),
+    ("process_cpu_seconds_total", "counter"),
+    ("process_resident_memory_bytes", "gauge"),
+    ("process_open_fds", "gauge"),
+    ("process_threads", "gauge"),
 ];
 
 /// Creates one series of every labelled metric, as the engine would.

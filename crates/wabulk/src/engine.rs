@@ -32,7 +32,7 @@ use wabulk_model::{
 use wabulk_scheduler::{
     Command, Dispatch, Envelope, Output as FromScheduler, Ready, Scheduler, TokioClock, WabaRegistry,
 };
-use wabulk_sender::{AccessToken, Sender};
+use wabulk_sender::{AccessToken, DepartureGate, SchedulingDelay, Sender};
 use wabulk_telemetry::{Health, Metrics};
 
 use crate::setup::EngineSetup;
@@ -130,6 +130,8 @@ pub async fn run(
         health: Arc::clone(&health),
         answers_tx,
         halted: HashSet::new(),
+        gates: HashMap::new(),
+        scheduling_delay: SchedulingDelay::start(Arc::clone(&setup.scheduler.window_allowance)),
         draining: false,
         sampled: [0; 3],
     };
@@ -427,6 +429,10 @@ struct SendStage {
     answers_tx: mpsc::UnboundedSender<Answered>,
     /// WABAs halted for a bad token, so that the alert is logged once.
     halted: HashSet<u64>,
+    /// Each number's departure gate, made on its first send.
+    gates: HashMap<u64, Arc<DepartureGate>>,
+    /// How late this runtime is; sets the window allowance.
+    scheduling_delay: Arc<SchedulingDelay>,
     /// Stopping: no new sends; retries are left to the next run.
     draining: bool,
     /// Scheduler throttle counters already added to the metric.
@@ -531,14 +537,27 @@ impl SendStage {
         self.books.open(partition);
         let sender = self.sender.clone();
         let answers = self.answers_tx.clone();
+        let gate = self.gate(dispatch.job.job.phone_number_id.get());
         tokio::spawn(async move {
             let body = dispatch.job.job.request_body();
             let phone = dispatch.job.job.phone_number_id;
             let started = Instant::now();
-            let outcome = sender.send(phone, &token, body, dispatch.attempt).await;
+            let outcome = sender.send(phone, &token, body, dispatch.attempt, Some(&gate)).await;
             let _ = answers.send(Answered { dispatch, outcome, latency: started.elapsed() });
         });
         true
+    }
+
+    /// The number's departure gate, at its configured tier (the default
+    /// tier for numbers not in the configuration, as `route` gives them).
+    fn gate(&mut self, phone: u64) -> Arc<DepartureGate> {
+        let setup = &self.setup;
+        let gate = self.gates.entry(phone).or_insert_with(|| {
+            let mps = setup.phones.get(&phone).map_or(setup.default_mps, |p| p.mps);
+            let margin = setup.scheduler.mps_margin_percent;
+            Arc::new(DepartureGate::new(mps, margin, Arc::clone(&setup.scheduler.window_allowance)))
+        });
+        Arc::clone(gate)
     }
 
     fn on_answer(&mut self, writes: &mut JoinSet<()>, answered: Answered) {
@@ -658,6 +677,9 @@ impl SendStage {
             metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
         metrics.jobs_in_memory.set(self.books.ingest.in_memory() as i64);
+        metrics.scheduling_delay.set(self.scheduling_delay.peak().as_secs_f64());
+        let held: u64 = self.gates.values().map(|g| g.held_total()).sum();
+        metrics.departures_held.inc_by(held.saturating_sub(metrics.departures_held.get()));
         let pool = self.sender.pool_stats();
         metrics.pool_connections.set(pool.connections as i64);
         metrics

@@ -85,6 +85,10 @@ pub struct NumberLimiter {
     full: Pace,
     /// Parameters while slowed down after a 130429; meaningful only before `slow_until`.
     slowed: Pace,
+    /// 1 s stretched by the margin: the window before any widening.
+    base_window: u64,
+    /// What [`NumberLimiter::widen`] last added to the window, in ns.
+    widened_by: u64,
     /// End of the current slow-down (exclusive); at and after it `full` applies.
     slow_until: u64,
     /// How many times the limit is halved while slowed; grows with repeated 130429s.
@@ -147,6 +151,8 @@ impl NumberLimiter {
         NumberLimiter {
             mps,
             burst_override,
+            base_window: window,
+            widened_by: 0,
             full,
             slowed: full,
             slow_until: 0,
@@ -213,6 +219,24 @@ impl NumberLimiter {
         self.slow_until = self.slow_until.max(t.saturating_add(duration_nanos(for_)));
         self.slowed =
             Pace::new((self.full.limit >> self.slow_halvings).max(1), self.full.window, self.burst_override);
+    }
+
+    /// Widens the window by `allowance` beyond 1 s and the margin (the host's
+    /// scheduling delay, see `wabulk_limits::WindowAllowance`), keeping the
+    /// count: the number is paced that much slower. Cheap when unchanged.
+    ///
+    /// Sends already forgotten under a narrower window are not brought back,
+    /// so right after a widening the window check looks back over the
+    /// narrower span; the departure gate checks the widened one exactly.
+    pub fn widen(&mut self, allowance: Duration) {
+        let by = duration_nanos(allowance);
+        if by == self.widened_by {
+            return;
+        }
+        self.widened_by = by;
+        let window = self.base_window.saturating_add(by);
+        self.full = Pace::new(self.full.limit, window, self.burst_override);
+        self.slowed = Pace::new(self.slowed.limit, window, self.burst_override);
     }
 
     /// Nothing allowed before `until`; keeps the later of the existing and the new pause.

@@ -244,3 +244,26 @@ proptest! {
         run(mps, 0.0, true, steps)?;
     }
 }
+
+#[test]
+fn widening_paces_slower_and_keeps_the_count_in_the_wider_window() {
+    let mut l = NumberLimiter::new(80, 1.0);
+    l.widen(Duration::from_millis(40));
+    let mut log = Vec::new();
+    let mut t = 0;
+    while t < 5 * SEC {
+        match l.acquire(ns(t)) {
+            Ok(()) => log.push(t),
+            Err(NotUntil(at)) => t = at.as_nanos(),
+        }
+    }
+    let window = 1_050_000_000;
+    for (i, &s) in log.iter().enumerate() {
+        assert!(log[i..].iter().take_while(|&&u| u < s + window).count() <= 80);
+    }
+    let paced = (5.0 * 80.0 / 1.05) as usize;
+    assert!(log.len() >= paced && log.len() <= paced + 2, "{}", log.len());
+    // Back to the plain window: the same limiter as one never widened, but for its history.
+    l.widen(Duration::ZERO);
+    assert_eq!(l.full, NumberLimiter::new(80, 1.0).full);
+}

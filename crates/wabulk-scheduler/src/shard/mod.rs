@@ -404,6 +404,7 @@ impl<J> Shard<J> {
         // each lookup is a cache miss, and overlapping them is most of the
         // limiter's speed (benches/README.md). Changes no decision.
         number.pairs.prefetch(number.ready.iter().take(max_batch).copied());
+        number.limiter.widen(self.config.window_allowance.get());
         let waba = Arc::clone(&number.waba);
         let mut window = waba.window();
         let mut sent = 0;

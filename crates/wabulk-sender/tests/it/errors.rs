@@ -148,7 +148,7 @@ async fn wrong_token_halts_the_waba() {
     let sender = sender(sim.base_url(), |_| {});
     let token = wabulk_sender::AccessToken::new("not-the-token".into());
     let outcome =
-        sender.send(wabulk_model::NumericId::new(NUMBER), &token, crate::body(15_551_234_567), 1).await;
+        sender.send(wabulk_model::NumericId::new(NUMBER), &token, crate::body(15_551_234_567), 1, None).await;
     match &outcome {
         Outcome::Halt { scope: Scope::Waba, error } => {
             assert_eq!(error.code, ErrorCode::Graph(190));

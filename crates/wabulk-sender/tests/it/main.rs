@@ -60,7 +60,7 @@ pub(crate) fn body(to: u64) -> Bytes {
 }
 
 pub(crate) async fn send_to(sender: &Sender, number: u64, to: u64) -> Outcome {
-    sender.send(NumericId::new(number), &token(), body(to), 1).await
+    sender.send(NumericId::new(number), &token(), body(to), 1, None).await
 }
 
 /// `n` sends at once, to distinct recipients; outcomes in recipient order.

@@ -9,5 +9,6 @@ mod dlq;
 mod faults;
 mod harness;
 mod order;
+mod pacing;
 mod scale;
 mod secrets;
