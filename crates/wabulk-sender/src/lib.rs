@@ -11,6 +11,7 @@ mod config;
 mod pool;
 mod sender;
 mod token;
+mod transport;
 
 pub use classify::{
     backoff_ceiling, business_use_case_regain, classify, classify_with_cap, request_backoff, retry_after,
@@ -21,3 +22,4 @@ pub use config::{SenderConfig, SenderError};
 pub use pool::PoolStats;
 pub use sender::Sender;
 pub use token::AccessToken;
+pub use transport::{mask_credentials, read_ca_file, ProxyUrl};
