@@ -26,12 +26,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/wabulk /usr/local/bin/wabulk
 
 # --- runtime stage -----------------------------------------------------------
-# The binary links only glibc, libgcc_s and zlib (librdkafka is linked
-# statically); all three are in the slim image. ca-certificates is for
-# https://graph.facebook.com.
+# librdkafka is linked statically; the binary links glibc, libgcc_s, zlib and
+# libzstd (in the slim image), OpenSSL and Cyrus SASL (installed here, with
+# the GSSAPI module for Kerberos). ca-certificates is the system store the
+# engine trusts for https://graph.facebook.com, besides its bundled roots.
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 \
+       libsasl2-modules-gssapi-mit libzstd1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin wabulk
 COPY --from=builder /usr/local/bin/wabulk /usr/local/bin/wabulk

@@ -27,6 +27,11 @@ pub struct SimConfig {
     /// commonly uses 100). Lowering it forces a sender to open more connections to
     /// keep the same number of requests in flight.
     pub max_concurrent_streams: u32,
+    /// Serve HTTPS instead of cleartext: a CA and a server certificate for
+    /// `127.0.0.1`, `::1` and `localhost` are made at start (the CA is
+    /// [`crate::SimHandle::ca_pem`]), and ALPN offers `h2` and `http/1.1`. The
+    /// engine then trusts the CA through `graph.ca_file`. Default false.
+    pub tls: bool,
     /// Seed for every random choice (latency samples, faults, trace ids). `None`
     /// seeds from the OS. With a seed, runs with the same arrival order make the
     /// same choices.
@@ -47,6 +52,7 @@ impl Default for SimConfig {
             pair_interval: Duration::from_secs(6),
             pair_burst: 45,
             max_concurrent_streams: 100,
+            tls: false,
             seed: None,
             latency: Latency::default(),
             numbers: Vec::new(),

@@ -25,7 +25,10 @@
 //! - `GET /__sim/stats`: [`SimStats`] as JSON.
 //! - `GET /healthz`: `ok`.
 //!
-//! HTTP/1.1 and HTTP/2 cleartext with prior knowledge are served on the same port.
+//! HTTP/1.1 and HTTP/2 cleartext with prior knowledge are served on the same port;
+//! with `tls = true`, HTTPS instead (ALPN `h2` and `http/1.1`), with a CA and a
+//! server certificate for `127.0.0.1`, `::1` and `localhost` made at start
+//! ([`SimHandle::ca_pem`] is the CA a client trusts).
 //!
 //! # How a request is judged
 //!
@@ -61,6 +64,7 @@
 //! pair_interval_ms = 6000        # default 6000; the pair rule's interval
 //! pair_burst = 45                # default 45
 //! max_concurrent_streams = 100   # default 100 (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+//! tls = false                    # default false; true: HTTPS with a CA made at start
 //! seed = 42                      # optional; deterministic randomness
 //! latency = { meta_scale = 1.0 } # default; or { fixed_ms = 0 } for raw throughput
 //!
@@ -98,6 +102,7 @@ mod ledger;
 mod respond;
 mod server;
 mod stats;
+mod tls;
 
 pub use config::{example_config, ConfigError, Faults, ForcedError, Latency, SimConfig, SimNumber, SimWaba};
 pub use server::{SimHandle, Simulator};

@@ -1,5 +1,6 @@
-//! The HTTP side: accept loop → one task per connection (HTTP/1.1 or HTTP/2
-//! prior knowledge, detected per connection) → [`handle`] per request, which
+//! The HTTP side: accept loop → one task per connection (TLS first in the
+//! HTTPS mode; then HTTP/1.1 or HTTP/2, detected per connection) → [`handle`]
+//! per request, which
 //! judges the request under the ledger lock, then waits out the latency outside it.
 //!
 //! Judging happens at arrival and the answer only after the latency, so thousands
@@ -21,20 +22,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Faults, SimConfig};
 use crate::latency;
 use crate::ledger::{Arrival, Ledger, PairState};
 use crate::respond::{self, Body, GraphError};
 use crate::stats::SimStats;
+use crate::tls::SimTls;
 
 /// Largest request body read; Cloud API message bodies are a few kilobytes, so
 /// anything bigger is answered 100 instead of being buffered.
 const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts simulators. (A namespace: all state lives in the [`SimHandle`].)
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,11 +49,15 @@ pub struct Simulator;
 
 impl Simulator {
     /// Serves on `listener` (HTTP/1.1 and HTTP/2 cleartext prior knowledge on one
-    /// port) until the handle is shut down or dropped. Fails with
-    /// `InvalidInput` when the configuration does not validate.
+    /// port; with `tls`, HTTPS with ALPN `h2` and `http/1.1`) until the handle
+    /// is shut down or dropped. Fails with `InvalidInput` when the
+    /// configuration does not validate.
     pub async fn start(config: SimConfig, listener: TcpListener) -> io::Result<SimHandle> {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let local_addr = listener.local_addr()?;
+        let tls = if config.tls { Some(SimTls::generate()?) } else { None };
+        let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(Arc::clone(&tls.server)));
+        let ca_pem = tls.map(|tls| tls.ca_pem);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(config, shutdown_rx.clone()));
 
@@ -60,9 +71,15 @@ impl Simulator {
             // would GOAWAY a connection after 1024 of them and skew the counts.
             .max_local_error_reset_streams(None);
 
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), Arc::new(builder), shutdown_rx));
-        tracing::info!(%local_addr, "graph api simulator listening");
-        Ok(SimHandle { local_addr, shared, shutdown: shutdown_tx, task: Some(task) })
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            Arc::new(builder),
+            acceptor,
+            shutdown_rx,
+        ));
+        tracing::info!(%local_addr, https = ca_pem.is_some(), "graph api simulator listening");
+        Ok(SimHandle { local_addr, shared, ca_pem, shutdown: shutdown_tx, task: Some(task) })
     }
 }
 
@@ -70,6 +87,8 @@ impl Simulator {
 pub struct SimHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The CA of the HTTPS mode's certificate; `None` in cleartext.
+    ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -86,15 +105,31 @@ impl SimHandle {
         self.local_addr
     }
 
-    /// `http://IP:PORT/v21.0`, ready to be a sender's `graph.base_url`. A wildcard
-    /// listen address is replaced by loopback, since nobody can connect to it.
+    /// `http://IP:PORT/v21.0` (`https://` in the HTTPS mode), ready to be a
+    /// sender's `graph.base_url`. A wildcard listen address is replaced by
+    /// loopback, since nobody can connect to it.
     pub fn base_url(&self) -> String {
         let ip = match self.local_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("http://{}/v21.0", SocketAddr::new(ip, self.local_addr.port()))
+        let scheme = if self.ca_pem.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/v21.0", SocketAddr::new(ip, self.local_addr.port()))
+    }
+
+    /// The PEM of the CA that signed the HTTPS mode's certificate (what a
+    /// client's `graph.ca_file` holds); `None` in cleartext.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// Writes [`SimHandle::ca_pem`] to `path`; `InvalidInput` in cleartext.
+    pub fn write_ca_pem(&self, path: &std::path::Path) -> io::Result<()> {
+        let pem = self.ca_pem().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "the simulator serves cleartext: it has no CA")
+        })?;
+        std::fs::write(path, pem)
     }
 
     /// The same data as `GET /__sim/stats`.
@@ -186,6 +221,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -196,7 +232,12 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     shared.lock().ledger.count_connection();
-                    connections.spawn(serve_connection(stream, Arc::clone(&shared), Arc::clone(&builder)));
+                    connections.spawn(accept_connection(
+                        stream,
+                        Arc::clone(&shared),
+                        Arc::clone(&builder),
+                        tls.clone(),
+                    ));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -217,13 +258,29 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|&stop| stop).await;
 }
 
-async fn serve_connection(
+/// The TLS handshake in the HTTPS mode, in the connection's own task so a
+/// slow client never holds up the accept loop; then [`serve_connection`].
+async fn accept_connection(
     stream: TcpStream,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
 ) {
     // Answers are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else { return serve_connection(stream, shared, builder).await };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(stream, shared, builder).await,
+        // A client that does not trust the certificate ends here.
+        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ctx = Arc::new(ConnCtx::default());
     let service = {
         let ctx = Arc::clone(&ctx);

@@ -19,6 +19,7 @@ mod admin;
 mod context;
 mod embedded;
 mod error;
+mod features;
 mod finished;
 mod ingest;
 mod lost;
@@ -30,10 +31,11 @@ mod tracker;
 pub use admin::{create_topics, topic_record_count};
 pub use embedded::EmbeddedKafka;
 pub use error::KafkaError;
+pub use features::{client_build, ClientBuild};
 pub use ingest::{Assignment, CommitListener, Ingest, Record, COMMIT_FLOOR};
 pub use output::{JobWriter, Output};
 pub use reader::TopicReader;
-pub use settings::KafkaSettings;
+pub use settings::{is_secret_property, masked_properties, KafkaSettings};
 pub use tracker::OffsetTracker;
 
 /// The librdkafka error type, for callers that match on its codes.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::KafkaError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -40,6 +40,46 @@ pub struct KafkaSettings {
     pub extra: BTreeMap<String, String>,
 }
 
+/// Whether a librdkafka property holds a secret, or may: its value is then
+/// never shown (`check-config`, `Debug`). By name, generously: masking a
+/// harmless value such as `ssl.key.location` costs nothing, showing
+/// `sasl.password`, `ssl.key.password`, `ssl.key.pem`,
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret` or an
+/// OAUTHBEARER config line would leak a credential.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential", "jaas", "key", "sasl.username", "oauthbearer.config"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// The properties with every secret value as `***`.
+pub fn masked_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let shown = if is_secret_property(key) { "***".to_owned() } else { value.clone() };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("jobs_topic", &self.jobs_topic)
+            .field("results_topic", &self.results_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("max_in_memory", &self.max_in_memory)
+            .field("resume_below", &self.resume_below)
+            .field("revoke_timeout", &self.revoke_timeout)
+            .field("extra", &masked_properties(&self.extra))
+            .finish()
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         let max_in_memory = 50_000;
@@ -69,5 +109,39 @@ impl KafkaSettings {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_properties_are_masked_and_others_shown() {
+        let properties: BTreeMap<String, String> = [
+            ("sasl.password", "pw-1"),
+            ("ssl.key.password", "pw-2"),
+            ("ssl.keystore.password", "pw-3"),
+            ("sasl.oauthbearer.client.secret", "pw-4"),
+            ("sasl.oauthbearer.config", "principal=x extension_secret=pw-5"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----pw-6"),
+            ("sasl.username", "api-key"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("ssl.ca.location", "/etc/ssl/ca.pem"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let masked = masked_properties(&properties);
+        let settings = KafkaSettings { extra: properties, ..KafkaSettings::default() };
+        let debug = format!("{settings:?}");
+        for n in 1..=6 {
+            assert!(!debug.contains(&format!("pw-{n}")), "{debug}");
+        }
+        assert_eq!(masked["sasl.password"], "***");
+        assert_eq!(masked["security.protocol"], "SASL_SSL");
+        assert_eq!(masked["ssl.ca.location"], "/etc/ssl/ca.pem");
+        assert!(debug.contains("SCRAM-SHA-512"), "{debug}");
     }
 }

@@ -1,7 +1,7 @@
 //! Sender configuration, its validation, and the parsed target (scheme, host,
 //! port, path prefix) every request and connection is built from.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -43,6 +43,16 @@ pub struct SenderConfig {
     /// Cap of the request-scope exponential backoff (transient errors, 5xx,
     /// timeouts, connection errors). Default 60 s.
     pub max_request_backoff: Duration,
+    /// Extra CAs (PEM) trusted for https targets, besides the system's store
+    /// (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) and the bundled Mozilla roots:
+    /// a private CA, or that of a TLS-inspecting proxy. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// HTTP proxy to tunnel through with CONNECT (TLS or h2c then runs inside
+    /// the tunnel, end to end with the host). Default none: direct.
+    pub proxy: Option<crate::ProxyUrl>,
+    /// Hosts reached directly even with a `proxy`, in NO_PROXY's syntax:
+    /// comma-separated host suffixes, `*`, IP addresses or networks.
+    pub no_proxy: String,
 }
 
 impl Default for SenderConfig {
@@ -56,6 +66,9 @@ impl Default for SenderConfig {
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
             max_request_backoff: crate::classify::DEFAULT_MAX_REQUEST_BACKOFF,
+            ca_file: None,
+            proxy: None,
+            no_proxy: String::new(),
         }
     }
 }
@@ -71,6 +84,10 @@ pub enum SenderError {
     InvalidConfig(&'static str),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("proxy {url}: {reason}")]
+    InvalidProxy { url: String, reason: String },
 }
 
 /// The parsed `base_url`, shared by the pool (where to connect) and the
@@ -148,20 +165,6 @@ impl SenderConfig {
     }
 }
 
-/// The TLS client configuration for https targets: webpki roots, ring, and
-/// ALPN `h2` only (the pool speaks nothing else).
-pub(crate) fn tls_config() -> Result<Arc<rustls::ClientConfig>, SenderError> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| SenderError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,10 +205,5 @@ mod tests {
         assert!(matches!(bad.validate(), Err(SenderError::InvalidConfig(_))));
         let bad = SenderConfig { request_timeout: Duration::ZERO, ..SenderConfig::default() };
         assert!(bad.validate().is_err());
-    }
-
-    #[test]
-    fn tls_config_offers_h2() {
-        assert_eq!(tls_config().unwrap().alpn_protocols, vec![b"h2".to_vec()]);
     }
 }

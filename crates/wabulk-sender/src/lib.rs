@@ -12,6 +12,7 @@ mod departure;
 mod pool;
 mod sender;
 mod token;
+mod transport;
 
 pub use classify::{
     backoff_ceiling, business_use_case_regain, classify, classify_with_cap, request_backoff, retry_after,
@@ -23,3 +24,4 @@ pub use departure::{DepartureGate, SchedulingDelay};
 pub use pool::PoolStats;
 pub use sender::Sender;
 pub use token::AccessToken;
+pub use transport::{mask_credentials, read_ca_file, ProxyUrl};

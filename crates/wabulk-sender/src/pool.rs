@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Target;
+use crate::transport::{open_tunnel, tls_failure, Tunnel};
 
 /// Response bodies of `/messages` are a few hundred bytes; anything past this
 /// is drained (to keep flow control going) but not kept.
@@ -83,6 +84,8 @@ struct Inner {
     target: Arc<Target>,
     /// Present for https targets only.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Present when connections go through an HTTP CONNECT proxy.
+    tunnel: Option<Tunnel>,
     config: PoolConfig,
     /// Fair (FIFO) admission when every stream of every connection is busy.
     gate: Arc<Semaphore>,
@@ -192,6 +195,7 @@ impl Pool {
     pub(crate) fn new(
         target: Arc<Target>,
         tls: Option<Arc<rustls::ClientConfig>>,
+        tunnel: Option<Tunnel>,
         config: PoolConfig,
     ) -> Self {
         let permits = config.max_connections * config.max_streams;
@@ -207,6 +211,7 @@ impl Pool {
         let inner = Inner {
             target,
             tls,
+            tunnel,
             config,
             gate: Arc::new(Semaphore::new(permits)),
             state: Mutex::new(state),
@@ -457,12 +462,16 @@ async fn open_connection(pool: Arc<Inner>, id: u64) {
     pool.wake.notify_waiters();
 }
 
-/// TCP (+ TLS with ALPN h2) + HTTP/2 handshake + the server's SETTINGS.
+/// TCP (direct or through a proxy's CONNECT tunnel) (+ TLS with ALPN h2) +
+/// HTTP/2 handshake + the server's SETTINGS.
 async fn connect(pool: &Arc<Inner>, id: u64) -> Result<Conn, String> {
     let target = &pool.target;
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("TCP connect to {}:{}: {e}", target.host, target.port))?;
+    let tcp = match &pool.tunnel {
+        None => TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("TCP connect to {}:{}: {e}", target.host, target.port))?,
+        Some(tunnel) => open_tunnel(tunnel, target).await?,
+    };
     // Requests are small and latency-bound: do not let Nagle hold them back.
     tcp.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
     match &pool.tls {
@@ -473,7 +482,7 @@ async fn connect(pool: &Arc<Inner>, id: u64) -> Result<Conn, String> {
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS handshake with {}: {e}", target.host))?;
+                .map_err(|e| tls_failure(&target.host, &e))?;
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(format!("{} did not negotiate HTTP/2 (ALPN h2)", target.host));
             }

@@ -11,10 +11,11 @@ use tokio::time::{timeout_at, Instant};
 use wabulk_model::{ApiError, ErrorCode, FailReason, NumericId, Outcome, RetryReason, Scope};
 
 use crate::classify::{classify_with_cap, request_backoff};
-use crate::config::{tls_config, SenderConfig, SenderError, Target};
+use crate::config::{SenderConfig, SenderError, Target};
 use crate::departure::DepartureGate;
 use crate::pool::{Pool, PoolConfig, PoolError, PoolStats, StreamError};
 use crate::token::AccessToken;
+use crate::transport::{route, tls_config};
 
 /// How many times a request the server provably did not process (refused
 /// stream, connection gone before it left) is put on another stream before
@@ -53,7 +54,8 @@ impl Sender {
     pub fn new(config: SenderConfig) -> Result<Sender, SenderError> {
         config.validate()?;
         let target = Arc::new(Target::parse(&config.base_url)?);
-        let tls = if target.tls { Some(tls_config()?) } else { None };
+        let tls = if target.tls { Some(tls_config(config.ca_file.as_deref())?) } else { None };
+        let tunnel = route(&config, &target)?;
         let pool_config = PoolConfig {
             max_streams: config.max_streams_per_connection as usize,
             max_connections: config.max_connections as usize,
@@ -61,7 +63,7 @@ impl Sender {
             keepalive_interval: config.keepalive_interval,
             keepalive_timeout: config.keepalive_timeout,
         };
-        let pool = Pool::new(target.clone(), tls, pool_config);
+        let pool = Pool::new(target.clone(), tls, tunnel, pool_config);
         Ok(Sender { inner: Arc::new(Inner { config, target, pool }) })
     }
 

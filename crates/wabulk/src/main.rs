@@ -37,11 +37,19 @@ enum Command {
     /// The whole system on this machine with no set-up: embedded Kafka, the
     /// Graph API simulator, the load generator and the engine.
     Demo(DemoOptions),
-    /// The Graph API simulator alone (HTTP/1.1 and HTTP/2 cleartext).
+    /// The Graph API simulator alone (HTTP/1.1 and HTTP/2 cleartext, or
+    /// HTTPS with `--tls`).
     Simulate {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Serve HTTPS with a CA and certificate made at start (as `tls = true`
+        /// in the configuration); the engine trusts it with `graph.ca_file`.
+        #[arg(long)]
+        tls: bool,
+        /// Where to write the CA's PEM in the HTTPS mode.
+        #[arg(long, default_value = "wabulk-sim-ca.pem")]
+        ca_out: PathBuf,
         /// Simulator configuration (TOML); without it, the built-in example:
         /// numbers at 1000, 80, 80 and 20 msg/s over two WABAs.
         #[arg(long)]
@@ -153,6 +161,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             let loaded = load_config(&config)?;
             print!("{}", loaded.render_masked(&|var| std::env::var(var).ok()));
+            match wabulk_kafka::client_build() {
+                Ok(build) => println!("# librdkafka {}: {}", build.version, build.features.join(",")),
+                Err(error) => println!("# librdkafka: {error}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
@@ -183,7 +195,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let summary = wabulk::demo::run(options).await?;
             Ok(if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Simulate { listen, config, latency_scale, print_config } => {
+        Command::Simulate { listen, tls, ca_out, config, latency_scale, print_config } => {
             let mut sim = match config {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
@@ -197,6 +209,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(scale) = latency_scale {
                 sim.latency = wabulk_graph_sim::Latency::Meta { scale };
             }
+            sim.tls |= tls;
             if print_config {
                 print!("{}", toml::to_string_pretty(&sim).context("cannot print the configuration")?);
                 return Ok(ExitCode::SUCCESS);
@@ -205,6 +218,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot bind {listen}"))?;
             let handle = wabulk_graph_sim::Simulator::start(sim, listener).await.context("simulator")?;
+            if handle.ca_pem().is_some() {
+                handle
+                    .write_ca_pem(&ca_out)
+                    .with_context(|| format!("cannot write the CA to {}", ca_out.display()))?;
+                println!("CA certificate in {} (graph.ca_file)", ca_out.display());
+            }
             println!("Graph API simulator on {} (stats: GET /__sim/stats)", handle.base_url());
             stop_signal().await;
             let stats = handle.stats();

@@ -101,6 +101,7 @@ impl EngineSetup {
         };
         pair_rule.validate().context("limits.pair_interval_s / limits.pair_burst / limits.pair_margin_ms")?;
         let graph = &config.graph;
+        let proxy = config.proxy(env)?.map(|(_, url)| url);
         Ok(Self {
             kafka: KafkaSettings {
                 brokers: config.kafka.brokers.clone(),
@@ -117,6 +118,9 @@ impl EngineSetup {
                 connect_timeout: Duration::from_millis(graph.connect_timeout_ms),
                 max_streams_per_connection: graph.max_streams_per_connection,
                 max_connections: graph.max_connections,
+                ca_file: graph.ca_file.as_ref().map(Into::into),
+                proxy,
+                no_proxy: Config::no_proxy(env),
                 ..SenderConfig::default()
             },
             scheduler: SchedulerConfig {

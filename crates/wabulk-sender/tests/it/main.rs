@@ -1,11 +1,12 @@
 //! End-to-end tests of the sender against real servers on 127.0.0.1:0 over
-//! HTTP/2 cleartext: the Graph API simulator for the error table and the
+//! HTTP/2 (cleartext, and TLS in tls.rs): the Graph API simulator for the error table and the
 //! pool's behaviour under load and faults, and small hand-made h2 servers for
 //! what the simulator cannot do (stop answering PINGs, never handshake).
 
 mod errors;
 mod peers;
 mod pool;
+mod tls;
 
 use std::time::Duration;
 

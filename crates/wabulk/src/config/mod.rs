@@ -53,6 +53,17 @@ pub struct GraphConfig {
     pub max_connections: u32,
     /// Most HTTP requests for one job before it fails with `retries_exhausted`.
     pub max_attempts: u32,
+    /// Extra trusted CA certificates (PEM): a private CA, or a TLS-inspecting
+    /// proxy's. The system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) and
+    /// the bundled Mozilla roots are always trusted too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// HTTP CONNECT proxy, `http://[user:password@]host:port`. Unset: the
+    /// proxy variables (`HTTPS_PROXY` for an https base URL, `HTTP_PROXY`
+    /// for http, then `ALL_PROXY`; lower case too). `NO_PROXY` is honoured
+    /// either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +132,8 @@ impl Default for GraphConfig {
             max_streams_per_connection: 100,
             max_connections: 64,
             max_attempts: 10,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -209,6 +222,13 @@ impl Config {
         if !(graph.base_url.starts_with("https://") || graph.base_url.starts_with("http://")) {
             return Err(invalid("graph.base_url", "must start with https:// or http://"));
         }
+        if let Some(path) = &graph.ca_file {
+            wabulk_sender::read_ca_file(Path::new(path))
+                .map_err(|e| invalid("graph.ca_file", e.to_string()))?;
+        }
+        if let Some(proxy) = &graph.proxy {
+            wabulk_sender::ProxyUrl::parse(proxy).map_err(|e| invalid("graph.proxy", e.to_string()))?;
+        }
         for (key, value) in [
             ("graph.request_timeout_ms", graph.request_timeout_ms),
             ("graph.connect_timeout_ms", graph.connect_timeout_ms),
@@ -284,10 +304,48 @@ impl Config {
             .unwrap_or(&self.graph.token_env)
     }
 
-    /// The effective configuration as TOML, with whether each token variable
-    /// is set, never its value.
+    /// The proxy the Graph API is reached through: `graph.proxy`, else the
+    /// first proxy variable set for the base URL's scheme; with where it came
+    /// from (the key or the variable), which every error names.
+    pub fn proxy(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<(String, wabulk_sender::ProxyUrl)>, ConfigError> {
+        if let Some(proxy) = &self.graph.proxy {
+            let url =
+                wabulk_sender::ProxyUrl::parse(proxy).map_err(|e| invalid("graph.proxy", e.to_string()))?;
+            return Ok(Some(("graph.proxy".into(), url)));
+        }
+        let https = self.graph.base_url.starts_with("https://");
+        let vars: &[&str] = if https {
+            &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        } else {
+            &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        };
+        for var in vars {
+            if let Some(value) = env(var).filter(|v| !v.trim().is_empty()) {
+                let url = wabulk_sender::ProxyUrl::parse(&value)
+                    .map_err(|e| ConfigError::Env { var: (*var).into(), message: e.to_string() })?;
+                return Ok(Some(((*var).into(), url)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `NO_PROXY` (or `no_proxy`): hosts reached directly despite a proxy.
+    pub fn no_proxy(env: &dyn Fn(&str) -> Option<String>) -> String {
+        env("NO_PROXY").or_else(|| env("no_proxy")).unwrap_or_default()
+    }
+
+    /// The effective configuration as TOML, every secret masked: whether each
+    /// token variable is set, never its value; secret-like
+    /// `[kafka.properties]` values (passwords, keys, OAUTHBEARER secrets) and
+    /// proxy credentials as `***`.
     pub fn render_masked(&self, env: &dyn Fn(&str) -> Option<String>) -> String {
-        let mut text = toml::to_string_pretty(self).expect("a config always serialises");
+        let mut shown = self.clone();
+        shown.kafka.properties = wabulk_kafka::masked_properties(&self.kafka.properties);
+        shown.graph.proxy = self.graph.proxy.as_deref().map(wabulk_sender::mask_credentials);
+        let mut text = toml::to_string_pretty(&shown).expect("a config always serialises");
         let mut vars: Vec<&str> = vec![self.graph.token_env.as_str()];
         vars.extend(self.wabas.iter().filter_map(|w| w.token_env.as_deref()));
         vars.sort_unstable();
@@ -296,6 +354,17 @@ impl Config {
         for var in vars {
             let state = if env(var).is_some_and(|v| !v.is_empty()) { "set" } else { "NOT SET" };
             text.push_str(&format!("# {var} = \"***\"  ({state})\n"));
+        }
+        match self.proxy(env) {
+            Ok(Some((source, url))) if source != "graph.proxy" => {
+                text.push_str(&format!("\n# proxy from {source}: {url}\n"));
+            }
+            Err(error) => text.push_str(&format!("\n# proxy: {error}\n")),
+            _ => {}
+        }
+        let no_proxy = Config::no_proxy(env);
+        if !no_proxy.is_empty() {
+            text.push_str(&format!("# NO_PROXY = {no_proxy:?}\n"));
         }
         text
     }

@@ -121,3 +121,67 @@ fn masked_rendering_never_shows_a_token() {
     let again = load(&text, &[]).unwrap();
     assert_eq!(again.phones.len(), 1);
 }
+
+#[test]
+fn masked_rendering_never_shows_kafka_or_proxy_credentials() {
+    let text = r#"
+[kafka]
+brokers = "pkc-1.confluent.cloud:9092"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "PLAIN"
+"sasl.username" = "API-KEY-1"
+"sasl.password" = "kafka-pw-1"
+"ssl.key.password" = "kafka-pw-2"
+"ssl.keystore.password" = "kafka-pw-3"
+"sasl.oauthbearer.client.secret" = "kafka-pw-4"
+[graph]
+proxy = "http://alice:proxy-pw-5@proxy.internal:3128"
+"#;
+    let config = load(text, &[]).unwrap();
+    let env = |var: &str| match var {
+        "NO_PROXY" => Some("localhost,.internal".to_owned()),
+        _ => None,
+    };
+    let shown = config.render_masked(&env);
+    for secret in ["API-KEY-1", "kafka-pw-1", "kafka-pw-2", "kafka-pw-3", "kafka-pw-4", "proxy-pw-5", "alice"]
+    {
+        assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+    }
+    assert!(shown.contains("\"security.protocol\" = \"SASL_SSL\""), "{shown}");
+    assert!(shown.contains("proxy = \"http://***@proxy.internal:3128\""), "{shown}");
+    assert!(shown.contains("# NO_PROXY = \"localhost,.internal\""), "{shown}");
+    // What is printed still loads.
+    load(&shown, &[]).unwrap();
+}
+
+#[test]
+fn the_proxy_comes_from_the_key_else_the_variable_of_the_scheme() {
+    let env = |var: &str| match var {
+        "HTTPS_PROXY" => Some("http://u:env-pw@secure-proxy:3128".to_owned()),
+        "http_proxy" => Some("plain-proxy:8080".to_owned()),
+        _ => None,
+    };
+    let https = load("", &[]).unwrap();
+    let (source, url) = https.proxy(&env).unwrap().unwrap();
+    assert_eq!((source.as_str(), url.redacted()), ("HTTPS_PROXY", "http://***@secure-proxy:3128"));
+    assert!(https.render_masked(&env).contains("# proxy from HTTPS_PROXY: http://***@secure-proxy:3128"));
+    assert!(!https.render_masked(&env).contains("env-pw"));
+    let http = load("[graph]\nbase_url = \"http://127.0.0.1:8080/v21.0\"", &[]).unwrap();
+    assert_eq!(http.proxy(&env).unwrap().unwrap().1.redacted(), "http://plain-proxy:8080");
+    let own = load("[graph]\nproxy = \"http://own:3128\"", &[]).unwrap();
+    assert_eq!(own.proxy(&env).unwrap().unwrap().0, "graph.proxy");
+    assert!(load("", &[]).unwrap().proxy(&|_| None).unwrap().is_none());
+    let bad = |var: &str| (var == "HTTPS_PROXY").then(|| "socks5://u:env-pw@p:1080".to_owned());
+    let error = https.proxy(&bad).unwrap_err().to_string();
+    assert!(error.starts_with("environment variable HTTPS_PROXY:") && !error.contains("env-pw"), "{error}");
+}
+
+#[test]
+fn a_bad_ca_file_or_proxy_names_its_key() {
+    let err = load("[graph]\nca_file = \"/nonexistent/ca.pem\"", &[]).unwrap_err().to_string();
+    assert!(err.starts_with("graph.ca_file: CA file /nonexistent/ca.pem: cannot read it"), "{err}");
+    let err = load("[graph]\nproxy = \"https://u:pw-9@p:443\"", &[]).unwrap_err().to_string();
+    assert!(err.starts_with("graph.proxy: proxy https://***@p:443: TLS to the proxy"), "{err}");
+    assert!(!err.contains("pw-9"));
+}

@@ -86,7 +86,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     let sim = Simulator::start(sim_config.clone(), listener).await.context("cannot start the simulator")?;
     say(format!("Graph API simulator on {} ({})", sim.base_url(), describe_latency(&sim_config)));
 
-    let (config, tokens) = engine_config(engine_base, &brokers, &sim, &sim_config);
+    let (mut config, tokens) = engine_config(engine_base, &brokers, &sim, &sim_config);
+    if sim.ca_pem().is_some() {
+        // `[simulator] tls = true`: the engine trusts the simulator's own CA.
+        let ca = options.work_dir.join("sim-ca.pem");
+        std::fs::create_dir_all(&options.work_dir)
+            .and_then(|()| sim.write_ca_pem(&ca))
+            .context("sim-ca.pem")?;
+        config.graph.ca_file = Some(ca.display().to_string());
+    }
     let setup = EngineSetup::from_config(&config, &|var| tokens.get(var).cloned())?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());

@@ -1,8 +1,9 @@
 //! End-to-end tests of the engine: embedded Kafka (librdkafka's mock
-//! cluster), the Graph API simulator, and the engine either in this process
+//! cluster), the Graph API simulator (cleartext or HTTPS), and the engine either in this process
 //! or as a `wabulk run` child process, all on 127.0.0.1. Each test starts its
 //! own cluster and simulator, so they run in parallel without sharing state.
 
+mod connectivity;
 mod crash;
 mod demo;
 mod dlq;
