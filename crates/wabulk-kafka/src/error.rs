@@ -62,3 +62,56 @@ pub enum KafkaError {
         source: Option<RdKafkaError>,
     },
 }
+
+/// Why Kafka refused a record for good: writing the same record again will
+/// fail the same way until an operator changes something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Over the producer's or the broker's maximum message size.
+    TooLarge,
+    /// The topic does not exist (and is not created on demand).
+    UnknownTopic,
+    /// The credentials may not write to the topic or the cluster.
+    NotAuthorised,
+    /// The broker found the record itself invalid.
+    Invalid,
+}
+
+impl Refusal {
+    /// Every refusal, for metrics that exist at zero from the start.
+    pub const ALL: [Refusal; 4] =
+        [Refusal::TooLarge, Refusal::UnknownTopic, Refusal::NotAuthorised, Refusal::Invalid];
+
+    /// A metric label and a word for the log.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::UnknownTopic => "unknown_topic",
+            Refusal::NotAuthorised => "not_authorised",
+            Refusal::Invalid => "invalid_record",
+        }
+    }
+}
+
+impl KafkaError {
+    /// For a failed write, whether Kafka refused it for good (`Some`) or the
+    /// failure may pass (`None`: a broker outage, a timeout, a full queue).
+    pub fn refusal(&self) -> Option<Refusal> {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let KafkaError::Delivery { source, .. } = self else { return None };
+        match source.rdkafka_error_code()? {
+            Code::MessageSizeTooLarge | Code::MessageBatchTooLarge | Code::InvalidMessageSize => {
+                Some(Refusal::TooLarge)
+            }
+            Code::UnknownTopic | Code::UnknownTopicOrPartition | Code::InvalidTopic => {
+                Some(Refusal::UnknownTopic)
+            }
+            Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::SaslAuthenticationFailed
+            | Code::Authentication => Some(Refusal::NotAuthorised),
+            Code::InvalidMessage | Code::InvalidRecord => Some(Refusal::Invalid),
+            _ => None,
+        }
+    }
+}

@@ -30,7 +30,7 @@ mod tracker;
 
 pub use admin::{create_topics, topic_record_count};
 pub use embedded::EmbeddedKafka;
-pub use error::KafkaError;
+pub use error::{KafkaError, Refusal};
 pub use features::{client_build, ClientBuild};
 pub use ingest::{Assignment, CommitListener, Ingest, Record, COMMIT_FLOOR};
 pub use output::{JobWriter, Output};
@@ -38,5 +38,6 @@ pub use reader::TopicReader;
 pub use settings::{is_secret_property, masked_properties, KafkaSettings};
 pub use tracker::OffsetTracker;
 
-/// The librdkafka error type, for callers that match on its codes.
+/// The librdkafka error type and its codes, for callers that match on them.
 pub use rdkafka::error::KafkaError as RdKafkaError;
+pub use rdkafka::types::RDKafkaErrorCode;

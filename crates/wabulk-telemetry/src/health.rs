@@ -1,7 +1,7 @@
 //! What `/healthz` and `/readyz` answer (CONTRACT §8).
 //!
 //! Liveness needs no state: the process answering is the answer. Readiness is
-//! two flags the engine's stages set as their state changes, read by the HTTP
+//! three flags the engine's stages set as their state changes, read by the HTTP
 //! handler; plain atomics suffice because each flag stands alone and a scrape
 //! that sees one flag a moment late is harmless.
 
@@ -20,6 +20,10 @@ pub struct Health {
     /// token is usable (cleared when every WABA is halted or no connection can
     /// be opened).
     sending: AtomicBool,
+    /// Set while Kafka refuses some of the engine's writes for good (too
+    /// large, unknown topic, not authorised): those jobs cannot finish until
+    /// an operator acts, so the instance must not look healthy.
+    writes_refused: AtomicBool,
 }
 
 impl Health {
@@ -38,13 +42,23 @@ impl Health {
         self.sending.store(sending, Ordering::Relaxed);
     }
 
-    /// Consuming and able to send.
+    /// Records whether Kafka refuses some of the engine's writes for good.
+    pub fn set_writes_refused(&self, refused: bool) {
+        self.writes_refused.store(refused, Ordering::Relaxed);
+    }
+
+    /// Consuming, able to send, and Kafka takes the engine's writes.
     pub fn is_ready(&self) -> bool {
         self.not_ready_reason().is_none()
     }
 
     /// Why the engine is not ready, in one line, or `None` when it is.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.writes_refused.load(Ordering::Relaxed) {
+            return Some(
+                "Kafka refuses some of the engine's writes (see the log and wabulk_produce_refusals_total)",
+            );
+        }
         let consuming = self.consuming.load(Ordering::Relaxed);
         let sending = self.sending.load(Ordering::Relaxed);
         match (consuming, sending) {

@@ -11,7 +11,9 @@ mod metrics;
 mod server;
 
 pub use health::Health;
-pub use metrics::{Metrics, DEFAULT_SERIES_CAP, OVERFLOW_LABEL, RESULT_STATUSES, THROTTLE_LIMITS};
+pub use metrics::{
+    Metrics, DEFAULT_SERIES_CAP, OVERFLOW_LABEL, PRODUCE_REFUSALS, RESULT_STATUSES, THROTTLE_LIMITS,
+};
 pub use server::serve;
 
 /// Re-exported so that callers can name the handle types (`IntCounter`, ...)

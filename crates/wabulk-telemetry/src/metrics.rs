@@ -33,6 +33,10 @@ pub const THROTTLE_LIMITS: [&str; 3] = ["phone", "pair", "waba"];
 /// zero for the same reason.
 pub const RESULT_STATUSES: [&str; 4] = ["sent", "failed", "expired", "rejected"];
 
+/// The `reason` values of `wabulk_produce_refusals_total`: the labels of
+/// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
+pub const PRODUCE_REFUSALS: [&str; 4] = ["too_large", "unknown_topic", "not_authorised", "invalid_record"];
+
 /// The label value that [`Metrics::phone_label`] and [`Metrics::waba_label`]
 /// answer once their budget of distinct values is spent.
 pub const OVERFLOW_LABEL: &str = "other";
@@ -153,6 +157,11 @@ pub struct Metrics {
     /// `wabulk_departures_held_total`: requests held at their number's
     /// departure gate because they reached it bunched with others.
     pub departures_held: IntCounter,
+    /// `wabulk_produce_refusals_total{topic, reason}`: writes of results or
+    /// dead letters that Kafka refused for good (`topic` is `results` or
+    /// `dlq`; `reason` one of `wabulk_kafka::Refusal::label()`), counted once
+    /// per write. A dead letter refused as too large is cut and written again.
+    pub produce_refusals: IntCounterVec,
     /// `wabulk_build_info{version}`: always 1; tells dashboards which build runs.
     pub build_info: IntGaugeVec,
 
@@ -341,6 +350,12 @@ impl Metrics {
                 "wabulk_departures_held_total",
                 "Requests held at their number's departure gate because they arrived there bunched.",
             ),
+            produce_refusals: counter_vec(
+                &r,
+                "wabulk_produce_refusals_total",
+                "Writes of results or dead letters that Kafka refused for good (too large, unknown topic, not authorised, invalid).",
+                &["topic", "reason"],
+            ),
             build_info: gauge_vec(
                 &r,
                 "wabulk_build_info",
@@ -359,6 +374,11 @@ impl Metrics {
         }
         for status in RESULT_STATUSES {
             m.results.with_label_values(&[status]);
+        }
+        for topic in ["results", "dlq"] {
+            for reason in PRODUCE_REFUSALS {
+                m.produce_refusals.with_label_values(&[topic, reason]);
+            }
         }
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         // The standard process_* metrics (CPU seconds, resident memory, open

@@ -37,6 +37,7 @@ const ADDED_METRICS: &[(&str, &str)] = &[
     ("wabulk_commit_lag_seconds", "histogram"),
     ("wabulk_scheduling_delay_seconds", "gauge"),
     ("wabulk_departures_held_total", "counter"),
+    ("wabulk_produce_refusals_total", "counter"),
     ("wabulk_build_info", "gauge"),
     ("process_cpu_seconds_total", "counter"),
     ("process_resident_memory_bytes", "gauge"),

@@ -36,6 +36,7 @@ use wabulk_sender::{AccessToken, DepartureGate, SchedulingDelay, Sender};
 use wabulk_telemetry::{Health, Metrics};
 
 use crate::setup::EngineSetup;
+use crate::writes::{Refusals, Topic};
 
 /// A job inside the engine, from its record to its result.
 #[derive(Debug)]
@@ -104,7 +105,14 @@ pub async fn run(
         metrics.phone_rate_limit.with_label_values(&[metrics.phone_label(&label)]).set(i64::from(p.mps));
     }
     let books = Arc::new(Books { ingest: Arc::clone(&ingest), open: Mutex::default() });
-    let writer = Writer { output, books: Arc::clone(&books), metrics: Arc::clone(&metrics) };
+    let refusals = Arc::new(Refusals::new(Arc::clone(&metrics), Arc::clone(&health), &setup.kafka.extra));
+    let writer = Writer {
+        output,
+        books: Arc::clone(&books),
+        metrics: Arc::clone(&metrics),
+        refusals,
+        jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
+    };
     let (stop_reading, reading) = watch::channel(false);
 
     let ingest_stage = IngestStage {
@@ -237,28 +245,53 @@ struct Writer {
     output: Arc<Output>,
     books: Arc<Books>,
     metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
+    jobs_topic: Arc<str>,
 }
 
 impl Writer {
     fn result(&self, writes: &mut JoinSet<()>, pending: Pending, result: JobResult) {
         let (partition, offset) = (pending.partition, pending.offset);
         self.books.open(partition);
-        let (output, books, metrics) =
-            (Arc::clone(&self.output), Arc::clone(&self.books), Arc::clone(&self.metrics));
+        let (output, books, metrics, refusals) = (
+            Arc::clone(&self.output),
+            Arc::clone(&self.books),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.refusals),
+        );
         writes.spawn(async move {
             let json = result.to_json();
-            acknowledged(|| output.result(&result.id, json.clone())).await;
+            let _ = refusals.write(Topic::Results, false, || output.result(&result.id, json.clone())).await;
             // Counted once Kafka has it, so the metric never runs ahead of the topic.
             metrics.results.with_label_values(&[status_label(result.status)]).inc();
             books.done(partition, offset);
         });
     }
 
-    fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, json: Vec<u8>) {
+    /// The record's dead letter: its original bytes, cut only if Kafka
+    /// could not take them whole.
+    fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, error: String) {
         self.books.open(record.partition);
-        let (output, books) = (Arc::clone(&self.output), Arc::clone(&self.books));
+        let (output, books, refusals, topic) = (
+            Arc::clone(&self.output),
+            Arc::clone(&self.books),
+            Arc::clone(&self.refusals),
+            Arc::clone(&self.jobs_topic),
+        );
         writes.spawn(async move {
-            acknowledged(|| output.dead_letter(record.key.as_deref(), json.clone())).await;
+            let key = record.key.as_deref();
+            let build = |cap| {
+                DlqRecord::with_payload_cap(
+                    &*error,
+                    &*topic,
+                    record.partition,
+                    record.offset,
+                    key,
+                    &record.payload,
+                    cap,
+                )
+            };
+            refusals.dead_letter(build, |json| output.dead_letter(key, json)).await;
             books.done(record.partition, record.offset);
         });
     }
@@ -332,15 +365,7 @@ impl IngestStage {
             Err(err) => {
                 self.metrics.dlq.with_label_values(&[err.reason()]).inc();
                 tracing::debug!(partition = record.partition, offset = record.offset, error = %err, "dead letter");
-                let dead = DlqRecord::new(
-                    err.to_string(),
-                    &self.setup.kafka.jobs_topic,
-                    record.partition,
-                    record.offset,
-                    record.key.as_deref(),
-                    &record.payload,
-                );
-                self.writer.dead_letter(writes, record, dead.to_json());
+                self.writer.dead_letter(writes, record, err.to_string());
                 return;
             }
         };
@@ -698,22 +723,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Retries a write until Kafka acknowledges it: a result is never dropped.
-/// librdkafka already retries inside `message.timeout.ms`; this covers what
-/// outlasts it (a long broker outage).
-async fn acknowledged<F, Fut>(write: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<(), wabulk_kafka::KafkaError>>,
-{
-    let mut backoff = Duration::from_millis(200);
-    while let Err(err) = write().await {
-        tracing::warn!(error = %err, "a result was not acknowledged by Kafka; writing it again");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -6,3 +6,4 @@ pub mod demo;
 pub mod engine;
 pub mod scenario;
 pub mod setup;
+mod writes;

@@ -197,3 +197,59 @@ async fn malformed_jobs_go_to_the_dlq_with_their_bytes() {
     assert_eq!(stats.requests, good.len() as u64, "only the good jobs reached the Graph API");
     assert_eq!(violations(&stats), 0);
 }
+
+/// A record whose dead letter cannot go whole into a Kafka message (2 MiB
+/// against the producer's 1,000,000-byte limit) is not retried for ever: its
+/// dead letter keeps the first bytes that fit, says so with the original's
+/// size and digest, and the jobs after it in its partition are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_kafka_is_cut_and_nothing_waits_for_it() {
+    use sha2::Digest as _;
+
+    init_logs();
+    let numbers = [Number::new(PHONE, 80)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(5))), 1).await;
+    let engine = InProcessEngine::start(EngineToml::new(&stack, "it-dlq-cut", &numbers).setup());
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let dead = Collector::start(&stack.brokers(), DLQ);
+
+    let big_writer = JobWriter::connect(
+        &stack.brokers(),
+        &[("message.max.bytes".to_owned(), "4000000".to_owned())].into_iter().collect(),
+    )
+    .expect("job writer for large records");
+    let huge =
+        serde_json::to_vec(&job("dlq-huge", PHONE, "+15550000001", &"x".repeat(2 << 20))).expect("json");
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    let mut good = vec![write_good(&writer, 0).await];
+    let position = big_writer.send(JOBS, Some(PHONE.as_bytes()), &huge).await.expect("write the huge record");
+    for n in 1..=5 {
+        good.push(write_good(&writer, n).await);
+    }
+
+    let all_in = results.wait_until(Duration::from_secs(30), |r| r.len() >= good.len()).await
+        && dead.wait_until(Duration::from_secs(30), |r| !r.is_empty()).await;
+    engine.stop().await;
+    let all = results.results();
+    let dead_letters = dead.records();
+    results.stop().await;
+    dead.stop().await;
+    stack.stop().await;
+    assert!(all_in, "{} results of {}, {} dead letters of 1", all.len(), good.len(), dead_letters.len());
+
+    assert_eq!(dead_letters.len(), 1, "one dead letter");
+    assert!(dead_letters[0].payload.len() <= 1_000_000, "the dead letter fits a default Kafka message");
+    let letter: DlqRecord = serde_json::from_slice(&dead_letters[0].payload).expect("a DLQ record");
+    assert_eq!((letter.partition, letter.offset), position, "it names where the original is");
+    assert!(letter.payload_truncated, "it says it was cut");
+    assert_eq!(letter.payload_bytes, Some(huge.len() as u64));
+    assert_eq!(letter.payload_sha256, Some(format!("{:x}", sha2::Sha256::digest(&huge))));
+    let kept = letter.original_payload().expect("a payload");
+    assert!(huge.starts_with(&kept), "the payload is the original's first bytes");
+    assert!(kept.len() > 900_000, "cut to fit, not needlessly short: {} bytes", kept.len());
+    assert!(letter.error.contains("65536"), "{}", letter.error);
+    for id in &good {
+        let result = all.iter().find(|r| &r.id == id).unwrap_or_else(|| panic!("no result for {id}"));
+        assert_eq!(result.status, Status::Sent, "{id}: {result:?}");
+    }
+}
