@@ -88,9 +88,13 @@ async fn tiers_hold_with_a_cpu_hog_on_both_cores() {
     // at their limit, where bunched requests would break it.
     assert!(hog_cpu >= wall / 4, "the hog got only {hog_cpu:?} of CPU in {wall:?}");
     assert!(hog_waited >= wall / 5, "the CPUs were not contended: the hog waited {hog_waited:?} in {wall:?}");
+    // Driven at its limit, a number's window is at most 1.11 s (1 s, the
+    // 1 % margin and the largest allowance, 100 ms), so its fullest second
+    // holds at least 90 % of its tier, less one send for the phase: 85 %
+    // leaves room for that and proves the limit was reached for.
     for number in report.numbers.iter().filter(|n| n.tier <= 80) {
         assert!(
-            number.max_in_any_1s_window * 10 >= u64::from(number.tier) * 9,
+            number.max_in_any_1s_window * 100 >= u64::from(number.tier) * 85,
             "number {} was not driven at its tier: {} in its busiest second",
             number.phone_number_id,
             number.max_in_any_1s_window
