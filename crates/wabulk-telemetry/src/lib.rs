@@ -13,6 +13,7 @@ mod server;
 pub use health::Health;
 pub use metrics::{
     Metrics, DEFAULT_SERIES_CAP, OVERFLOW_LABEL, PRODUCE_REFUSALS, RESULT_STATUSES, THROTTLE_LIMITS,
+    WEBHOOK_OUTCOMES, WEBHOOK_STATUSES,
 };
 pub use server::serve;
 

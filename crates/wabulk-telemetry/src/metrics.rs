@@ -37,6 +37,15 @@ pub const RESULT_STATUSES: [&str; 4] = ["sent", "failed", "expired", "rejected"]
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
 pub const PRODUCE_REFUSALS: [&str; 4] = ["too_large", "unknown_topic", "not_authorised", "invalid_record"];
 
+/// The `status` values of `wabulk_statuses_total` that Meta's webhooks
+/// report; any other is counted as [`OVERFLOW_LABEL`].
+pub const WEBHOOK_STATUSES: [&str; 7] =
+    ["sent", "delivered", "read", "failed", "deleted", "warning", "played"];
+
+/// The `outcome` values of `wabulk_webhook_requests_total`.
+pub const WEBHOOK_OUTCOMES: [&str; 6] =
+    ["ok", "bad_signature", "malformed", "kafka_error", "too_large", "timeout"];
+
 /// The label value that [`Metrics::phone_label`] and [`Metrics::waba_label`]
 /// answer once their budget of distinct values is spent.
 pub const OVERFLOW_LABEL: &str = "other";
@@ -162,6 +171,13 @@ pub struct Metrics {
     /// `dlq`; `reason` one of `wabulk_kafka::Refusal::label()`), counted once
     /// per write. A dead letter refused as too large is cut and written again.
     pub produce_refusals: IntCounterVec,
+    /// `wabulk_statuses_total{status}`: statuses Meta reported through the
+    /// webhook, once Kafka acknowledged their records ([`WEBHOOK_STATUSES`],
+    /// other values as `other`).
+    pub statuses: IntCounterVec,
+    /// `wabulk_webhook_requests_total{outcome}`: webhook notifications by how
+    /// they were answered ([`WEBHOOK_OUTCOMES`]).
+    pub webhook_requests: IntCounterVec,
     /// `wabulk_build_info{version}`: always 1; tells dashboards which build runs.
     pub build_info: IntGaugeVec,
 
@@ -176,6 +192,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A webhook status as a label: one of [`WEBHOOK_STATUSES`], else `other`.
+    pub fn status_label<'a>(&self, status: &'a str) -> &'a str {
+        if WEBHOOK_STATUSES.contains(&status) {
+            status
+        } else {
+            OVERFLOW_LABEL
+        }
+    }
+
     /// Creates every metric in a new registry, admitting up to
     /// [`DEFAULT_SERIES_CAP`] distinct numbers and WABAs as label values.
     pub fn new() -> Metrics {
@@ -356,6 +381,18 @@ impl Metrics {
                 "Writes of results or dead letters that Kafka refused for good (too large, unknown topic, not authorised, invalid).",
                 &["topic", "reason"],
             ),
+            statuses: counter_vec(
+                &r,
+                "wabulk_statuses_total",
+                "Message statuses Meta reported through the webhook, written to the statuses topic.",
+                &["status"],
+            ),
+            webhook_requests: counter_vec(
+                &r,
+                "wabulk_webhook_requests_total",
+                "Webhook notifications received, by how they were answered.",
+                &["outcome"],
+            ),
             build_info: gauge_vec(
                 &r,
                 "wabulk_build_info",
@@ -374,6 +411,12 @@ impl Metrics {
         }
         for status in RESULT_STATUSES {
             m.results.with_label_values(&[status]);
+        }
+        for status in WEBHOOK_STATUSES.iter().chain([&OVERFLOW_LABEL]) {
+            m.statuses.with_label_values(&[status]);
+        }
+        for outcome in WEBHOOK_OUTCOMES {
+            m.webhook_requests.with_label_values(&[outcome]);
         }
         for topic in ["results", "dlq"] {
             for reason in PRODUCE_REFUSALS {

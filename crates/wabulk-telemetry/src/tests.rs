@@ -38,6 +38,8 @@ const ADDED_METRICS: &[(&str, &str)] = &[
     ("wabulk_scheduling_delay_seconds", "gauge"),
     ("wabulk_departures_held_total", "counter"),
     ("wabulk_produce_refusals_total", "counter"),
+    ("wabulk_statuses_total", "counter"),
+    ("wabulk_webhook_requests_total", "counter"),
     ("wabulk_build_info", "gauge"),
     ("process_cpu_seconds_total", "counter"),
     ("process_resident_memory_bytes", "gauge"),

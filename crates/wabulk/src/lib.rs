@@ -6,4 +6,5 @@ pub mod demo;
 pub mod engine;
 pub mod scenario;
 pub mod setup;
+pub mod webhooks;
 mod writes;

@@ -64,6 +64,13 @@ enum Command {
     /// Write jobs to Kafka at a target rate (`--spec`), or run a whole
     /// capacity scenario (`loadgen run SCENARIO.toml`).
     Loadgen(LoadgenArgs),
+    /// Meta's status webhooks alone (it also runs inside `run` when the
+    /// configuration has `[webhooks]`): statuses to the statuses topic,
+    /// replies to the inbound topic. Stateless; scale it apart.
+    Webhooks {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a configuration and print the effective one, secrets masked.
     CheckConfig {
         #[arg(long, short)]
@@ -186,9 +193,53 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let _ = http_stopped.await;
                 },
             ));
+            let env = |var: &str| std::env::var(var).ok();
+            let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
+            let webhooks = match loaded.webhooks {
+                Some(_) => Some(
+                    wabulk::webhooks::start(&loaded, &env, Arc::clone(&metrics), async move {
+                        let _ = webhooks_stopped.await;
+                    })
+                    .await?,
+                ),
+                None => None,
+            };
             wabulk::engine::run(setup, metrics, health, stop_signal()).await?;
+            let _ = stop_webhooks.send(());
+            if let Some(webhooks) = webhooks {
+                let _ = webhooks.await;
+            }
             let _ = stop_http.send(());
             let _ = http.await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhooks { config } => {
+            let loaded = load_config(&config)?;
+            let env = |var: &str| std::env::var(var).ok();
+            let metrics = Arc::new(Metrics::new());
+            let health = Arc::new(Health::new());
+            let listen: SocketAddr = loaded.http.listen.parse().context("http.listen")?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("http.listen: cannot bind {listen}"))?;
+            let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+            let http = tokio::spawn(wabulk_telemetry::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+                async move {
+                    let _ = http_stopped.await;
+                },
+            ));
+            let receiver = wabulk::webhooks::start(&loaded, &env, metrics, stop_signal()).await?;
+            // Nothing to consume and nothing to send: ready while it receives.
+            health.set_consuming(true);
+            health.set_sending(true);
+            let served = receiver.await.context("webhook receiver task")?;
+            health.set_consuming(false);
+            let _ = stop_http.send(());
+            let _ = http.await;
+            served.context("webhook receiver")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(options) => {

@@ -21,6 +21,10 @@ pub struct Config {
     pub phones: Vec<PhoneConfig>,
     pub wabas: Vec<WabaConfig>,
     pub http: HttpConfig,
+    /// The status webhook receiver; runs inside `wabulk run` when present,
+    /// or alone as `wabulk webhooks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +108,39 @@ pub struct WabaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Its own listener, apart from `http.listen`.
+    pub listen: String,
+    pub path: String,
+    /// Variable holding Meta's app secret (signatures are checked with it).
+    pub app_secret_env: String,
+    /// Variable holding the verify token given to Meta's dashboard.
+    pub verify_token_env: String,
+    pub statuses_topic: String,
+    pub inbound_topic: String,
+    /// Larger notification bodies are answered 413.
+    pub max_body_bytes: usize,
+    /// A body must arrive whole within this, else 408.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9465".into(),
+            path: "/webhooks/whatsapp".into(),
+            app_secret_env: "WABULK_APP_SECRET".into(),
+            verify_token_env: "WABULK_WEBHOOK_VERIFY_TOKEN".into(),
+            statuses_topic: "wabulk.statuses".into(),
+            inbound_topic: "wabulk.inbound".into(),
+            max_body_bytes: 1 << 20,
+            body_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -255,6 +292,28 @@ impl Config {
             }
         }
         self.http.listen.parse::<SocketAddr>().map_err(|e| invalid("http.listen", e.to_string()))?;
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.listen.parse::<SocketAddr>().map_err(|e| invalid("webhooks.listen", e.to_string()))?;
+            if !webhooks.path.starts_with('/') {
+                return Err(invalid("webhooks.path", "must start with /"));
+            }
+            for (key, value) in [
+                ("webhooks.app_secret_env", &webhooks.app_secret_env),
+                ("webhooks.verify_token_env", &webhooks.verify_token_env),
+                ("webhooks.statuses_topic", &webhooks.statuses_topic),
+                ("webhooks.inbound_topic", &webhooks.inbound_topic),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(invalid(key, "must not be empty"));
+                }
+            }
+            if webhooks.max_body_bytes == 0 || webhooks.body_timeout_ms == 0 {
+                return Err(invalid(
+                    "webhooks.max_body_bytes / webhooks.body_timeout_ms",
+                    "must be at least 1",
+                ));
+            }
+        }
         let mut phones = BTreeMap::new();
         for (i, phone) in self.phones.iter().enumerate() {
             wabulk_model::NumericId::parse(&phone.id)
@@ -348,9 +407,12 @@ impl Config {
         let mut text = toml::to_string_pretty(&shown).expect("a config always serialises");
         let mut vars: Vec<&str> = vec![self.graph.token_env.as_str()];
         vars.extend(self.wabas.iter().filter_map(|w| w.token_env.as_deref()));
+        if let Some(webhooks) = &self.webhooks {
+            vars.extend([webhooks.app_secret_env.as_str(), webhooks.verify_token_env.as_str()]);
+        }
         vars.sort_unstable();
         vars.dedup();
-        text.push_str("\n# access tokens (values never printed)\n");
+        text.push_str("\n# access tokens and webhook secrets (values never printed)\n");
         for var in vars {
             let state = if env(var).is_some_and(|v| !v.is_empty()) { "set" } else { "NOT SET" };
             text.push_str(&format!("# {var} = \"***\"  ({state})\n"));
@@ -381,10 +443,12 @@ fn apply_env_overrides(
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
         let Some((section, key)) = rest.split_once("__") else { continue };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        if !matches!(section.as_str(), "kafka" | "graph" | "limits" | "http") {
+        if !matches!(section.as_str(), "kafka" | "graph" | "limits" | "http" | "webhooks") {
             return Err(ConfigError::Env {
                 var,
-                message: format!("no section [{section}] takes overrides (kafka, graph, limits, http do)"),
+                message: format!(
+                    "no section [{section}] takes overrides (kafka, graph, limits, http, webhooks do)"
+                ),
             });
         }
         let value = format!("v = {raw}")

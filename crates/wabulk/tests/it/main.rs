@@ -13,3 +13,4 @@ mod order;
 mod pacing;
 mod scale;
 mod secrets;
+mod webhooks;

@@ -1,0 +1,47 @@
+//! The webhook receiver as `wabulk run` and `wabulk webhooks` start it: the
+//! `[webhooks]` section and its secrets resolved, a producer, a listener.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use wabulk_kafka::JobWriter;
+use wabulk_telemetry::Metrics;
+use wabulk_webhooks::{AppSecret, Receiver, ReceiverConfig, VerifyToken};
+
+use crate::config::Config;
+
+/// Binds `[webhooks] listen` and serves the receiver until `shutdown`.
+/// Fails when the section is absent or a secret's variable is not set.
+pub async fn start(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let webhooks = config.webhooks.as_ref().context("the configuration has no [webhooks] section")?;
+    let secret = |var: &str, key: &str| {
+        env(var).filter(|v| !v.is_empty()).with_context(|| format!("{key}: the variable {var} is not set"))
+    };
+    let receiver_config = ReceiverConfig {
+        path: webhooks.path.clone(),
+        app_secret: AppSecret::new(secret(&webhooks.app_secret_env, "webhooks.app_secret_env")?),
+        verify_token: VerifyToken::new(secret(&webhooks.verify_token_env, "webhooks.verify_token_env")?),
+        statuses_topic: webhooks.statuses_topic.clone(),
+        inbound_topic: webhooks.inbound_topic.clone(),
+        dlq_topic: config.kafka.dlq_topic.clone(),
+        max_body_bytes: webhooks.max_body_bytes,
+        body_timeout: Duration::from_millis(webhooks.body_timeout_ms),
+    };
+    let producer = JobWriter::connect(&config.kafka.brokers, &config.kafka.properties)
+        .context("cannot start the webhook receiver's Kafka producer")?;
+    let listener = tokio::net::TcpListener::bind(&webhooks.listen)
+        .await
+        .with_context(|| format!("webhooks.listen: cannot bind {}", webhooks.listen))?;
+    let address = listener.local_addr().context("webhooks.listen")?;
+    tracing::info!(%address, path = %webhooks.path, "receiving Meta's webhooks");
+    let receiver = Arc::new(Receiver::new(receiver_config, producer, metrics));
+    Ok(tokio::spawn(wabulk_webhooks::serve(listener, receiver, shutdown)))
+}

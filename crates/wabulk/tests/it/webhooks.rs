@@ -1,0 +1,142 @@
+//! `wabulk run` with `[webhooks]`: the engine sends a job, and the status
+//! Meta reports for it, signed with the app secret, lands on the statuses
+//! topic keyed by the job's id; a forged one is refused. The secrets never
+//! show in `check-config`.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wabulk_graph_sim::Latency;
+use wabulk_kafka::JobWriter;
+use wabulk_webhooks::AppSecret;
+
+use crate::harness::{
+    init_logs, sim_config, Collector, EngineToml, Number, Stack, TempDir, JOBS, RESULTS, TOKEN, TOKEN_ENV,
+};
+
+const PHONE: &str = "106540352242922";
+const STATUSES: &str = "wabulk.statuses";
+const APP_SECRET: &str = "it-app-secret-5f1e";
+const VERIFY_TOKEN: &str = "it-verify-token-9a2c";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status code, or `None`
+/// while nothing listens yet.
+fn request(addr: SocketAddr, head: &str, body: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head =
+        format!("{head}\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_job_s_status_reaches_the_statuses_topic_with_its_job_id() {
+    init_logs();
+    let numbers = [Number::new(PHONE, 80)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(5))), 1).await;
+    stack.kafka.create_topic(STATUSES, 2).expect("statuses topic");
+    stack.kafka.create_topic("wabulk.inbound", 1).expect("inbound topic");
+    let dir = TempDir::new("webhooks");
+    let port = free_port();
+    let mut text = EngineToml::new(&stack, "it-webhooks", &numbers).render();
+    text.push_str(&format!("\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let config = dir.path().join("wabulk.toml");
+    std::fs::write(&config, text).expect("write the configuration");
+    let env = [
+        (TOKEN_ENV, TOKEN),
+        ("WABULK_APP_SECRET", APP_SECRET),
+        ("WABULK_WEBHOOK_VERIFY_TOKEN", VERIFY_TOKEN),
+    ];
+
+    let check = Command::new(env!("CARGO_BIN_EXE_wabulk"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .envs(env)
+        .output()
+        .expect("check-config");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{shown}");
+    assert!(shown.contains("[webhooks]") && shown.contains("WABULK_APP_SECRET"), "{shown}");
+    assert!(!shown.contains(APP_SECRET) && !shown.contains(VERIFY_TOKEN), "a secret shown:\n{shown}");
+
+    let mut engine = Command::new(env!("CARGO_BIN_EXE_wabulk"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wabulk run");
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let statuses = Collector::start(&stack.brokers(), STATUSES);
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    let job = json!({ "id": "hook-1", "phone_number_id": PHONE, "to": "+15551230001",
+        "message": { "type": "text", "text": { "body": "hi" } } });
+    writer
+        .send(JOBS, Some(PHONE.as_bytes()), &serde_json::to_vec(&job).unwrap())
+        .await
+        .expect("write the job");
+    assert!(results.wait_until(Duration::from_secs(60), |r| !r.is_empty()).await, "the job was not sent");
+    let wamid = results.results()[0].wamid.clone().expect("a sent result has its wamid");
+
+    // What Meta would post for it: `biz_opaque_callback_data` is the job id the engine set.
+    let body = serde_json::to_vec(&json!({ "object": "whatsapp_business_account", "entry": [{
+        "id": crate::harness::WABA, "changes": [{ "field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": { "phone_number_id": PHONE },
+            "statuses": [{ "id": wamid, "status": "delivered", "timestamp": "1700000000",
+                           "recipient_id": "15551230001", "biz_opaque_callback_data": "hook-1" }] } }] }] }))
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let signed = format!(
+        "POST /webhooks/whatsapp HTTP/1.1\r\nX-Hub-Signature-256: {}",
+        AppSecret::new(APP_SECRET).sign(&body)
+    );
+    let forged = format!(
+        "POST /webhooks/whatsapp HTTP/1.1\r\nX-Hub-Signature-256: {}",
+        AppSecret::new("guess").sign(&body)
+    );
+    let started = Instant::now();
+    let forged_status = loop {
+        match request(addr, &forged, &body) {
+            Some(status) => break status,
+            None if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            None => panic!("the receiver did not listen on {addr}"),
+        }
+    };
+    assert_eq!(forged_status, 401, "a forged notification is refused");
+    assert_eq!(request(addr, &signed, &body), Some(200));
+    let challenge = format!(
+        "GET /webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=42 HTTP/1.1"
+    );
+    assert_eq!(request(addr, &challenge, b""), Some(200));
+
+    assert!(statuses.wait_until(Duration::from_secs(10), |r| !r.is_empty()).await, "no status record");
+    // Time for a wrongly published forged one to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = statuses.records();
+    assert_eq!(records.len(), 1, "only the signed notification's status");
+    assert_eq!(records[0].key.as_deref(), Some(&b"hook-1"[..]), "keyed by the job id");
+    let status: Value = serde_json::from_slice(&records[0].payload).unwrap();
+    assert_eq!((status["job_id"].as_str(), status["status"].as_str()), (Some("hook-1"), Some("delivered")));
+    assert_eq!(status["wamid"].as_str(), Some(wamid.as_str()));
+
+    let _ = Command::new("kill").args(["-TERM", &engine.id().to_string()]).status();
+    let exit = engine.wait().expect("wait for the engine");
+    assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
+    results.stop().await;
+    statuses.stop().await;
+    stack.stop().await;
+}
