@@ -88,13 +88,14 @@ async fn tiers_hold_with_a_cpu_hog_on_both_cores() {
     // at their limit, where bunched requests would break it.
     assert!(hog_cpu >= wall / 4, "the hog got only {hog_cpu:?} of CPU in {wall:?}");
     assert!(hog_waited >= wall / 5, "the CPUs were not contended: the hog waited {hog_waited:?} in {wall:?}");
-    // Driven at its limit, a number's window is at most 1.11 s (1 s, the
-    // 1 % margin and the largest allowance, 100 ms), so its fullest second
-    // holds at least 90 % of its tier, less one send for the phase: 85 %
-    // leaves room for that and proves the limit was reached for.
+    // Driven at its limit, a number's window is at most 1.26 s (1 s, the
+    // 1 % margin and the largest allowance, 250 ms), so its fullest second
+    // holds at least 79 % of its tier, less one send for the phase: 70 %
+    // leaves room for that and proves the limit was reached for (with the
+    // hog alone the allowance is tens of milliseconds and it holds 95 %).
     for number in report.numbers.iter().filter(|n| n.tier <= 80) {
         assert!(
-            number.max_in_any_1s_window * 100 >= u64::from(number.tier) * 85,
+            number.max_in_any_1s_window * 100 >= u64::from(number.tier) * 70,
             "number {} was not driven at its tier: {} in its busiest second",
             number.phone_number_id,
             number.max_in_any_1s_window
