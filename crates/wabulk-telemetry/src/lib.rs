@@ -11,7 +11,10 @@ mod metrics;
 mod server;
 
 pub use health::Health;
-pub use metrics::{Metrics, DEFAULT_SERIES_CAP, OVERFLOW_LABEL, RESULT_STATUSES, THROTTLE_LIMITS};
+pub use metrics::{
+    Metrics, ACTED_ON_API_ERROR_CODES, DEFAULT_SERIES_CAP, DLQ_REASONS, EXPIRED_REASON, FAIL_REASONS, OVERFLOW_LABEL,
+    REJECT_REASONS, RESULT_STATUSES, RETRY_REASONS, THROTTLE_LIMITS,
+};
 pub use server::serve;
 
 /// Re-exported so that callers can name the handle types (`IntCounter`, ...)
