@@ -75,7 +75,8 @@ pub const REJECT_REASONS: [RejectReason; 3] =
 /// number being upgraded (131057), an invalid token (190). Their
 /// `wabulk_api_errors_total` series exist at 0 so that an alert on the first
 /// one works; other codes appear when they first occur.
-pub const ACTED_ON_API_ERROR_CODES: [&str; 8] = ["130429", "131056", "80007", "4", "17", "131048", "131057", "190"];
+pub const ACTED_ON_API_ERROR_CODES: [&str; 8] =
+    ["130429", "131056", "80007", "4", "17", "131048", "131057", "190"];
 
 /// The label value that [`Metrics::phone_label`] and [`Metrics::waba_label`]
 /// answer once their budget of distinct values is spent.

@@ -193,9 +193,10 @@ fn closed_label_lists_cover_the_model() {
     }
     fn listed_dlq(error: &JobError) -> bool {
         match error {
-            JobError::TooLarge { .. } | JobError::NotUtf8 { .. } | JobError::Json(_) | JobError::Field { .. } => {
-                DLQ_REASONS.contains(&error.reason())
-            }
+            JobError::TooLarge { .. }
+            | JobError::NotUtf8 { .. }
+            | JobError::Json(_)
+            | JobError::Field { .. } => DLQ_REASONS.contains(&error.reason()),
         }
     }
     assert!(FAIL_REASONS.into_iter().all(listed_fail));
