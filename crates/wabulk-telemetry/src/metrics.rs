@@ -24,6 +24,7 @@ use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use wabulk_model::{FailReason, RejectReason, RetryReason};
 
 /// The `limit` values of `wabulk_throttled_total` (CONTRACT §9): a fixed set,
 /// so the series exist at zero from the start and `rate()` works at once.
@@ -45,6 +46,50 @@ pub const WEBHOOK_STATUSES: [&str; 7] =
 /// The `outcome` values of `wabulk_webhook_requests_total`.
 pub const WEBHOOK_OUTCOMES: [&str; 6] =
     ["ok", "bad_signature", "malformed", "kafka_error", "too_large", "timeout"];
+
+/// The `reason` values of `wabulk_messages_failed_total`: every
+/// `FailReason::label()`, and [`EXPIRED_REASON`].
+pub const FAIL_REASONS: [FailReason; 5] = [
+    FailReason::BadRequest,
+    FailReason::Undeliverable,
+    FailReason::AccountBlocked,
+    FailReason::RetriesExhausted,
+    FailReason::Unclassified,
+];
+
+/// The `reason` of `wabulk_messages_failed_total` for jobs past their `expires_at`.
+pub const EXPIRED_REASON: &str = "expired";
+
+/// The `reason` values of `wabulk_retries_total`: every `RetryReason::label()`.
+pub const RETRY_REASONS: [RetryReason; 11] = [
+    RetryReason::PairLimit,
+    RetryReason::NumberLimit,
+    RetryReason::WabaLimit,
+    RetryReason::AppLimit,
+    RetryReason::SpamLimit,
+    RetryReason::NumberUpgrading,
+    RetryReason::Transient,
+    RetryReason::ServerError,
+    RetryReason::Media,
+    RetryReason::Timeout,
+    RetryReason::Connection,
+];
+
+/// The `reason` values of `wabulk_dlq_total` (`JobError::reason()`).
+pub const DLQ_REASONS: [&str; 4] = ["too_large", "not_utf8", "malformed", "invalid_field"];
+
+/// The `code` values of `wabulk_rejected_total`: every `RejectReason::code()`.
+pub const REJECT_REASONS: [RejectReason; 3] =
+    [RejectReason::UnknownPhoneNumber, RejectReason::UnknownWaba, RejectReason::WabaMismatch];
+
+/// The Graph API error codes the engine acts on other than by failing the
+/// job (wabulk-sender's classification): number throughput (130429), pair
+/// rate (131056), WABA and app limits (80007, 4, 17), spam limit (131048), a
+/// number being upgraded (131057), an invalid token (190). Their
+/// `wabulk_api_errors_total` series exist at 0 so that an alert on the first
+/// one works; other codes appear when they first occur.
+pub const ACTED_ON_API_ERROR_CODES: [&str; 8] =
+    ["130429", "131056", "80007", "4", "17", "131048", "131057", "190"];
 
 /// The label value that [`Metrics::phone_label`] and [`Metrics::waba_label`]
 /// answer once their budget of distinct values is spent.
@@ -89,7 +134,7 @@ pub struct Metrics {
     /// without being sent; `reason` is a `FailReason` label or `expired`.
     pub messages_failed: IntCounterVec,
     /// `wabulk_api_errors_total{code}`: error answers by Graph API error code
-    /// (or engine code such as `timeout` when the API never answered).
+    /// (a request never answered is a `timeout` or `connection` retry instead).
     pub api_errors: IntCounterVec,
     /// `wabulk_throttled_total{limit}`: sends the engine's own limiters held
     /// back; `limit` is one of [`THROTTLE_LIMITS`].
@@ -233,7 +278,7 @@ impl Metrics {
             api_errors: counter_vec(
                 &r,
                 "wabulk_api_errors_total",
-                "Error answers from the Graph API by error code (or engine code when it never answered).",
+                "Error answers from the Graph API, by error code.",
                 &["code"],
             ),
             throttled: counter_vec(
@@ -464,6 +509,44 @@ impl Metrics {
     /// `waba_id` as a label value, guarded like [`Metrics::phone_label`].
     pub fn waba_label<'a>(&self, waba_id: &'a str) -> &'a str {
         self.waba_labels.admit(waba_id)
+    }
+
+    /// Creates at 0 every counter series the engine can increment for the
+    /// configured `phones` and `wabas` (admitting them as labels, within the
+    /// series cap) and for the closed reason and code sets (CONTRACT §9): a
+    /// series that appears only on its first event makes `rate()` miss that
+    /// event, dashboards show "No data" and alerts cannot see the first
+    /// failure. Gauges whose 0 would mean something (tiers, caps, effective
+    /// rates) are left to the engine, which sets their real values.
+    pub fn create_zero_series<'a>(
+        &self,
+        phones: impl IntoIterator<Item = &'a str>,
+        wabas: impl IntoIterator<Item = &'a str>,
+    ) {
+        for phone in phones {
+            let phone = self.phone_label(phone);
+            self.messages_sent.with_label_values(&[phone]);
+            for reason in FAIL_REASONS.map(FailReason::label).into_iter().chain([EXPIRED_REASON]) {
+                self.messages_failed.with_label_values(&[phone, reason]);
+            }
+        }
+        for waba in wabas {
+            let waba = self.waba_label(waba);
+            self.waba_halted.with_label_values(&[waba]);
+            self.waba_hourly_calls.with_label_values(&[waba]);
+        }
+        for reason in RETRY_REASONS {
+            self.retries.with_label_values(&[reason.label()]);
+        }
+        for reason in DLQ_REASONS {
+            self.dlq.with_label_values(&[reason]);
+        }
+        for reason in REJECT_REASONS {
+            self.rejected.with_label_values(&[reason.code()]);
+        }
+        for code in ACTED_ON_API_ERROR_CODES {
+            self.api_errors.with_label_values(&[code]);
+        }
     }
 }
 

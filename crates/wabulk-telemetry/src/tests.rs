@@ -1,6 +1,11 @@
 //! Unit tests: the metric set matches CONTRACT §9, label guards and readiness.
 
-use crate::{Health, Metrics, OVERFLOW_LABEL, RESULT_STATUSES, THROTTLE_LIMITS};
+use wabulk_model::{FailReason, JobError, RejectReason, RetryReason};
+
+use crate::{
+    Health, Metrics, ACTED_ON_API_ERROR_CODES, DLQ_REASONS, EXPIRED_REASON, FAIL_REASONS, OVERFLOW_LABEL,
+    REJECT_REASONS, RESULT_STATUSES, RETRY_REASONS, THROTTLE_LIMITS,
+};
 
 /// CONTRACT §9, name and type, as the exposition's `# TYPE` lines must say.
 const CONTRACT_METRICS: &[(&str, &str)] = &[
@@ -100,6 +105,115 @@ fn fixed_label_sets_exist_at_zero() {
         assert!(text.contains(&format!("wabulk_results_total{{status=\"{status}\"}} 0\n")));
     }
     assert!(text.contains(&format!("wabulk_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn known_label_values_exist_at_zero_after_create_zero_series() {
+    let m = Metrics::new();
+    let phones = ["106540352242922", "106540352242923"];
+    let wabas = ["102290129340398"];
+    let before = m.render();
+    assert!(!before.contains("wabulk_messages_failed_total{"), "no failure series before the call");
+    m.create_zero_series(phones, wabas);
+    let text = m.render();
+    let mut expected = Vec::new();
+    for phone in phones {
+        expected.push(format!("wabulk_messages_sent_total{{phone_number_id=\"{phone}\"}} 0"));
+        for reason in FAIL_REASONS.map(FailReason::label).into_iter().chain([EXPIRED_REASON]) {
+            expected.push(format!(
+                "wabulk_messages_failed_total{{phone_number_id=\"{phone}\",reason=\"{reason}\"}} 0"
+            ));
+        }
+    }
+    for waba in wabas {
+        expected.push(format!("wabulk_waba_halted{{waba_id=\"{waba}\"}} 0"));
+        expected.push(format!("wabulk_waba_hourly_calls{{waba_id=\"{waba}\"}} 0"));
+    }
+    for reason in RETRY_REASONS {
+        expected.push(format!("wabulk_retries_total{{reason=\"{}\"}} 0", reason.label()));
+    }
+    for reason in DLQ_REASONS {
+        expected.push(format!("wabulk_dlq_total{{reason=\"{reason}\"}} 0"));
+    }
+    for reason in REJECT_REASONS {
+        expected.push(format!("wabulk_rejected_total{{code=\"{}\"}} 0", reason.code()));
+    }
+    for code in ACTED_ON_API_ERROR_CODES {
+        expected.push(format!("wabulk_api_errors_total{{code=\"{code}\"}} 0"));
+    }
+    let lines: std::collections::HashSet<&str> = text.lines().collect();
+    let missing: Vec<&String> = expected.iter().filter(|e| !lines.contains(e.as_str())).collect();
+    assert!(missing.is_empty(), "series not at 0 after create_zero_series: {missing:?}\n{text}");
+    // 2 phones × (1 + 6) + 1 WABA × 2 + 11 + 4 + 3 + 8.
+    assert_eq!(expected.len(), 14 + 2 + 11 + 4 + 3 + 8);
+}
+
+#[test]
+fn zero_series_respect_the_label_budget() {
+    let m = Metrics::with_series_cap(1);
+    m.create_zero_series(["111", "222"], ["333", "444"]);
+    let text = m.render();
+    assert!(text.contains("wabulk_messages_sent_total{phone_number_id=\"111\"} 0\n"), "{text}");
+    assert!(text.contains(&format!("wabulk_messages_sent_total{{phone_number_id=\"{OVERFLOW_LABEL}\"}} 0\n")));
+    assert!(!text.contains("\"222\""), "a number over the cap got its own series:\n{text}");
+    assert!(!text.contains("\"444\""), "a WABA over the cap got its own series:\n{text}");
+}
+
+/// The closed lists name every variant and every label the model gives: a
+/// variant added to the model fails to compile here until it is listed.
+#[test]
+fn closed_label_lists_cover_the_model() {
+    fn listed_fail(reason: FailReason) -> bool {
+        match reason {
+            FailReason::BadRequest
+            | FailReason::Undeliverable
+            | FailReason::AccountBlocked
+            | FailReason::RetriesExhausted
+            | FailReason::Unclassified => FAIL_REASONS.contains(&reason),
+        }
+    }
+    fn listed_retry(reason: RetryReason) -> bool {
+        match reason {
+            RetryReason::PairLimit
+            | RetryReason::NumberLimit
+            | RetryReason::WabaLimit
+            | RetryReason::AppLimit
+            | RetryReason::SpamLimit
+            | RetryReason::NumberUpgrading
+            | RetryReason::Transient
+            | RetryReason::ServerError
+            | RetryReason::Media
+            | RetryReason::Timeout
+            | RetryReason::Connection => RETRY_REASONS.contains(&reason),
+        }
+    }
+    fn listed_reject(reason: RejectReason) -> bool {
+        match reason {
+            RejectReason::UnknownPhoneNumber | RejectReason::UnknownWaba | RejectReason::WabaMismatch => {
+                REJECT_REASONS.contains(&reason)
+            }
+        }
+    }
+    fn listed_dlq(error: &JobError) -> bool {
+        match error {
+            JobError::TooLarge { .. }
+            | JobError::NotUtf8 { .. }
+            | JobError::Json(_)
+            | JobError::Field { .. } => DLQ_REASONS.contains(&error.reason()),
+        }
+    }
+    assert!(FAIL_REASONS.into_iter().all(listed_fail));
+    assert!(RETRY_REASONS.into_iter().all(listed_retry));
+    assert!(REJECT_REASONS.into_iter().all(listed_reject));
+    let errors = [
+        JobError::TooLarge { size: 2, limit: 1 },
+        JobError::NotUtf8 { offset: 0 },
+        JobError::Json(String::new()),
+        JobError::Field { field: "to", reason: String::new() },
+    ];
+    assert!(errors.iter().all(listed_dlq));
+    let reasons: std::collections::HashSet<&str> = errors.iter().map(JobError::reason).collect();
+    assert_eq!(reasons.len(), DLQ_REASONS.len(), "a DLQ reason listed that no JobError gives");
 }
 
 #[test]

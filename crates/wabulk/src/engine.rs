@@ -33,7 +33,7 @@ use wabulk_scheduler::{
     Command, Dispatch, Envelope, Output as FromScheduler, Ready, Scheduler, TokioClock, WabaRegistry,
 };
 use wabulk_sender::{AccessToken, DepartureGate, SchedulingDelay, Sender};
-use wabulk_telemetry::{Health, Metrics};
+use wabulk_telemetry::{Health, Metrics, EXPIRED_REASON};
 
 use crate::setup::EngineSetup;
 use crate::writes::{Refusals, Topic};
@@ -104,6 +104,11 @@ pub async fn run(
         let label = phone.to_string();
         metrics.phone_rate_limit.with_label_values(&[metrics.phone_label(&label)]).set(i64::from(p.mps));
     }
+    // Every counter series of the configured numbers and WABAs and of the
+    // closed reason sets at 0, so that rates and alerts see the first event.
+    let phones: Vec<String> = setup.phones.keys().map(ToString::to_string).collect();
+    let wabas: Vec<String> = setup.wabas.keys().map(ToString::to_string).collect();
+    metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
     let books = Arc::new(Books { ingest: Arc::clone(&ingest), open: Mutex::default() });
     let refusals = Arc::new(Refusals::new(Arc::clone(&metrics), Arc::clone(&health), &setup.kafka.extra));
     let writer = Writer {
@@ -523,6 +528,9 @@ impl SendStage {
                 }
                 FromScheduler::Ready(Ready::Expired { ticket, mut job, attempts }) => {
                     let _ = self.scheduler.send(Command::Finish(ticket));
+                    let label = job.job.phone_number_id.to_string();
+                    let label = self.metrics.phone_label(&label);
+                    self.metrics.messages_failed.with_label_values(&[label, EXPIRED_REASON]).inc();
                     let result = result_of(&self.setup, &mut job, Status::Expired, None, None, attempts);
                     self.writer.result(writes, job, result);
                 }

@@ -243,7 +243,7 @@ async fn token_error_halts_the_waba_and_keeps_its_jobs() {
     });
     toml.http_listen = format!("127.0.0.1:{port}");
     // A short session, so that the restarted engine gets the partitions
-    // back in seconds (see harness::Program::ShortSession).
+    // back in seconds (see harness::SHORT_SESSION_TIMEOUT_MS).
     toml.kafka_properties.extend([
         ("session.timeout.ms".to_owned(), "6000".to_owned()),
         ("heartbeat.interval.ms".to_owned(), "500".to_owned()),

@@ -222,6 +222,15 @@ impl EngineToml {
         text
     }
 
+    /// Sets [`SHORT_SESSION_TIMEOUT_MS`] in `[kafka.properties]`, as an
+    /// operator would.
+    pub(crate) fn short_session(&mut self) {
+        self.kafka_properties.extend([
+            ("session.timeout.ms".to_owned(), SHORT_SESSION_TIMEOUT_MS.to_string()),
+            ("heartbeat.interval.ms".to_owned(), SHORT_HEARTBEAT_MS.to_string()),
+        ]);
+    }
+
     pub(crate) fn write(&self, dir: &Path) -> PathBuf {
         let path = dir.join("wabulk.toml");
         std::fs::write(&path, self.render()).expect("write the configuration");
@@ -246,21 +255,15 @@ impl EngineToml {
 pub(crate) enum Program {
     /// `wabulk run --config FILE`: the real binary.
     Wabulk,
-    /// This test binary running [`engine_child`]: the same configuration
-    /// file and `wabulk::engine::run`, plus a 6 s consumer session timeout.
-    /// The configuration has no key for librdkafka properties, and with
-    /// librdkafka's default (45 s) a group whose member was SIGKILLed stays
-    /// stuck that long (the mock cluster: 45 to 90 s) before a restarted
-    /// engine gets the partitions back.
-    ShortSession,
 }
 
-/// Set for the child that [`Program::ShortSession`] starts: the configuration file.
-pub(crate) const CHILD_CONFIG_ENV: &str = "WABULK_IT_CHILD_CONFIG";
-
-/// The engine's consumer session timeout in [`Program::ShortSession`]
-/// children (librdkafka's lowest useful value; heartbeats every 500 ms).
-pub(crate) const CHILD_SESSION_TIMEOUT_MS: u64 = 6_000;
+/// A consumer session timeout for child engines that are SIGKILLed or cut
+/// off from the broker: librdkafka's lowest useful value (heartbeats every
+/// [`SHORT_HEARTBEAT_MS`]). With its default (45 s) a group whose member was
+/// SIGKILLed stays stuck that long (the mock cluster: 45 to 90 s) before a
+/// restarted engine gets the partitions back.
+pub(crate) const SHORT_SESSION_TIMEOUT_MS: u64 = 6_000;
+pub(crate) const SHORT_HEARTBEAT_MS: u64 = 500;
 
 /// The engine as a child process, its log in a file. Dropping it kills the
 /// process, so a failing test leaves nothing behind.
@@ -293,26 +296,14 @@ impl EngineProcess {
         let log_file = std::fs::File::create(&log).expect("create the engine log");
         let out = dir.join(format!("engine-{generation}.out"));
         let out_file = std::fs::File::create(&out).expect("create the engine's stdout file");
-        let mut command = match program {
-            Program::Wabulk => {
-                let mut command = Command::new(env!("CARGO_BIN_EXE_wabulk"));
-                command.arg("run").arg("--config").arg(config);
-                command
-            }
-            Program::ShortSession => {
-                let mut command = Command::new(std::env::current_exe().expect("this test binary"));
-                command.args(["--exact", "harness::engine_child", "--nocapture", "--test-threads=1"]);
-                command
-            }
-        };
+        let Program::Wabulk = program;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wabulk"));
+        command.arg("run").arg("--config").arg(config);
         // Only this test's settings: no overrides leaking in from the shell.
         for (var, _) in std::env::vars_os() {
             if var.to_string_lossy().starts_with("WABULK_") {
                 command.env_remove(var);
             }
-        }
-        if program == Program::ShortSession {
-            command.env(CHILD_CONFIG_ENV, config);
         }
         command
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -373,6 +364,35 @@ impl EngineProcess {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+impl EngineProcess {
+    /// The lines of its log that contain every one of `words`, without the
+    /// ANSI colours and up to the level.
+    pub(crate) fn log_lines(&self, words: &[&str]) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(plain)
+            .filter(|line| words.iter().all(|w| line.contains(w)))
+            .map(|line| line.split_once("INFO").map_or(line.as_str(), |(_, rest)| rest).trim().to_owned())
+            .collect()
+    }
+}
+
+/// `line` without ANSI escape sequences.
+fn plain(line: &str) -> String {
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in line.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => escape = false,
+            (true, _) => {}
+        }
+    }
+    plain
 }
 
 impl Drop for EngineProcess {
@@ -565,71 +585,9 @@ pub(crate) fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// What a SIGKILL now could make the engine at `port` send again, from its
-/// `/metrics`: requests in flight plus jobs whose results are acknowledged
-/// and not yet committed. `None` when it does not answer.
-pub(crate) fn exposed(port: u16) -> Option<Exposed> {
-    let body = http_get(port, "/metrics").ok()?;
-    Some(Exposed {
-        inflight: sample(&body, "wabulk_inflight_requests")? as u64,
-        uncommitted: sample(&body, "wabulk_uncommitted_jobs")? as u64,
-    })
-}
-
-/// See [`exposed`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Exposed {
-    pub(crate) inflight: u64,
-    pub(crate) uncommitted: u64,
-}
-
-impl Exposed {
-    pub(crate) fn total(&self) -> u64 {
-        self.inflight + self.uncommitted
-    }
-}
-
 /// Total limit violations the simulator counted.
 pub(crate) fn violations(stats: &SimStats) -> u64 {
     stats.violations.phone + stats.violations.pair + stats.violations.waba
-}
-
-/// Not a test: the engine of a [`Program::ShortSession`] child, which runs
-/// this binary with only this function selected. Run by the test harness
-/// without [`CHILD_CONFIG_ENV`], it does nothing. Like `wabulk run`, it
-/// serves `/metrics` on the configuration's `http.listen` and stops
-/// gracefully on SIGTERM.
-#[test]
-fn engine_child() {
-    let Some(path) = std::env::var_os(CHILD_CONFIG_ENV) else { return };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async move {
-        let config = Config::load(Path::new(&path), std::env::vars()).expect("configuration");
-        let mut setup = EngineSetup::from_config(&config, &|var| std::env::var(var).ok()).expect("setup");
-        setup.kafka.extra.insert("session.timeout.ms".into(), CHILD_SESSION_TIMEOUT_MS.to_string());
-        setup.kafka.extra.insert("heartbeat.interval.ms".into(), "500".into());
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::new());
-        let listener = tokio::net::TcpListener::bind(setup.http_listen).await.expect("http.listen");
-        let http = tokio::spawn(wabulk_telemetry::serve(
-            listener,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-            std::future::pending(),
-        ));
-        wabulk::engine::run(setup, metrics, health, async move {
-            terminate.recv().await;
-        })
-        .await
-        .expect("engine");
-        http.abort();
-    });
 }
 
 /// The simulator's violations and, per number, the most arrivals it saw in
@@ -696,4 +654,124 @@ pub(crate) async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     true
+}
+
+/// How long a job the engine sent stays exposed to being sent again: from
+/// its request leaving to the acknowledgement of the offset commit that
+/// covers it. A SIGKILL (or a lost assignment) makes the engine send again
+/// only jobs in that window, and it sends no faster than the tiers (the
+/// simulator checks that), so one kill repeats at most tiers × this. Every
+/// term comes from what the test set or the engine is configured with, taken
+/// generously for a loaded two-core host; none from what the engine reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExposureWindow {
+    /// The simulator's answer: the latency the test set, at a percentile
+    /// that almost every request stays under (the rare slower one is in
+    /// flight a little longer, which the load term covers).
+    pub(crate) answer: Duration,
+    /// The result's write: the producer's 5 ms linger and a round trip to
+    /// the broker, which on a loaded host takes up to ~100 ms.
+    pub(crate) result_ack: Duration,
+    /// The commit: started at most [`wabulk_kafka::COMMIT_FLOOR`] after the
+    /// previous one, then a round trip to the coordinator (~100 ms loaded).
+    pub(crate) commit: Duration,
+    /// Stalls of the engine's or the mock broker's threads on a host shared
+    /// with other test processes (debug builds, two cores).
+    pub(crate) load: Duration,
+}
+
+impl ExposureWindow {
+    /// The window for a simulator answering with `latency`.
+    pub(crate) fn new(latency: Latency) -> ExposureWindow {
+        let answer = match latency {
+            Latency::Fixed(d) => d,
+            // Meta's lognormal (median 0.5 s, p99 about 2 s): its p99.9 is
+            // about 3 s, scaled as the test asked.
+            Latency::Meta { scale } => Duration::from_secs_f64(3.0 * scale),
+        };
+        ExposureWindow {
+            answer,
+            result_ack: Duration::from_millis(100),
+            commit: wabulk_kafka::COMMIT_FLOOR + Duration::from_millis(100),
+            load: Duration::from_millis(200),
+        }
+    }
+
+    pub(crate) fn total(&self) -> Duration {
+        self.answer + self.result_ack + self.commit + self.load
+    }
+
+    /// The most jobs sent again per kill at `tiers` msg/s in all.
+    pub(crate) fn allowed(&self, tiers: u32) -> u64 {
+        (f64::from(tiers) * self.total().as_secs_f64()).ceil() as u64
+    }
+}
+
+impl std::fmt::Display for ExposureWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ms (answer {} + result {} + commit {} + load {})",
+            self.total().as_millis(),
+            self.answer.as_millis(),
+            self.result_ack.as_millis(),
+            self.commit.as_millis(),
+            self.load.as_millis()
+        )
+    }
+}
+
+/// A partition's committed offset for a consumer group, as the broker keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct Committed {
+    pub(crate) partition: i32,
+    /// The committed position: the next offset the group reads.
+    pub(crate) offset: i64,
+    /// The engine's commit metadata (`v1:` and the finished offsets above
+    /// `offset`, relative to it).
+    pub(crate) metadata: String,
+}
+
+impl Committed {
+    /// The finished offsets above the committed one that the metadata lists.
+    pub(crate) fn finished_above(&self) -> Vec<i64> {
+        let ranges = self.metadata.strip_prefix("v1:").unwrap_or_default();
+        ranges
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .flat_map(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                let (a, b): (i64, i64) =
+                    (a.parse().expect("an offset in the metadata"), b.parse().expect("an offset"));
+                (a..=b).map(|relative| self.offset + relative)
+            })
+            .collect()
+    }
+}
+
+/// What `group` has committed for `partitions` partitions of `topic`, read
+/// from the broker with a plain consumer (an offset fetch; it joins nothing).
+pub(crate) fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Committed> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer for the committed offsets");
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let fetched = consumer.committed_offsets(list, Duration::from_secs(10)).expect("the committed offsets");
+    fetched
+        .elements_for_topic(topic)
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(offset) => {
+                Some(Committed { partition: e.partition(), offset, metadata: e.metadata().to_owned() })
+            }
+            _ => None,
+        })
+        .collect()
 }
