@@ -44,6 +44,8 @@ pub struct SimConfig {
     pub wabas: Vec<SimWaba>,
     /// Failures injected on requests that passed every limit.
     pub faults: Faults,
+    /// Status notifications posted to a receiver, as Meta's webhooks.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl Default for SimConfig {
@@ -58,6 +60,7 @@ impl Default for SimConfig {
             numbers: Vec::new(),
             wabas: Vec::new(),
             faults: Faults::default(),
+            webhooks: crate::webhooks::WebhookConfig::default(),
         }
     }
 }

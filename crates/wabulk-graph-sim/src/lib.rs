@@ -103,7 +103,9 @@ mod respond;
 mod server;
 mod stats;
 mod tls;
+mod webhooks;
 
 pub use config::{example_config, ConfigError, Faults, ForcedError, Latency, SimConfig, SimNumber, SimWaba};
 pub use server::{SimHandle, Simulator};
 pub use stats::{NumberStats, SimStats, Violations, DUPLICATE_LIST_CAP};
+pub use webhooks::WebhookConfig;

@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -35,6 +35,7 @@ use crate::ledger::{Arrival, Ledger, PairState};
 use crate::respond::{self, Body, GraphError};
 use crate::stats::SimStats;
 use crate::tls::SimTls;
+use crate::webhooks::{self, Accepted, WebhookCounters};
 
 /// Largest request body read; Cloud API message bodies are a few kilobytes, so
 /// anything bigger is answered 100 instead of being buffered.
@@ -59,7 +60,20 @@ impl Simulator {
         let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(Arc::clone(&tls.server)));
         let ca_pem = tls.map(|tls| tls.ca_pem);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, shutdown_rx.clone()));
+        let (webhooks_tx, webhooks_rx) = mpsc::unbounded_channel();
+        let webhook_config = config.webhooks.clone();
+        let seed = config.seed;
+        let enabled = webhook_config.url.is_some();
+        let shared = Arc::new(Shared::new(config, shutdown_rx.clone(), enabled.then_some(webhooks_tx)));
+        if enabled {
+            tokio::spawn(webhooks::run(
+                webhook_config,
+                seed,
+                webhooks_rx,
+                Arc::clone(&shared.webhook_counters),
+                shutdown_rx.clone(),
+            ));
+        }
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -167,6 +181,11 @@ struct Shared {
     state: Mutex<State>,
     /// Turns true at shutdown; hanging requests wait on it.
     shutdown: watch::Receiver<bool>,
+    /// Accepted messages for the webhook task, when webhooks are configured.
+    webhooks: Option<mpsc::UnboundedSender<Accepted>>,
+    webhook_counters: Arc<WebhookCounters>,
+    /// Number id → its WABA id, for the notifications.
+    wabas_of: HashMap<String, String>,
 }
 
 struct State {
@@ -175,7 +194,11 @@ struct State {
 }
 
 impl Shared {
-    fn new(config: SimConfig, shutdown: watch::Receiver<bool>) -> Shared {
+    fn new(
+        config: SimConfig,
+        shutdown: watch::Receiver<bool>,
+        webhooks: Option<mpsc::UnboundedSender<Accepted>>,
+    ) -> Shared {
         let waba_tokens: HashMap<&str, &str> =
             config.wabas.iter().map(|w| (w.id.as_str(), w.token.as_str())).collect();
         let tokens = config
@@ -188,7 +211,17 @@ impl Shared {
             None => StdRng::from_os_rng(),
         };
         let ledger = Ledger::new(&config);
-        Shared { config, tokens, start: Instant::now(), state: Mutex::new(State { ledger, rng }), shutdown }
+        let wabas_of = config.numbers.iter().map(|n| (n.id.clone(), n.waba_id.clone())).collect();
+        Shared {
+            config,
+            tokens,
+            start: Instant::now(),
+            state: Mutex::new(State { ledger, rng }),
+            shutdown,
+            webhooks,
+            webhook_counters: Arc::default(),
+            wabas_of,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -198,7 +231,10 @@ impl Shared {
     }
 
     fn stats(&self) -> SimStats {
-        self.lock().ledger.snapshot()
+        let mut stats = self.lock().ledger.snapshot();
+        stats.webhook_statuses_delivered = self.webhook_counters.statuses_delivered.load(Ordering::Relaxed);
+        stats.webhook_posts_failed = self.webhook_counters.posts_failed.load(Ordering::Relaxed);
+        stats
     }
 }
 
@@ -440,7 +476,17 @@ fn judge(
         }
         Verdict::Accept(pair, message) => {
             let seq = ledger.accept(n, &message.to, t, pair, message.callback_data.as_deref());
-            Action::Answer(respond::accepted(&message.to, &format!("wamid.SIM{seq:016X}")))
+            let wamid = format!("wamid.SIM{seq:016X}");
+            if let Some(webhooks) = &shared.webhooks {
+                let _ = webhooks.send(Accepted {
+                    wamid: wamid.clone(),
+                    phone_number_id: number.to_owned(),
+                    waba_id: shared.wabas_of.get(number).cloned().unwrap_or_default(),
+                    recipient: message.to.clone(),
+                    callback_data: message.callback_data.clone(),
+                });
+            }
+            Action::Answer(respond::accepted(&message.to, &wamid))
         }
         Verdict::Hang => {
             ledger.count_hang();

@@ -38,6 +38,10 @@ pub struct SimStats {
     pub connections: u64,
     /// `/messages` requests that came over HTTP/2 (the rest were HTTP/1.x).
     pub http2_requests: u64,
+    /// Statuses in webhook notifications the receiver answered 2xx.
+    pub webhook_statuses_delivered: u64,
+    /// Webhook notification posts that failed and were retried.
+    pub webhook_posts_failed: u64,
 }
 
 /// Longest `duplicate_job_ids` list kept, so that a badly duplicating run cannot

@@ -140,3 +140,113 @@ async fn a_sent_job_s_status_reaches_the_statuses_topic_with_its_job_id() {
     statuses.stop().await;
     stack.stop().await;
 }
+
+/// The delivery lifecycle end to end: the engine sends, the simulator posts
+/// each message's later statuses as Meta would (signed, some twice or out of
+/// order, some `failed`), and `wabulk webhooks` writes them to the statuses
+/// topic. The receiver is stopped for a while in the middle: the simulator's
+/// retries bring every status in all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sent_job_gets_its_later_statuses_through_a_receiver_outage() {
+    init_logs();
+    const JOBS_N: usize = 300;
+    let numbers = [Number::new(PHONE, 80)];
+    let port = free_port();
+    let mut sim = sim_config(&numbers, Latency::Fixed(Duration::from_millis(5)));
+    sim.webhooks = wabulk_graph_sim::WebhookConfig {
+        url: Some(format!("http://127.0.0.1:{port}/webhooks/whatsapp")),
+        app_secret: APP_SECRET.into(),
+        delivered_after: Latency::Meta { scale: 0.5 },
+        read_after: Latency::Meta { scale: 0.5 },
+        failed_fraction: 0.1,
+        duplicate_fraction: 0.05,
+        ..Default::default()
+    };
+    let stack = Stack::start(sim, 2).await;
+    stack.kafka.create_topic(STATUSES, 2).expect("statuses topic");
+    stack.kafka.create_topic("wabulk.inbound", 1).expect("inbound topic");
+    let dir = TempDir::new("webhooks-lifecycle");
+    let toml = EngineToml::new(&stack, "it-webhooks-life", &numbers);
+    let mut text = toml.render();
+    text.push_str(&format!("\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let config = dir.path().join("wabulk.toml");
+    std::fs::write(&config, text).expect("write the configuration");
+    let receiver = || {
+        Command::new(env!("CARGO_BIN_EXE_wabulk"))
+            .args(["webhooks", "--config"])
+            .arg(&config)
+            .env("WABULK_APP_SECRET", APP_SECRET)
+            .env("WABULK_WEBHOOK_VERIFY_TOKEN", VERIFY_TOKEN)
+            // Its own /metrics port, apart from the engine's.
+            .env("WABULK_HTTP__LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wabulk webhooks")
+    };
+    let mut running = receiver();
+    let engine = crate::harness::InProcessEngine::start(toml.setup());
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let statuses = Collector::start(&stack.brokers(), STATUSES);
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    for i in 0..JOBS_N {
+        let job = json!({ "id": format!("life-{i}"), "phone_number_id": PHONE, "to": format!("+1555200{i:04}"),
+            "message": { "type": "text", "text": { "body": "hi" } } });
+        writer
+            .send(JOBS, Some(PHONE.as_bytes()), &serde_json::to_vec(&job).unwrap())
+            .await
+            .expect("write a job");
+    }
+    // Stop the receiver once some statuses are in, while most are still coming.
+    assert!(statuses.wait_until(Duration::from_secs(60), |r| r.len() >= 50).await, "no statuses arrive");
+    let _ = Command::new("kill").args(["-TERM", &running.id().to_string()]).status();
+    assert!(running.wait().expect("wait").success(), "the receiver stops gracefully");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = statuses.len();
+    running = receiver();
+
+    assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= JOBS_N).await, "jobs not all sent");
+    let settled = |records: &[wabulk_kafka::Record]| {
+        let mut done = std::collections::HashSet::new();
+        for record in records {
+            let status: Value = serde_json::from_slice(&record.payload).unwrap();
+            if matches!(status["status"].as_str(), Some("delivered" | "failed")) {
+                done.insert(status["job_id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        done.len()
+    };
+    let all_in = statuses.wait_until(Duration::from_secs(90), |r| settled(r) >= JOBS_N).await;
+    let _ = Command::new("kill").args(["-TERM", &running.id().to_string()]).status();
+    let _ = running.wait();
+    engine.stop().await;
+    let records = statuses.records();
+    results.stop().await;
+    statuses.stop().await;
+    let stats = stack.stop().await;
+    assert!(all_in, "{} of {JOBS_N} jobs have a settled status", settled(&records));
+    assert!(
+        stats.webhook_posts_failed > 0,
+        "the outage happened: the simulator had to retry ({during} statuses in by then)"
+    );
+
+    let mut by_job: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for record in &records {
+        let status: Value = serde_json::from_slice(&record.payload).unwrap();
+        let job = status["job_id"].as_str().expect("every status names its job").to_owned();
+        assert_eq!(record.key.as_deref(), Some(job.as_bytes()), "keyed by the job id");
+        let state = status["status"].as_str().unwrap().to_owned();
+        if state == "failed" {
+            assert_eq!(status["errors"][0]["code"], 131026, "a failed status carries Meta's error: {status}");
+        }
+        by_job.entry(job).or_default().push(state);
+    }
+    assert_eq!(by_job.len(), JOBS_N, "statuses for every job and no other");
+    for (job, states) in &by_job {
+        assert!(states.iter().any(|s| s == "sent"), "{job}: no sent status: {states:?}");
+        let settled = states.iter().filter(|s| *s == "delivered" || *s == "failed").count();
+        assert!(settled >= 1, "{job}: never delivered nor failed: {states:?}");
+    }
+    let failed = by_job.values().filter(|s| s.iter().any(|s| s == "failed")).count();
+    assert!(failed > 0 && failed < JOBS_N / 3, "about a tenth fail: {failed}");
+}
