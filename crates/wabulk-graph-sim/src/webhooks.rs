@@ -241,10 +241,13 @@ fn plan(
     }
 }
 
+/// A number's statuses in one notification.
+type Change = (String, Vec<Value>);
+
 /// One notification: one entry per WABA, one change per number, as Meta
 /// groups them.
 fn notification(batch: &[Due]) -> Vec<u8> {
-    let mut entries: Vec<(String, Vec<(String, Vec<Value>)>)> = Vec::new();
+    let mut entries: Vec<(String, Vec<Change>)> = Vec::new();
     for d in batch {
         let entry = match entries.iter_mut().find(|(w, _)| *w == d.waba_id) {
             Some(entry) => entry,
