@@ -11,7 +11,7 @@
 //!
 //! Two measures, one for each side of the stream:
 //! * the gate checks the exact window (at most `mps` in any window) again on
-//!   the instant a request is handed to its HTTP/2 stream, and records it
+//!   the instant a request takes its HTTP/2 stream, and records it
 //!   then, so what was bunched before the pool is spread again;
 //! * what happens after the stream cannot be seen, only bounded: a request
 //!   can be held back there by at most about as long as this runtime's

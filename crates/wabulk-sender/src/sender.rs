@@ -69,8 +69,8 @@ impl Sender {
 
     /// One `POST {base_url}/{phone_number_id}/messages` with the JSON `body`.
     /// `attempt` is 1 for the first try of a job (it drives the request-scope
-    /// backoff). `gate`, the number's [`DepartureGate`], is passed on the
-    /// instant the request gets its stream. Never panics; every result is
+    /// backoff). `gate`, the number's [`DepartureGate`], is passed just
+    /// before the request takes a stream (and again if it is re-sent). Never panics; every result is
     /// classified.
     pub async fn send(
         &self,
@@ -141,12 +141,24 @@ impl Sender {
         // Waiting for a stream is bounded apart from the exchange: at worst
         // a connection attempt plus one full exchange of whoever holds the
         // stream we wait for. Past that the pool is wedged, and no request
-        // went out, so it is a connection error, not a timeout.
-        let acquire_deadline = Instant::now() + config.connect_timeout + config.request_timeout;
+        // went out, so it is a connection error, not a timeout. It starts
+        // once the request first left its departure gate.
+        let mut acquire_deadline: Option<Instant> = None;
         let mut exchange_deadline: Option<Instant> = None;
         let mut last_error = String::new();
         for _ in 0..=MAX_REDISPATCH {
-            let slot = match timeout_at(acquire_deadline, self.inner.pool.acquire()).await {
+            if let Some(gate) = gate {
+                // Before the stream is taken: a request held here keeps no
+                // stream from others, and a connection that goes away
+                // meanwhile does not catch it. Taking a free stream is
+                // immediate, so little comes between departure and write.
+                // Each dispatch passes again: a re-sent request is counted
+                // twice, which errs on the safe side.
+                gate.pass().await;
+            }
+            let acquire_by = *acquire_deadline
+                .get_or_insert_with(|| Instant::now() + config.connect_timeout + config.request_timeout);
+            let slot = match timeout_at(acquire_by, self.inner.pool.acquire()).await {
                 Ok(Ok(slot)) => slot,
                 Ok(Err(PoolError::Connect(e))) => {
                     return Err(TransportError::Connection(format!("cannot connect: {e}")))
@@ -158,15 +170,8 @@ impl Sender {
                     )))
                 }
             };
-            if let Some(gate) = gate {
-                // With its stream in hand, so that nothing comes between the
-                // departure and the write; before the request timeout starts,
-                // because nothing has been sent while it waits here.
-                gate.pass().await;
-            }
             // The request timeout runs from the first time the request got a
-            // stream and left the gate, across re-dispatches, to the end of
-            // the body.
+            // stream, across re-dispatches, to the end of the body.
             let deadline = *exchange_deadline.get_or_insert_with(|| Instant::now() + config.request_timeout);
             let request = build_request(uri, authorization);
             match timeout_at(deadline, slot.exchange(request, body.clone())).await {
