@@ -385,6 +385,53 @@ const LOAD_BEFORE_QUERIES: Duration = Duration::from_secs(15);
 /// assigned before the queries.
 const EMPTY_IN_THE_DEMO: &[(&str, &str, &str)] = &[];
 
+/// The rules of deploy/alerts.yml.
+const ALERT_RULES: usize = 8;
+
+/// deploy/alerts.yml is valid and every alert passes its unit tests in
+/// deploy/alerts.test.yml (firing on its series, quiet before), by the
+/// Prometheus project's own `promtool`.
+#[test]
+fn alerting_rules_pass_their_promtool_tests() {
+    if !prometheus_installed() {
+        if std::env::var("WABULK_SKIP_PROMETHEUS").is_ok_and(|v| v == "1") {
+            eprintln!("skipped: no `promtool` and WABULK_SKIP_PROMETHEUS=1");
+            return;
+        }
+        panic!("`promtool` (Debian's prometheus package) is not installed: run scripts/prometheus-test");
+    }
+    let deploy = repo_root().join("deploy");
+    let check = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(deploy.join("alerts.yml"))
+        .output()
+        .expect("promtool");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "promtool check rules: {out}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(out.contains(&format!("{ALERT_RULES} rules found")), "{out}");
+    let test = Command::new("promtool")
+        .current_dir(&deploy)
+        .args(["test", "rules", "alerts.test.yml"])
+        .output()
+        .expect("promtool");
+    assert!(
+        test.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // Every alert has a test.
+    let tests = read(&deploy.join("alerts.test.yml"));
+    let rules = read(&deploy.join("alerts.yml"));
+    for line in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(
+            tests.contains(&format!("alertname: {line}")),
+            "alert {line} has no test in deploy/alerts.test.yml"
+        );
+    }
+}
+
 #[test]
 fn prometheus_scrapes_the_engine_and_every_dashboard_query_has_data() {
     if !prometheus_installed() {
@@ -442,6 +489,18 @@ fn prometheus_scrapes_the_engine_and_every_dashboard_query_has_data() {
         up && api.query("sum(wabulk_messages_sent_total) > 0", None).is_ok_and(|r| !r.is_empty())
     });
     std::thread::sleep(LOAD_BEFORE_QUERIES);
+    // The alerting rules loaded and evaluated against the engine's series.
+    let groups = api.get("/api/v1/rules").unwrap_or_else(|e| panic!("rules: {e}"));
+    let rules: Vec<&Json> = groups["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(rules.len(), ALERT_RULES, "deploy/alerts.yml loaded whole: {groups}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "a rule Prometheus cannot evaluate: {rule}");
+    }
     if let Some(status) = demo.exited() {
         panic!("the demo ended ({status}) before the queries; its log:\n{}", tail(&demo.log, 40));
     }
@@ -552,6 +611,9 @@ fn prometheus_config_for(target: SocketAddr) -> (String, String) {
     let static_config: Yaml =
         serde_norway::from_str(&format!("[{{targets: [\"{target}\"]}}]")).expect("static_configs");
     engine_job.as_mapping_mut().expect("job").insert("static_configs".into(), static_config);
+    // The alerting rules from the repository, where the compose stack mounts them.
+    let rules: Yaml = vec![Yaml::from(repo_root().join("deploy/alerts.yml").display().to_string())].into();
+    config.as_mapping_mut().expect("a mapping").insert("rule_files".into(), rules);
     (serde_norway::to_string(&config).expect("yaml"), job)
 }
 
