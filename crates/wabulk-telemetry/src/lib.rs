@@ -16,7 +16,7 @@ pub use metrics::{
     OVERFLOW_LABEL, PRODUCE_REFUSALS, REJECT_REASONS, RESULT_STATUSES, RETRY_REASONS, THROTTLE_LIMITS,
     WEBHOOK_OUTCOMES, WEBHOOK_STATUSES,
 };
-pub use server::serve;
+pub use server::{serve, serve_http1};
 
 /// Re-exported so that callers can name the handle types (`IntCounter`, ...)
 /// and register extra metrics without a dependency of their own.

@@ -74,6 +74,30 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let handler = move |req: Request<Incoming>| {
+        let response = respond(&req, &metrics, &health);
+        async move { response }
+    };
+    serve_http1(listener, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
+}
+
+/// An HTTP/1.1 server: `handler` answers each request, at most
+/// `max_connections` connections are served at once (more wait in the listen
+/// backlog), headers must arrive within 10 s, and when `shutdown` resolves it
+/// stops accepting and lets the responses in progress finish for at most
+/// `drain`. Accept errors are logged and retried. Shared with the webhook
+/// receiver.
+pub async fn serve_http1<H, Fut>(
+    listener: TcpListener,
+    max_connections: usize,
+    drain: Duration,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
@@ -88,29 +112,28 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
+            accepted = listener.accept(), if connections.len() < max_connections => {
                 let stream = match accepted {
                     Ok((stream, _peer)) => stream,
                     Err(err) => {
                         if !is_per_connection(&err) {
-                            warn!(error = %err, "telemetry listener: accept failed; retrying");
+                            warn!(error = %err, "HTTP listener: accept failed; retrying");
                             tokio::time::sleep(ACCEPT_BACKOFF).await;
                         }
                         continue;
                     }
                 };
-                let metrics = Arc::clone(&metrics);
-                let health = Arc::clone(&health);
+                let handler = handler.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let response = respond(&req, &metrics, &health);
-                    async move { Ok::<_, Infallible>(response) }
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 connections.spawn(async move {
                     // A client going away mid-response is its business, not an
                     // engine problem: debug level.
                     if let Err(err) = conn.await {
-                        debug!(error = %err, "telemetry connection ended with an error");
+                        debug!(error = %err, "HTTP connection ended with an error");
                     }
                 });
             }
@@ -120,8 +143,8 @@ pub async fn serve(
     // Stop accepting at once: new connections are refused rather than left
     // waiting in the backlog while the engine exits.
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        debug!("telemetry connections still open after the drain timeout; dropping them");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        debug!("HTTP connections still open after the drain timeout; dropping them");
     }
     connections.shutdown().await;
     Ok(())

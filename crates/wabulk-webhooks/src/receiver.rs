@@ -12,10 +12,8 @@
 //! that cannot be read (Meta adds kinds) goes whole to the DLQ and answers
 //! 200, so it is neither lost nor sent again for ever.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +23,7 @@ use futures::future::try_join_all;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use wabulk_kafka::{JobWriter, KafkaError};
 use wabulk_model::DlqRecord;
 use wabulk_telemetry::Metrics;
@@ -38,8 +31,6 @@ use wabulk_telemetry::Metrics;
 use crate::notification::{parse, Parsed};
 use crate::signature::AppSecret;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at most; past it new ones wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
 /// A dead letter's payload is cut beyond this, so that it fits a Kafka
@@ -238,43 +229,11 @@ pub async fn serve(
     receiver: Arc<Receiver>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    let mut shutdown = pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::debug!(%error, "webhook listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let receiver = Arc::clone(&receiver);
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let receiver = Arc::clone(&receiver);
-                    async move { Ok::<_, Infallible>(receiver.handle(req).await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                connections.spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, "webhook connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
-    connections.shutdown().await;
-    Ok(())
+    let handler = move |req: Request<Incoming>| {
+        let receiver = Arc::clone(&receiver);
+        async move { receiver.handle(req).await }
+    };
+    wabulk_telemetry::serve_http1(listener, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {

@@ -163,6 +163,41 @@ fn default_filter(command: &Command) -> &'static str {
     }
 }
 
+/// The `/metrics`, `/healthz` and `/readyz` listener, running.
+struct Telemetry {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Telemetry {
+    async fn start(
+        listen: SocketAddr,
+        metrics: &Arc<Metrics>,
+        health: &Arc<Health>,
+    ) -> anyhow::Result<Telemetry> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("http.listen: cannot bind {listen}"))?;
+        let address = listener.local_addr().unwrap_or(listen);
+        tracing::info!(%address, "serving /metrics, /healthz, /readyz");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(wabulk_telemetry::serve(
+            listener,
+            Arc::clone(metrics),
+            Arc::clone(health),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Telemetry { stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig { config } => {
@@ -179,20 +214,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let setup = EngineSetup::from_config(&loaded, &|var| std::env::var(var).ok())?;
             let metrics = Arc::new(Metrics::new());
             let health = Arc::new(Health::new());
-            let listener = tokio::net::TcpListener::bind(setup.http_listen)
-                .await
-                .with_context(|| format!("http.listen: cannot bind {}", setup.http_listen))?;
-            let address = listener.local_addr().unwrap_or(setup.http_listen);
-            tracing::info!(%address, "serving /metrics, /healthz, /readyz");
-            let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-            let http = tokio::spawn(wabulk_telemetry::serve(
-                listener,
-                Arc::clone(&metrics),
-                Arc::clone(&health),
-                async move {
-                    let _ = http_stopped.await;
-                },
-            ));
+            let telemetry = Telemetry::start(setup.http_listen, &metrics, &health).await?;
             let env = |var: &str| std::env::var(var).ok();
             let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
             let webhooks = match loaded.webhooks {
@@ -209,8 +231,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(webhooks) = webhooks {
                 let _ = webhooks.await;
             }
-            let _ = stop_http.send(());
-            let _ = http.await;
+            telemetry.stop().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Webhooks { config } => {
@@ -219,26 +240,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let metrics = Arc::new(Metrics::new());
             let health = Arc::new(Health::new());
             let listen: SocketAddr = loaded.http.listen.parse().context("http.listen")?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("http.listen: cannot bind {listen}"))?;
-            let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-            let http = tokio::spawn(wabulk_telemetry::serve(
-                listener,
-                Arc::clone(&metrics),
-                Arc::clone(&health),
-                async move {
-                    let _ = http_stopped.await;
-                },
-            ));
+            let telemetry = Telemetry::start(listen, &metrics, &health).await?;
             let receiver = wabulk::webhooks::start(&loaded, &env, metrics, stop_signal()).await?;
             // Nothing to consume and nothing to send: ready while it receives.
             health.set_consuming(true);
             health.set_sending(true);
             let served = receiver.await.context("webhook receiver task")?;
             health.set_consuming(false);
-            let _ = stop_http.send(());
-            let _ = http.await;
+            telemetry.stop().await;
             served.context("webhook receiver")?;
             Ok(ExitCode::SUCCESS)
         }
