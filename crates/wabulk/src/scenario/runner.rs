@@ -160,6 +160,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
             tokio::time::sleep_until(next_sample.min(tokio::time::Instant::now() + FIRST_SEND_POLL)).await;
         }
         let now = tokio::time::Instant::now();
+        // Results before acceptances: a result follows its acceptance, so
+        // the sample that sees the last result holds every acceptance.
+        let finished = seen.lock().unwrap_or_else(|p| p.into_inner()).finished();
         let stats = sim.stats();
         if !sending && stats.accepted > 0 {
             // The first acceptance ends a sample: whole seconds start here.
@@ -174,7 +177,6 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         if let Some(task) = loadgen.take_if(|task| task.is_finished()) {
             load_report = Some(task.await.context("load generator")??);
         }
-        let finished = seen.lock().unwrap_or_else(|p| p.into_inner()).finished();
         let exposed = engine.scrape().await.context("cannot read the engine's /metrics")?;
         let cpu_s = engine.cpu_seconds().unwrap_or(0.0);
         let sample =
