@@ -899,15 +899,16 @@ impl Ingest {
             assignments,
             lag: Mutex::new(BTreeMap::new()),
         });
+        let defaults = [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("auto.offset.reset", "earliest"),
+            // Feeds `lag()`.
+            ("statistics.interval.ms", "1000"),
+            ("enable.partition.eof", "false"),
+        ];
         let config = client_config(
             &settings.brokers,
-            &[
-                ("partition.assignment.strategy", "cooperative-sticky"),
-                ("auto.offset.reset", "earliest"),
-                // Feeds `lag()`.
-                ("statistics.interval.ms", "1000"),
-                ("enable.partition.eof", "false"),
-            ],
+            &[&defaults[..], &crate::settings::CONSUMER_MEMORY_DEFAULTS[..]].concat(),
             &settings.extra,
             &[
                 ("group.id", settings.group_id.as_str()),

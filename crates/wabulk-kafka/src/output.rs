@@ -42,7 +42,7 @@ impl Output {
         let config = client_config(
             &settings.brokers,
             // Batches results under load; adds at most 5 ms to an acknowledgement.
-            &[("linger.ms", "5")],
+            &[&[("linger.ms", "5")][..], &crate::settings::PRODUCER_MEMORY_DEFAULTS[..]].concat(),
             &settings.extra,
             &[("enable.idempotence", "true"), ("acks", "all")],
         );

@@ -40,6 +40,33 @@ pub struct KafkaSettings {
     pub extra: BTreeMap<String, String>,
 }
 
+/// librdkafka properties that bound the engine consumer's prefetch, so that
+/// its memory does not grow with the backlog. librdkafka's own defaults keep
+/// up to 100,000 records per partition and 64 MiB in its local queue, and
+/// fetch up to 50 MiB at a time, so a backlog is read into memory as fast as
+/// the broker hands it over. The engine holds at most `max_in_memory` parsed
+/// jobs besides; a few MiB prefetched keeps the sending side fed at tens of
+/// thousands of jobs a second. Overridable with `[kafka.properties]`.
+pub(crate) const CONSUMER_MEMORY_DEFAULTS: [(&str, &str); 5] = [
+    // Per partition: librdkafka stops fetching a partition holding this many.
+    ("queued.min.messages", "2000"),
+    // The whole local queue (one queue for the high-level consumer).
+    ("queued.max.messages.kbytes", "16384"),
+    // One fetch request, and each partition's share of it.
+    ("fetch.max.bytes", "4194304"),
+    ("max.partition.fetch.bytes", "262144"),
+    // With the queue at a bound, look again after 20 ms, not librdkafka's
+    // 1 s: with the bounds above, 1 s starved the engine (a prefilled
+    // backlog drained at a fifth of the rate, loadtest/RESULTS.md).
+    ("fetch.queue.backoff.ms", "20"),
+];
+
+/// librdkafka properties that bound the results producer's local queue
+/// (librdkafka's default allows 1 GiB and 100,000 records); the engine waits
+/// for room when it is full. Overridable with `[kafka.properties]`.
+pub(crate) const PRODUCER_MEMORY_DEFAULTS: [(&str, &str); 2] =
+    [("queue.buffering.max.kbytes", "32768"), ("queue.buffering.max.messages", "50000")];
+
 /// Whether a librdkafka property holds a secret, or may: its value is then
 /// never shown (`check-config`, `Debug`). By name, generously: masking a
 /// harmless value such as `ssl.key.location` costs nothing, showing

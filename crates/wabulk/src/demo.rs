@@ -1,10 +1,10 @@
-//! `wabulk demo`: the whole system in one process with nothing to set up.
+//! `wabulk demo`: the whole system on this machine with nothing to set up.
 //!
 //! librdkafka's mock cluster stands in for Kafka, the Graph API simulator for
 //! Meta (with Meta-like latency scaled down), and the load generator writes
 //! jobs for four numbers (1000, 80, 80 and 20 msg/s) with a burst to one
 //! recipient and a few malformed records. The engine runs exactly as `wabulk
-//! run` would. At the end the demo reads back every result and dead letter
+//! run` would, as its own process. At the end the demo reads back every result and dead letter
 //! and compares them with what was written, and asks the simulator, which
 //! keeps its own accounting of Meta's limits, how many were broken.
 //!
@@ -49,6 +49,10 @@ pub struct DemoOptions {
     /// Partitions of the jobs topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// The `wabulk` binary that runs the engine; this executable when not
+    /// given (tests, whose executable is the test binary, set it).
+    #[arg(skip)]
+    pub engine_binary: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -62,6 +66,7 @@ impl Default for DemoOptions {
             mps: 1000,
             http_listen: None,
             partitions: 4,
+            engine_binary: None,
         }
     }
 }
@@ -70,14 +75,23 @@ impl Default for DemoOptions {
 /// summary and returns the report; `report.passed()` is the demo's verdict.
 pub async fn run(options: DemoOptions) -> anyhow::Result<CapacityReport> {
     let scenario = scenario(&options);
+    // Its own directory for the engine's configuration and log: demos may
+    // run side by side (tests do). Kept when the run fails, for the log.
+    let work_dir = std::env::temp_dir().join(format!(
+        "wabulk-demo-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().format("%H%M%S%.f")
+    ));
     let run_options = RunOptions {
         quiet: options.quiet,
         http_listen: options.http_listen,
         command: "wabulk demo".into(),
-        work_dir: std::env::temp_dir(),
+        work_dir: work_dir.clone(),
+        engine_binary: options.engine_binary.clone(),
     };
     let report = crate::scenario::run(&scenario, &run_options).await?;
     crate::scenario::print_summary(&report);
+    let _ = std::fs::remove_dir_all(&work_dir);
     Ok(report)
 }
 
@@ -98,7 +112,7 @@ fn scenario(options: &DemoOptions) -> Scenario {
     engine.insert("graph".into(), toml::Value::Table(graph));
     Scenario {
         name: "demo".into(),
-        description: "wabulk demo: the whole system in one process.".into(),
+        description: "wabulk demo: the whole system on this machine.".into(),
         timeout_s: options.timeout_s,
         sample_interval_ms: 1000,
         broker: BrokerSpec { jobs_partitions: options.partitions, ..BrokerSpec::default() },

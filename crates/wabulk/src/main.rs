@@ -305,6 +305,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 http_listen,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 work_dir: out.clone(),
+                engine_binary: None,
             };
             let report = wabulk::scenario::run(&loaded, &options).await?;
             wabulk::scenario::print_summary(&report);

@@ -41,11 +41,18 @@ pub(super) fn render(r: &CapacityReport) -> String {
     row("dead letters", r.dead_letters.to_string());
     row("sending rate (first to last send)", format!("{:.0} messages/s", r.sending_rate()));
     row(
-        "sustained rate (first and last sending samples left out)",
-        format!("{:.0} messages/s", r.sustained_rate()),
+        "sustained rate (every whole second of sending)",
+        format!("{:.0} messages/s over {:.0} s", r.sustained_rate(), r.steady_seconds()),
     );
     row("peak rate (best sample)", format!("{:.0} messages/s", r.peak_rate()));
     row("elapsed", format!("{:.1} s", r.elapsed_s));
+    if let Some(engine) = &r.engine {
+        row(
+            "engine CPU (its own process)",
+            format!("{:.2} s, {:.1} µs per record written", engine.cpu_s, engine.cpu_us_per_job),
+        );
+        row("engine peak RSS", format!("{:.0} MiB", engine.peak_rss_mib()));
+    }
 
     md.push_str(
         "\n## Per number\n\n\

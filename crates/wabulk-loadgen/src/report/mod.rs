@@ -58,6 +58,29 @@ pub struct CapacityReport {
     /// One sample per interval (about a second), in time order.
     pub timeline: Vec<Sample>,
     pub checks: Vec<Check>,
+    /// What the engine process cost; absent from reports of runs that had
+    /// the engine in the runner's own process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineCost>,
+}
+
+/// The engine process's own cost over a run, apart from the broker,
+/// simulator and load writer beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineCost {
+    /// User plus system CPU time from its start to just before it was
+    /// stopped (`process_cpu_seconds_total`).
+    pub cpu_s: f64,
+    /// `cpu_s` per record written, in microseconds.
+    pub cpu_us_per_job: f64,
+    /// Its peak resident memory (`VmHWM`), read just before it was stopped.
+    pub peak_rss_bytes: u64,
+}
+
+impl EngineCost {
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+    }
 }
 
 /// The machine a run was measured on: capacity numbers mean little without it.
@@ -139,6 +162,13 @@ pub struct Sample {
     /// Engine gauges at the sample.
     pub backlog: i64,
     pub inflight: i64,
+    /// Engine process CPU seconds used in this interval (divided by
+    /// `interval_s`: the cores it kept busy); 0 in older reports.
+    #[serde(default)]
+    pub engine_cpu_s: f64,
+    /// Engine process resident memory at the sample; 0 in older reports.
+    #[serde(default)]
+    pub engine_rss_bytes: u64,
 }
 
 /// One pass/fail judgement of the run, with the numbers behind it.
@@ -200,20 +230,34 @@ impl CapacityReport {
         samples.iter().map(sent).sum::<u64>() as f64 / span
     }
 
-    /// Acceptances per second over the samples strictly between the first
-    /// and the last with any, which may be partly idle (start-up, the
-    /// draining tail); the sending rate when there are none between.
+    /// Acceptances per second over the steady state: every sample strictly
+    /// between the first and the last with any acceptance. The runner ends
+    /// a sample at the first acceptance, so the first with any is the
+    /// start-up's and those after it are whole seconds of sending; the last
+    /// with any holds the end of sending, a part of a second. Idle samples
+    /// in between count: a stall is part of the rate. The sending rate when
+    /// there are no samples in between.
     pub fn sustained_rate(&self) -> f64 {
+        let steady = self.steady_samples();
+        if steady.is_empty() {
+            return self.sending_rate();
+        }
+        let span: f64 = steady.iter().map(|s| s.interval_s).sum();
+        steady.iter().map(|s| s.sent_by_number.values().sum::<u64>()).sum::<u64>() as f64 / span
+    }
+
+    /// The seconds [`CapacityReport::sustained_rate`] is taken over.
+    pub fn steady_seconds(&self) -> f64 {
+        self.steady_samples().iter().map(|s| s.interval_s).sum()
+    }
+
+    fn steady_samples(&self) -> &[Sample] {
         let sent = |s: &Sample| s.sent_by_number.values().sum::<u64>();
         let first = self.timeline.iter().position(|s| sent(s) > 0);
         let last = self.timeline.iter().rposition(|s| sent(s) > 0);
         match (first, last) {
-            (Some(first), Some(last)) if last > first + 1 => {
-                let samples = &self.timeline[first + 1..last];
-                let span: f64 = samples.iter().map(|s| s.interval_s).sum();
-                samples.iter().map(sent).sum::<u64>() as f64 / span
-            }
-            _ => self.sending_rate(),
+            (Some(first), Some(last)) if last > first + 1 => &self.timeline[first + 1..last],
+            _ => &[],
         }
     }
 

@@ -31,6 +31,8 @@ fn report() -> CapacityReport {
             results: 400,
             backlog: 100 - t as i64 * 10,
             inflight: 12,
+            engine_cpu_s: 0.4,
+            engine_rss_bytes: 64 << 20,
         })
         .collect();
     let mut job = [0.2, 0.4, 0.6, 1.1, 3.0, 0.35, 0.5, 75.0];
@@ -78,6 +80,7 @@ fn report() -> CapacityReport {
             Check { name: "no tier violations".into(), passed: true, detail: "0 sends beyond a tier".into() },
             Check { name: "every job has a result".into(), passed: true, detail: "3996 of 3996".into() },
         ],
+        engine: Some(EngineCost { cpu_s: 2.5, cpu_us_per_job: 625.0, peak_rss_bytes: 96 << 20 }),
     }
 }
 
@@ -261,6 +264,9 @@ fn markdown_has_the_tables_and_the_verdict() {
         "| result: sent | 3990 |\n| result: failed | 6 |",
         "| error `130429` | 9 |",
         "| connection resets | 1 |",
+        "| sustained rate (every whole second of sending) | 450 messages/s over 8 s |",
+        "| engine CPU (its own process) | 2.50 s, 625.0 µs per record written |",
+        "| engine peak RSS | 96 MiB |",
         "| job (received → finished) | 8 | 500 ms | 75 s | 75 s | 75 s |",
         "- ✔ **no tier violations**: 0 sends beyond a tier",
         "## Checks: PASSED",
@@ -443,4 +449,35 @@ fn sending_and_peak_rates_come_from_the_timeline() {
     assert!((r.sustained_rate() - inner as f64 / 9.0).abs() < 1e-9);
     r.timeline.clear();
     assert_eq!((r.sending_rate(), r.peak_rate()), (0.0, 0.0));
+}
+
+/// As the runner cuts samples: a sliver of start-up ending at the first
+/// acceptance, whole seconds of sending, then the part-second where sending
+/// ends. Every whole second counts, the two partial edges do not.
+#[test]
+fn sustained_rate_is_every_whole_second_of_sending() {
+    let template = report().timeline[0].clone();
+    let sample = |t_s: f64, interval_s: f64, sent: u64| Sample {
+        t_s,
+        interval_s,
+        sent_by_number: counts(&[(NUMBERS[0].0, sent)]),
+        ..template.clone()
+    };
+    let mut r = report();
+    r.timeline = vec![
+        sample(1.0, 1.0, 0),
+        sample(1.42, 0.42, 3),
+        sample(2.42, 1.0, 44_000),
+        sample(3.42, 1.0, 56_000),
+        sample(4.42, 1.0, 50_000),
+        sample(5.42, 1.0, 50_000),
+        sample(6.42, 1.0, 9_000),
+        sample(7.42, 1.0, 0),
+    ];
+    assert!((r.steady_seconds() - 4.0).abs() < 1e-9);
+    assert!((r.sustained_rate() - 50_000.0).abs() < 1e-9, "{}", r.sustained_rate());
+    // One second of sending in all: nothing is steady, the sending rate stands in.
+    r.timeline = vec![sample(1.0, 0.5, 3), sample(2.0, 1.0, 900)];
+    assert_eq!(r.steady_seconds(), 0.0);
+    assert!((r.sustained_rate() - 903.0 / 1.5).abs() < 1e-9);
 }

@@ -6,11 +6,14 @@
 //! returns a [`CapacityReport`] that the caller writes as JSON, Markdown and
 //! SVG. `wabulk demo` is a scenario built from its flags.
 //!
-//! The engine runs in this process exactly as `wabulk run` runs it; the
-//! broker runs in this process too (librdkafka's mock cluster) or, for
-//! backlogs larger than the mock cluster keeps, as a tansu child process.
+//! The engine runs as its own process, `wabulk run --config FILE`, as in
+//! production, so that its CPU time and memory are its own (the report's
+//! `engine`); the broker (librdkafka's mock cluster, or for backlogs larger
+//! than it keeps a tansu child process), the simulator and the load writer
+//! stay in this process.
 
 mod broker;
+mod engine;
 mod runner;
 mod summary;
 

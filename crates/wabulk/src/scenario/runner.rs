@@ -1,5 +1,5 @@
-//! [`run`]: one capacity run, top to bottom: broker, simulator, engine,
-//! readers of results and dead letters, the load, then one sample per
+//! [`run`]: one capacity run, top to bottom: broker, simulator, readers of
+//! results and dead letters, the engine's process, the load, then one sample per
 //! interval until every record written has its result or dead letter (or
 //! the scenario's timeout passes), then everything stops in reverse order
 //! and the figures become a [`CapacityReport`].
@@ -15,13 +15,13 @@ use chrono::Utc;
 use wabulk_graph_sim::{SimConfig, SimHandle, SimNumber, SimStats, SimWaba, Simulator};
 use wabulk_kafka::{JobWriter, TopicReader};
 use wabulk_loadgen::{
-    CapacityReport, Check, Distribution, LoadReport, LoadSpec, Machine, NumberReport, Sample, SimSummary,
-    LATENCY_BOUNDS_S,
+    CapacityReport, Check, Distribution, EngineCost, LoadReport, LoadSpec, Machine, NumberReport, Sample,
+    SimSummary, LATENCY_BOUNDS_S,
 };
 use wabulk_model::{JobResult, Status};
-use wabulk_telemetry::{Health, Metrics};
 
 use super::broker::Broker;
+use super::engine::{EngineProcess, Exposition};
 use super::Scenario;
 use crate::config::{Config, PhoneConfig, WabaConfig};
 use crate::setup::EngineSetup;
@@ -31,12 +31,18 @@ use crate::setup::EngineSetup;
 pub struct RunOptions {
     /// No progress lines.
     pub quiet: bool,
-    /// Serve the engine's /metrics, /healthz and /readyz here during the run.
+    /// Where the engine serves /metrics, /healthz and /readyz during the
+    /// run; a free 127.0.0.1 port when not given.
     pub http_listen: Option<SocketAddr>,
     /// The command line, recorded in the report so the run can be repeated.
     pub command: String,
-    /// Where a child broker writes its log.
+    /// Where the engine's configuration and log, and a child broker's log,
+    /// are written.
     pub work_dir: PathBuf,
+    /// The `wabulk` binary that runs the engine (`wabulk run --config`);
+    /// this executable when not given. Tests, whose executable is the test
+    /// binary, pass `env!("CARGO_BIN_EXE_wabulk")`.
+    pub engine_binary: Option<PathBuf>,
 }
 
 /// What the result and DLQ readers have seen so far.
@@ -56,6 +62,10 @@ impl Seen {
         self.statuses.len() as u64 + self.dead_letters
     }
 }
+
+/// Until the first acceptance, the simulator is looked at this often, so
+/// that a sample ends there and the whole seconds of sending start there.
+const FIRST_SEND_POLL: Duration = Duration::from_millis(10);
 
 pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<CapacityReport> {
     let started = Instant::now();
@@ -86,32 +96,25 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     let sim = Simulator::start(sim_config.clone(), listener).await.context("cannot start the simulator")?;
     say(format!("Graph API simulator on {} ({})", sim.base_url(), describe_latency(&sim_config)));
 
-    let (mut config, tokens) = engine_config(engine_base, &brokers, &sim, &sim_config);
+    let listen = match options.http_listen {
+        Some(address) => address,
+        None => super::engine::free_port().context("cannot find a free port for the engine")?,
+    };
+    let (mut config, tokens) = engine_config(engine_base, &brokers, &sim, &sim_config, listen);
     if sim.ca_pem().is_some() {
         // `[simulator] tls = true`: the engine trusts the simulator's own CA.
-        let ca = options.work_dir.join("sim-ca.pem");
+        let ca = std::path::absolute(options.work_dir.join("sim-ca.pem")).context("sim-ca.pem")?;
         std::fs::create_dir_all(&options.work_dir)
             .and_then(|()| sim.write_ca_pem(&ca))
             .context("sim-ca.pem")?;
         config.graph.ca_file = Some(ca.display().to_string());
     }
-    let setup = EngineSetup::from_config(&config, &|var| tokens.get(var).cloned())?;
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new());
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(address) = options.http_listen {
-        let listener =
-            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot bind {address}"))?;
-        say(format!("metrics on http://{address}/metrics"));
-        tokio::spawn(wabulk_telemetry::serve(
-            listener,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-            async move {
-                let _ = http_stopped.await;
-            },
-        ));
-    }
+    // Refused here, with the key named, rather than by the child.
+    EngineSetup::from_config(&config, &|var| tokens.get(var).cloned())?;
+    let engine_binary = match &options.engine_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find this executable to run the engine")?,
+    };
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let readers = start_readers(&brokers, &config, Arc::clone(&seen))?;
@@ -125,11 +128,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         say(format!("writing {} jobs before the engine starts", spec.jobs));
         load_report = Some(write_load(&spec, &writer, &jobs_topic, !options.quiet).await?);
     }
-    let (stop_engine, engine_stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine =
-        tokio::spawn(crate::engine::run(setup, Arc::clone(&metrics), Arc::clone(&health), async move {
-            let _ = engine_stopped.await;
-        }));
+    let mut engine = EngineProcess::start(&engine_binary, &config, &tokens, &options.work_dir).await?;
+    say(format!(
+        "engine: `wabulk run` as process {}, metrics on http://{}/metrics",
+        engine.pid(),
+        engine.listen()
+    ));
     if load_report.is_none() {
         say(format!(
             "writing {} jobs at {} for {} numbers; engine sending",
@@ -144,17 +148,41 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     let interval = Duration::from_millis(scenario.sample_interval_ms);
     let deadline = started + Duration::from_secs(scenario.timeout_s);
     let sending_from = Instant::now();
-    let mut sampler = Sampler::new(&sim_config);
+    let mut sampler = Sampler::new(&sim_config, engine.cpu_seconds().unwrap_or(0.0));
     let mut timeline = Vec::new();
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_sample = tokio::time::Instant::now();
+    let mut next_sample = last_sample + interval;
+    let mut sending = false;
     let finished_in_time = loop {
-        ticks.tick().await;
+        if sending {
+            tokio::time::sleep_until(next_sample).await;
+        } else {
+            tokio::time::sleep_until(next_sample.min(tokio::time::Instant::now() + FIRST_SEND_POLL)).await;
+        }
+        let now = tokio::time::Instant::now();
+        // Results before acceptances: a result follows its acceptance, so
+        // the sample that sees the last result holds every acceptance.
+        let finished = seen.lock().unwrap_or_else(|p| p.into_inner()).finished();
+        let stats = sim.stats();
+        if !sending && stats.accepted > 0 {
+            // The first acceptance ends a sample: whole seconds start here.
+            sending = true;
+            next_sample = now + interval;
+        } else if now >= next_sample {
+            next_sample += interval;
+        } else {
+            continue;
+        }
+        engine.check_running()?;
         if let Some(task) = loadgen.take_if(|task| task.is_finished()) {
             load_report = Some(task.await.context("load generator")??);
         }
-        let finished = seen.lock().unwrap_or_else(|p| p.into_inner()).finished();
-        let sample = sampler.sample(sending_from.elapsed(), interval, &sim.stats(), finished, &metrics);
-        say(progress_line(&sample, finished, &metrics));
+        let exposed = engine.scrape().await.context("cannot read the engine's /metrics")?;
+        let cpu_s = engine.cpu_seconds().unwrap_or(0.0);
+        let sample =
+            sampler.sample(sending_from.elapsed(), now - last_sample, &stats, finished, &exposed, cpu_s);
+        last_sample = now;
+        say(progress_line(&sample, finished));
         timeline.push(sample);
         if load_report.as_ref().is_some_and(|report| finished >= report.written) {
             break true;
@@ -164,9 +192,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
             break false;
         }
     };
-    let _ = stop_engine.send(());
-    engine.await.context("engine task")??;
-    let _ = stop_http.send(());
+    // The engine's own figures, read before it stops: a graceful stop's
+    // work is not the run's.
+    let exposed = engine.scrape().await.context("cannot read the engine's /metrics")?;
+    let cpu_s = engine.cpu_seconds().context("cannot read the engine's CPU time from /proc")?;
+    let peak_rss_bytes = engine.peak_rss_bytes().unwrap_or(0);
+    engine.stop().await?;
     // Every client goes before the broker does, or librdkafka complains
     // about brokers vanishing under it.
     for reader in readers {
@@ -211,9 +242,18 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         sim: sim_summary(&stats),
         numbers: number_reports(&sim_config, &stats, &seen, &load_report),
         job_latency: Distribution::from_seconds(&mut seen.job_latencies, LATENCY_BOUNDS_S),
-        send_latency: send_latency(&metrics),
+        send_latency: Distribution::from_buckets(&exposed.buckets("wabulk_send_latency_seconds"), None),
         timeline,
         checks: Vec::new(),
+        engine: Some(EngineCost {
+            cpu_s,
+            cpu_us_per_job: if load_report.written == 0 {
+                0.0
+            } else {
+                cpu_s * 1e6 / load_report.written as f64
+            },
+            peak_rss_bytes,
+        }),
     };
     report.checks = checks(scenario, &report, finished_in_time, &stats, kept);
     Ok(report)
@@ -256,17 +296,18 @@ fn simulator_config(scenario: &Scenario) -> SimConfig {
     config
 }
 
-/// The engine's configuration for the simulator's numbers and WABAs; tokens
-/// come from the returned map instead of the environment.
+/// The engine's configuration for the simulator's numbers and WABAs; the
+/// tokens, in the returned map, go into the engine's environment.
 fn engine_config(
     mut config: Config,
     brokers: &str,
     sim: &SimHandle,
     sim_config: &SimConfig,
+    listen: SocketAddr,
 ) -> (Config, HashMap<String, String>) {
     config.kafka.brokers = brokers.to_owned();
     config.graph.base_url = sim.base_url();
-    config.http.listen = "127.0.0.1:0".into();
+    config.http.listen = listen.to_string();
     config.phones = sim_config
         .numbers
         .iter()
@@ -295,20 +336,24 @@ fn id_prefix(scenario: &Scenario) -> String {
     }
 }
 
-/// Turns cumulative simulator counters into per-interval samples.
+/// Turns cumulative simulator counters and the engine's CPU time into
+/// per-interval samples.
 #[derive(Debug)]
 struct Sampler {
     numbers: Vec<String>,
     previous: SimStats,
     previous_finished: u64,
+    previous_cpu_s: f64,
 }
 
 impl Sampler {
-    fn new(sim_config: &SimConfig) -> Self {
+    /// `cpu_s`: the engine's CPU time when sampling starts.
+    fn new(sim_config: &SimConfig, cpu_s: f64) -> Self {
         Self {
             numbers: sim_config.numbers.iter().map(|n| n.id.clone()).collect(),
             previous: SimStats::default(),
             previous_finished: 0,
+            previous_cpu_s: cpu_s,
         }
     }
 
@@ -318,7 +363,8 @@ impl Sampler {
         interval: Duration,
         stats: &SimStats,
         finished: u64,
-        metrics: &Metrics,
+        engine: &Exposition,
+        cpu_s: f64,
     ) -> Sample {
         let accepted = |stats: &SimStats, id: &str| stats.numbers.get(id).map_or(0, |n| n.accepted);
         let sent_by_number = self
@@ -340,32 +386,39 @@ impl Sampler {
                 errors_by_code.insert(kind.into(), now - before);
             }
         }
+        let gauge = |name: &str| engine.value(name).unwrap_or(0.0);
         let sample = Sample {
             t_s: elapsed.as_secs_f64(),
             interval_s: interval.as_secs_f64(),
             sent_by_number,
             errors_by_code,
             results: finished - self.previous_finished,
-            backlog: metrics.backlog.get(),
-            inflight: metrics.inflight.get(),
+            backlog: gauge("wabulk_backlog_jobs") as i64,
+            inflight: gauge("wabulk_inflight_requests") as i64,
+            engine_cpu_s: (cpu_s - self.previous_cpu_s).max(0.0),
+            engine_rss_bytes: gauge("process_resident_memory_bytes") as u64,
         };
         self.previous = stats.clone();
         self.previous_finished = finished;
+        self.previous_cpu_s = cpu_s;
         sample
     }
 }
 
-fn progress_line(sample: &Sample, finished: u64, metrics: &Metrics) -> String {
+fn progress_line(sample: &Sample, finished: u64) -> String {
     let sent: u64 = sample.sent_by_number.values().sum();
     let errors: u64 = sample.errors_by_code.values().sum();
     format!(
-        "  {:>5.0} s  finished {:>8}  sent {:>7.0}/s  errors {:>5.0}/s  in flight {:>5}  queued {:>7}",
+        "  {:>5.1} s  finished {:>8}  sent {:>7.0}/s  errors {:>5.0}/s  in flight {:>5}  queued {:>7}  \
+         engine CPU {:>3.0}%  RSS {:>4.0} MiB",
         sample.t_s,
         finished,
         sent as f64 / sample.interval_s,
         errors as f64 / sample.interval_s,
-        metrics.inflight.get(),
-        metrics.backlog.get(),
+        sample.inflight,
+        sample.backlog,
+        sample.engine_cpu_s / sample.interval_s * 100.0,
+        sample.engine_rss_bytes as f64 / (1024.0 * 1024.0),
     )
 }
 
@@ -451,15 +504,6 @@ fn number_reports(
             }
         })
         .collect()
-}
-
-/// The engine's `wabulk_send_latency_seconds` histogram.
-fn send_latency(metrics: &Metrics) -> Distribution {
-    use prometheus::core::Metric as _;
-    let metric = metrics.send_latency.metric();
-    let cumulative: Vec<(f64, u64)> =
-        metric.get_histogram().get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
-    Distribution::from_buckets(&cumulative, None)
 }
 
 /// `kept`: records in the jobs topic at the end, to tell a broker that lost

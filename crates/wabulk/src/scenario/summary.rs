@@ -47,11 +47,22 @@ pub fn print_summary(report: &CapacityReport) {
         println!("  ({hidden} numbers between the slowest and fastest above are in the report)");
     }
     println!(
-        "  throughput: {:.0} messages/s from the first send to the last, {:.0} sustained, best second {:.0}",
+        "  throughput: {:.0} messages/s from the first send to the last, {:.0} sustained over {:.0} whole \
+         seconds, best second {:.0}",
         report.sending_rate(),
         report.sustained_rate(),
+        report.steady_seconds(),
         report.peak_rate()
     );
+    if let Some(engine) = &report.engine {
+        println!(
+            "  engine process: {:.1} µs CPU per job ({:.2} s for {} records), peak RSS {:.0} MiB",
+            engine.cpu_us_per_job,
+            engine.cpu_s,
+            report.written,
+            engine.peak_rss_mib()
+        );
+    }
     println!();
     println!(
         "  latency: job p50 {:.3} s, p99 {:.3} s; request p50 {:.3} s, p99 {:.3} s",

@@ -14,8 +14,14 @@ use crate::harness::{init_logs, TempDir};
 async fn n_jobs_in_n_results_out() {
     init_logs();
     let started = Instant::now();
-    let options =
-        DemoOptions { jobs: 3000, latency_scale: 0.02, quiet: true, timeout_s: 120, ..Default::default() };
+    let options = DemoOptions {
+        jobs: 3000,
+        latency_scale: 0.02,
+        quiet: true,
+        timeout_s: 120,
+        engine_binary: Some(env!("CARGO_BIN_EXE_wabulk").into()),
+        ..Default::default()
+    };
     let report = wabulk::demo::run(options).await.expect("the demo runs");
     println!("demo: {:?} in {:.1} s", report.checks, started.elapsed().as_secs_f64());
     assert_eq!(report.written, 3000, "the load generator wrote every job");

@@ -70,8 +70,14 @@ fn thread_sched_times() -> (Duration, Duration) {
 async fn tiers_hold_with_a_cpu_hog_on_both_cores() {
     init_logs();
     let hog = CpuHog::start(2);
-    let options =
-        DemoOptions { jobs: 8000, latency_scale: 0.05, quiet: true, timeout_s: 240, ..Default::default() };
+    let options = DemoOptions {
+        jobs: 8000,
+        latency_scale: 0.05,
+        quiet: true,
+        timeout_s: 240,
+        engine_binary: Some(env!("CARGO_BIN_EXE_wabulk").into()),
+        ..Default::default()
+    };
     let report = wabulk::demo::run(options).await.expect("the demo runs");
     let (wall, hog_cpu, hog_waited) = hog.stop();
     println!(
