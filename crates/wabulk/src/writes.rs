@@ -170,7 +170,7 @@ impl Refusals {
         let first = self.max_message_bytes.saturating_sub(DEAD_LETTER_OVERHEAD);
         let mut json = fitted(&build, first, self.max_message_bytes);
         for cut in SMALLER_CUTS.into_iter().map(Some).chain([None]) {
-            let attempt = json.clone();
+            let attempt = std::mem::take(&mut json);
             let cut_when_too_large = cut.is_some();
             if self.write(Topic::Dlq, cut_when_too_large, || write(attempt.clone())).await.is_ok() {
                 return;

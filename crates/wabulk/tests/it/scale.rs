@@ -216,24 +216,10 @@ async fn broker_outage_mid_run_loses_nothing() {
 
 /// The `partitions assigned` lines of a child engine's log.
 fn assignments(engine: &EngineProcess) -> Vec<String> {
-    std::fs::read_to_string(&engine.log)
-        .unwrap_or_default()
-        .lines()
+    engine
+        .log_lines(&["partitions "])
+        .into_iter()
         .filter(|line| line.contains("partitions assigned") || line.contains("partitions revoked"))
-        .map(|line| {
-            // Without the ANSI colours of the child's log.
-            let mut plain = String::new();
-            let mut escape = false;
-            for c in line.chars() {
-                match (escape, c) {
-                    (false, '\u{1b}') => escape = true,
-                    (false, c) => plain.push(c),
-                    (true, 'm') => escape = false,
-                    (true, _) => {}
-                }
-            }
-            plain.split_once("INFO").map_or(plain.as_str(), |(_, rest)| rest).trim().to_owned()
-        })
         .collect()
 }
 
