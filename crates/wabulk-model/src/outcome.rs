@@ -62,11 +62,16 @@ pub enum RetryReason {
     Media,
     /// No answer in time: the message may have gone out (counted apart).
     Timeout,
+    /// The connection broke after the request went out: the message may
+    /// have gone out (counted apart, as `Timeout`).
+    Broken,
+    /// No request left: the connection could not be made, or every stream
+    /// that took the request provably did not process it.
     Connection,
 }
 
 impl RetryReason {
-    pub fn label(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             RetryReason::PairLimit => "pair_limit",
             RetryReason::NumberLimit => "number_limit",
@@ -78,8 +83,37 @@ impl RetryReason {
             RetryReason::ServerError => "server_error",
             RetryReason::Media => "media",
             RetryReason::Timeout => "timeout",
+            RetryReason::Broken => "broken",
             RetryReason::Connection => "connection",
         }
+    }
+
+    /// Whether the retry spends one of the job's attempts. Only a request
+    /// that reached Meta and failed on its own account does: a limit answer
+    /// is Meta telling the sender to wait (the job did nothing wrong), and a
+    /// request that never left says nothing about the job. Those retries
+    /// are bounded separately, so that an outage or a throttle makes jobs
+    /// wait, not fail.
+    pub const fn spends_attempt(self) -> bool {
+        match self {
+            RetryReason::Transient
+            | RetryReason::ServerError
+            | RetryReason::Media
+            | RetryReason::Timeout
+            | RetryReason::Broken => true,
+            RetryReason::PairLimit
+            | RetryReason::NumberLimit
+            | RetryReason::WabaLimit
+            | RetryReason::AppLimit
+            | RetryReason::SpamLimit
+            | RetryReason::NumberUpgrading
+            | RetryReason::Connection => false,
+        }
+    }
+
+    /// Whether the message may have gone out although no answer said so.
+    pub const fn outcome_unknown(self) -> bool {
+        matches!(self, RetryReason::Timeout | RetryReason::Broken)
     }
 }
 
@@ -95,7 +129,7 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    pub fn label(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             FailReason::BadRequest => "bad_request",
             FailReason::Undeliverable => "undeliverable",

@@ -19,6 +19,22 @@ pub enum Status {
     Rejected,
 }
 
+impl Status {
+    /// Every status, in the order of [`Status::label`]'s values.
+    pub const ALL: [Status; 4] = [Status::Sent, Status::Failed, Status::Expired, Status::Rejected];
+
+    /// The status as written in the result, and as the `status` label of
+    /// `wabulk_results_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultError {
     pub code: ErrorCode,

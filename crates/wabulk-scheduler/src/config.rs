@@ -18,9 +18,6 @@ pub struct SchedulerConfig {
     /// Most jobs one number hands out per round before the next number gets
     /// its turn. Higher means fewer wake-ups; lower means fairer interleaving.
     pub max_batch: usize,
-    /// Most HTTP requests for one job, every kind of retry included; the job
-    /// then fails with `retries_exhausted`.
-    pub max_attempts: u32,
     /// Widens every number's window by the host's scheduling delay; shared
     /// with the sender's departure gates, which see the same value.
     pub window_allowance: Arc<WindowAllowance>,
@@ -33,7 +30,6 @@ impl Default for SchedulerConfig {
             mps_margin_percent: wabulk_limits::NumberLimiter::DEFAULT_MARGIN_PERCENT,
             slow_down_for: Duration::from_secs(10),
             max_batch: 256,
-            max_attempts: 10,
             window_allowance: Arc::default(),
         }
     }

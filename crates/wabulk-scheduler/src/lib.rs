@@ -17,6 +17,6 @@ mod shard;
 mod waba;
 
 pub use config::SchedulerConfig;
-pub use runner::{Command, Output, Scheduler, SchedulerStats, Stopped, TokioClock};
-pub use shard::{Dispatch, Envelope, Ready, RetryVerdict, Shard, ThrottleCounts, Ticket};
+pub use runner::{Command, Scheduler, SchedulerStats, Stopped, TokioClock};
+pub use shard::{Dispatch, Envelope, Ready, Shard, ThrottleCounts, Ticket};
 pub use waba::{TokenGroup, WabaCell, WabaRegistry};

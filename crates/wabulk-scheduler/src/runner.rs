@@ -17,7 +17,7 @@ use wabulk_limits::{Clock, Moment};
 use wabulk_model::{RetryReason, Scope};
 
 use crate::config::SchedulerConfig;
-use crate::shard::{Envelope, Ready, RetryVerdict, Shard, ThrottleCounts, Ticket};
+use crate::shard::{Envelope, Ready, Shard, ThrottleCounts, Ticket};
 use crate::waba::WabaRegistry;
 
 /// Moments measured from a tokio instant, so that `#[tokio::test(start_paused
@@ -138,13 +138,13 @@ impl<J> Clone for Scheduler<J> {
 pub struct Stopped;
 
 impl<J: Send + 'static> Scheduler<J> {
-    /// Spawns `shards` shard tasks. Ready jobs and give-ups leave on `out`.
+    /// Spawns `shards` shard tasks. Ready jobs leave on `out`, in batches.
     pub fn spawn(
         config: SchedulerConfig,
         wabas: Arc<WabaRegistry>,
         shards: usize,
         clock: TokioClock,
-        out: mpsc::Sender<Vec<Output<J>>>,
+        out: mpsc::Sender<Vec<Ready<J>>>,
     ) -> (Self, Vec<JoinHandle<()>>) {
         let config = Arc::new(config);
         let shards = shards.max(1);
@@ -197,18 +197,6 @@ impl<J: Send + 'static> Scheduler<J> {
     }
 }
 
-/// What leaves a shard.
-#[derive(Debug)]
-pub enum Output<J> {
-    Ready(Ready<J>),
-    /// A retry was refused: `max_attempts` reached.
-    GaveUp {
-        ticket: Ticket,
-        job: J,
-        attempts: u32,
-    },
-}
-
 /// A shard's slot in [`SchedulerStats`] and what it published last.
 struct Published {
     stats: Arc<SchedulerStats>,
@@ -238,17 +226,16 @@ async fn run_shard<J>(
     mut shard: Shard<J>,
     clock: TokioClock,
     mut commands: mpsc::UnboundedReceiver<Command<J>>,
-    out: mpsc::Sender<Vec<Output<J>>>,
+    out: mpsc::Sender<Vec<Ready<J>>>,
     mut published: Published,
 ) {
     let mut ready = Vec::new();
-    let mut batch = Vec::new();
     loop {
         let wake = shard.next_wake(clock.now());
         tokio::select! {
             biased;
             command = commands.recv() => match command {
-                Some(command) => apply(&mut shard, command, clock.now(), &mut batch),
+                Some(command) => apply(&mut shard, command, clock.now()),
                 None => return,
             },
             () = sleep_until(clock, wake) => {}
@@ -256,27 +243,24 @@ async fn run_shard<J>(
         // Take every command already waiting before the next round: feedback
         // frees pairs, and admitting it first keeps the round's view current.
         while let Ok(command) = commands.try_recv() {
-            apply(&mut shard, command, clock.now(), &mut batch);
+            apply(&mut shard, command, clock.now());
         }
         shard.poll(clock.now(), &mut ready);
         published.publish(&shard, clock.now());
-        batch.extend(ready.drain(..).map(Output::Ready));
-        if !batch.is_empty() && out.send(std::mem::take(&mut batch)).await.is_err() {
+        if !ready.is_empty() && out.send(std::mem::take(&mut ready)).await.is_err() {
             return;
         }
     }
 }
 
-fn apply<J>(shard: &mut Shard<J>, command: Command<J>, now: Moment, out: &mut Vec<Output<J>>) {
+fn apply<J>(shard: &mut Shard<J>, command: Command<J>, now: Moment) {
     match command {
         Command::Enqueue(envelope) => shard.enqueue(envelope, now),
         Command::Finish(ticket) => shard.finish(ticket, now),
         Command::Retry { ticket, job, scope, reason, after } => {
-            if let RetryVerdict::GiveUp { job, attempts } =
-                shard.retry(ticket, job, scope, reason, after, now)
-            {
-                out.push(Output::GaveUp { ticket, job, attempts });
-            }
+            // A ticket of a purged pair: dropping the job leaves its record
+            // to be read again by the partition's next owner.
+            let _ = shard.retry(ticket, job, scope, reason, after, now);
         }
         Command::Halt { ticket, job } => shard.halt(ticket, job, now),
         Command::Resume => shard.wake_halted(),
@@ -328,9 +312,7 @@ mod tests {
         while sends.len() < 200 {
             let batch = out.recv().await.expect("shards are running");
             for output in batch {
-                let Output::Ready(Ready::Send(dispatch)) = output else {
-                    panic!("nothing expires or gives up")
-                };
+                let Ready::Send(dispatch) = output else { panic!("nothing expires or gives up") };
                 if retried_at.is_none() {
                     // The first answer is a WABA limit: everyone waits 30 s.
                     retried_at = Some(clock.now());

@@ -117,7 +117,7 @@ async fn phase(name: &str, latency: Duration, loops: u64, secs: u64) -> f64 {
                 ));
                 let counter = match sender.send(NumericId::new(NUMBER), &token, body, 1, None).await {
                     Outcome::Sent { .. } => &tally.sent,
-                    Outcome::Retry { reason: RetryReason::Connection, .. } => &tally.connection,
+                    Outcome::Retry { reason: RetryReason::Connection | RetryReason::Broken, .. } => &tally.connection,
                     Outcome::Retry { reason: RetryReason::Timeout, .. } => &tally.timeout,
                     other => {
                         if tally.other.fetch_add(1, Ordering::Relaxed) == 0 {

@@ -45,6 +45,9 @@ struct Inner {
 #[derive(Debug)]
 enum TransportError {
     Timeout,
+    /// The connection failed after the request went out.
+    Broken(String),
+    /// The request never left (or provably was not processed).
     Connection(String),
 }
 
@@ -112,6 +115,12 @@ impl Sender {
                     "timeout",
                     format!("no answer within {:?}; the message may have been sent", config.request_timeout),
                 ),
+            },
+            Err(TransportError::Broken(message)) => Outcome::Retry {
+                scope: Scope::Request,
+                after: request_backoff(attempt, cap),
+                reason: RetryReason::Broken,
+                error: engine_error("connection", message),
             },
             Err(TransportError::Connection(message)) => Outcome::Retry {
                 scope: Scope::Request,
@@ -181,7 +190,7 @@ impl Sender {
                     last_error = format!("not processed by the server: {e}");
                 }
                 Ok(Err(StreamError::Failed(e))) => {
-                    return Err(TransportError::Connection(connection_message(&e)))
+                    return Err(TransportError::Broken(connection_message(&e)))
                 }
                 Err(_) => return Err(TransportError::Timeout),
             }

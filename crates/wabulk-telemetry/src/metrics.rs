@@ -18,13 +18,15 @@
 //! incrementing it is a single atomic add.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dashmap::DashMap;
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use wabulk_model::{FailReason, RejectReason, RetryReason};
+use wabulk_model::{Exit, RejectReason, RetryReason, Status};
 
 /// The `limit` values of `wabulk_throttled_total` (CONTRACT §9): a fixed set,
 /// so the series exist at zero from the start and `rate()` works at once.
@@ -32,7 +34,8 @@ pub const THROTTLE_LIMITS: [&str; 3] = ["phone", "pair", "waba"];
 
 /// The `status` values of `wabulk_results_total` (CONTRACT §3), pre-created at
 /// zero for the same reason.
-pub const RESULT_STATUSES: [&str; 4] = ["sent", "failed", "expired", "rejected"];
+pub const RESULT_STATUSES: [&str; 4] =
+    [Status::Sent.label(), Status::Failed.label(), Status::Expired.label(), Status::Rejected.label()];
 
 /// The `reason` values of `wabulk_produce_refusals_total`: the labels of
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
@@ -48,20 +51,11 @@ pub const WEBHOOK_OUTCOMES: [&str; 6] =
     ["ok", "bad_signature", "malformed", "kafka_error", "too_large", "timeout"];
 
 /// The `reason` values of `wabulk_messages_failed_total`: every
-/// `FailReason::label()`, and [`EXPIRED_REASON`].
-pub const FAIL_REASONS: [FailReason; 5] = [
-    FailReason::BadRequest,
-    FailReason::Undeliverable,
-    FailReason::AccountBlocked,
-    FailReason::RetriesExhausted,
-    FailReason::Unclassified,
-];
-
-/// The `reason` of `wabulk_messages_failed_total` for jobs past their `expires_at`.
-pub const EXPIRED_REASON: &str = "expired";
+/// `FailReason::label()`, then `expired` (what `Exit::failed_reason` answers).
+pub use wabulk_model::FAILED_REASONS;
 
 /// The `reason` values of `wabulk_retries_total`: every `RetryReason::label()`.
-pub const RETRY_REASONS: [RetryReason; 11] = [
+pub const RETRY_REASONS: [RetryReason; 12] = [
     RetryReason::PairLimit,
     RetryReason::NumberLimit,
     RetryReason::WabaLimit,
@@ -72,6 +66,7 @@ pub const RETRY_REASONS: [RetryReason; 11] = [
     RetryReason::ServerError,
     RetryReason::Media,
     RetryReason::Timeout,
+    RetryReason::Broken,
     RetryReason::Connection,
 ];
 
@@ -234,6 +229,12 @@ pub struct Metrics {
     phone_labels: LabelBudget,
     /// The same guard for `waba_id`.
     waba_labels: LabelBudget,
+    /// Each number's per-job series, resolved on its first job.
+    numbers: DashMap<u64, Arc<NumberSeries>>,
+    /// `results` by `Status::ALL` index, and `rejected` by `REJECT_REASONS`
+    /// index: resolved once.
+    results_by_status: [IntCounter; Status::ALL.len()],
+    rejected_by_reason: [IntCounter; REJECT_REASONS.len()],
 }
 
 impl Metrics {
@@ -257,6 +258,14 @@ impl Metrics {
     /// [`Metrics::waba_label`].
     pub fn with_series_cap(cap: usize) -> Metrics {
         let r = Registry::new();
+        let results = counter_vec(
+            &r,
+            "wabulk_results_total",
+            "Final results acknowledged by Kafka, one per job, by status.",
+            &["status"],
+        );
+        let rejected =
+            counter_vec(&r, "wabulk_rejected_total", "Jobs rejected as not acceptable, by code.", &["code"]);
         let m = Metrics {
             jobs_consumed: counter(
                 &r,
@@ -338,18 +347,6 @@ impl Metrics {
                 "wabulk_consumer_lag",
                 "High watermark minus consumer position, per assigned partition.",
                 &["partition"],
-            ),
-            results: counter_vec(
-                &r,
-                "wabulk_results_total",
-                "Final results acknowledged by Kafka, one per job, by status.",
-                &["status"],
-            ),
-            rejected: counter_vec(
-                &r,
-                "wabulk_rejected_total",
-                "Jobs rejected as not acceptable, by code.",
-                &["code"],
             ),
             waba_hourly_cap: gauge_vec(
                 &r,
@@ -445,6 +442,11 @@ impl Metrics {
                 &["version"],
             ),
             registry: r,
+            numbers: DashMap::new(),
+            results_by_status: Status::ALL.map(|status| results.with_label_values(&[status.label()])),
+            rejected_by_reason: REJECT_REASONS.map(|reason| rejected.with_label_values(&[reason.code()])),
+            results,
+            rejected,
             phone_labels: LabelBudget::new(cap),
             waba_labels: LabelBudget::new(cap),
         };
@@ -453,9 +455,6 @@ impl Metrics {
         // increment and alerts on "absent" impossible to write.
         for limit in THROTTLE_LIMITS {
             m.throttled.with_label_values(&[limit]);
-        }
-        for status in RESULT_STATUSES {
-            m.results.with_label_values(&[status]);
         }
         for status in WEBHOOK_STATUSES.iter().chain([&OVERFLOW_LABEL]) {
             m.statuses.with_label_values(&[status]);
@@ -526,7 +525,7 @@ impl Metrics {
         for phone in phones {
             let phone = self.phone_label(phone);
             self.messages_sent.with_label_values(&[phone]);
-            for reason in FAIL_REASONS.map(FailReason::label).into_iter().chain([EXPIRED_REASON]) {
+            for reason in FAILED_REASONS {
                 self.messages_failed.with_label_values(&[phone, reason]);
             }
         }
@@ -541,13 +540,63 @@ impl Metrics {
         for reason in DLQ_REASONS {
             self.dlq.with_label_values(&[reason]);
         }
-        for reason in REJECT_REASONS {
-            self.rejected.with_label_values(&[reason.code()]);
-        }
         for code in ACTED_ON_API_ERROR_CODES {
             self.api_errors.with_label_values(&[code]);
         }
     }
+}
+
+impl Metrics {
+    /// Counts a job's exit on its number's series: `sent`, or `failed` with
+    /// the exit's reason; rejections on `wabulk_rejected_total`. The number's
+    /// series are resolved on its first job; after that nothing is formatted
+    /// or hashed but the number.
+    pub fn count_exit(&self, phone_number_id: u64, exit: &Exit) {
+        if let Exit::Rejected(reason) = exit {
+            let index = REJECT_REASONS.iter().position(|r| r == reason).unwrap_or_default();
+            self.rejected_by_reason[index].inc();
+            return;
+        }
+        let series = self.number_series(phone_number_id);
+        match exit.failed_reason() {
+            None => series.sent.inc(),
+            Some(reason) => {
+                let index = FAILED_REASONS.iter().position(|r| *r == reason).unwrap_or_default();
+                series.failed[index].inc();
+            }
+        }
+    }
+
+    /// Counts a result Kafka acknowledged (`wabulk_results_total{status}`).
+    pub fn count_result(&self, status: Status) {
+        let index = Status::ALL.iter().position(|s| *s == status).unwrap_or_default();
+        self.results_by_status[index].inc();
+    }
+
+    /// The number's per-job series (sent, failed by reason), created on
+    /// first use under its label (or the overflow label past the series cap).
+    pub fn number_series(&self, phone_number_id: u64) -> Arc<NumberSeries> {
+        if let Some(series) = self.numbers.get(&phone_number_id) {
+            return Arc::clone(&series);
+        }
+        let id = phone_number_id.to_string();
+        let label = self.phone_label(&id);
+        let series = Arc::new(NumberSeries {
+            sent: self.messages_sent.with_label_values(&[label]),
+            failed: FAILED_REASONS.map(|reason| self.messages_failed.with_label_values(&[label, reason])),
+        });
+        Arc::clone(self.numbers.entry(phone_number_id).or_insert(series).value())
+    }
+}
+
+/// One number's per-job counters, resolved once (see [`Metrics::count_exit`]).
+#[derive(Debug)]
+pub struct NumberSeries {
+    /// `wabulk_messages_sent_total{phone_number_id}`.
+    pub sent: IntCounter,
+    /// `wabulk_messages_failed_total{phone_number_id,reason}`, in the order
+    /// of [`FAILED_REASONS`].
+    pub failed: [IntCounter; FAILED_REASONS.len()],
 }
 
 impl Default for Metrics {

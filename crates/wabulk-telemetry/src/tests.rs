@@ -3,8 +3,8 @@
 use wabulk_model::{FailReason, JobError, RejectReason, RetryReason};
 
 use crate::{
-    Health, Metrics, ACTED_ON_API_ERROR_CODES, DLQ_REASONS, EXPIRED_REASON, FAIL_REASONS, OVERFLOW_LABEL,
-    REJECT_REASONS, RESULT_STATUSES, RETRY_REASONS, THROTTLE_LIMITS,
+    Health, Metrics, ACTED_ON_API_ERROR_CODES, DLQ_REASONS, FAILED_REASONS, OVERFLOW_LABEL, REJECT_REASONS,
+    RESULT_STATUSES, RETRY_REASONS, THROTTLE_LIMITS,
 };
 
 /// CONTRACT §9, name and type, as the exposition's `# TYPE` lines must say.
@@ -119,7 +119,7 @@ fn known_label_values_exist_at_zero_after_create_zero_series() {
     let mut expected = Vec::new();
     for phone in phones {
         expected.push(format!("wabulk_messages_sent_total{{phone_number_id=\"{phone}\"}} 0"));
-        for reason in FAIL_REASONS.map(FailReason::label).into_iter().chain([EXPIRED_REASON]) {
+        for reason in FAILED_REASONS {
             expected.push(format!(
                 "wabulk_messages_failed_total{{phone_number_id=\"{phone}\",reason=\"{reason}\"}} 0"
             ));
@@ -144,8 +144,8 @@ fn known_label_values_exist_at_zero_after_create_zero_series() {
     let lines: std::collections::HashSet<&str> = text.lines().collect();
     let missing: Vec<&String> = expected.iter().filter(|e| !lines.contains(e.as_str())).collect();
     assert!(missing.is_empty(), "series not at 0 after create_zero_series: {missing:?}\n{text}");
-    // 2 phones × (1 + 6) + 1 WABA × 2 + 11 + 4 + 3 + 8.
-    assert_eq!(expected.len(), 14 + 2 + 11 + 4 + 3 + 8);
+    // 2 phones × (1 + 6) + 1 WABA × 2 + 12 + 4 + 3 + 8.
+    assert_eq!(expected.len(), 14 + 2 + 12 + 4 + 3 + 8);
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn closed_label_lists_cover_the_model() {
             | FailReason::Undeliverable
             | FailReason::AccountBlocked
             | FailReason::RetriesExhausted
-            | FailReason::Unclassified => FAIL_REASONS.contains(&reason),
+            | FailReason::Unclassified => FAILED_REASONS.contains(&reason.label()),
         }
     }
     fn listed_retry(reason: RetryReason) -> bool {
@@ -184,6 +184,7 @@ fn closed_label_lists_cover_the_model() {
             | RetryReason::ServerError
             | RetryReason::Media
             | RetryReason::Timeout
+            | RetryReason::Broken
             | RetryReason::Connection => RETRY_REASONS.contains(&reason),
         }
     }
@@ -202,7 +203,14 @@ fn closed_label_lists_cover_the_model() {
             | JobError::Field { .. } => DLQ_REASONS.contains(&error.reason()),
         }
     }
-    assert!(FAIL_REASONS.into_iter().all(listed_fail));
+    let fail_reasons = [
+        FailReason::BadRequest,
+        FailReason::Undeliverable,
+        FailReason::AccountBlocked,
+        FailReason::RetriesExhausted,
+        FailReason::Unclassified,
+    ];
+    assert!(fail_reasons.into_iter().all(listed_fail));
     assert!(RETRY_REASONS.into_iter().all(listed_retry));
     assert!(REJECT_REASONS.into_iter().all(listed_reject));
     let errors = [
@@ -270,4 +278,28 @@ fn ready_only_when_consuming_and_sending() {
     // Reasons are one line, as /readyz promises.
     h.set_sending(false);
     assert!(!h.not_ready_reason().unwrap().contains('\n'));
+}
+
+#[test]
+fn exits_are_counted_on_their_numbers_series() {
+    use wabulk_model::{ApiError, ErrorCode, Exit, Status};
+    let m = Metrics::new();
+    m.count_exit(111, &Exit::Sent { wamid: "w".into() });
+    m.count_exit(111, &Exit::Sent { wamid: "w".into() });
+    m.count_exit(111, &Exit::Expired);
+    let error = ApiError { code: ErrorCode::Graph(131026), message: String::new() };
+    m.count_exit(222, &Exit::Failed { reason: FailReason::Undeliverable, error });
+    m.count_exit(333, &Exit::Rejected(RejectReason::UnknownWaba));
+    m.count_result(Status::Expired);
+    let text = m.render();
+    for line in [
+        "wabulk_messages_sent_total{phone_number_id=\"111\"} 2",
+        "wabulk_messages_failed_total{phone_number_id=\"111\",reason=\"expired\"} 1",
+        "wabulk_messages_failed_total{phone_number_id=\"222\",reason=\"undeliverable\"} 1",
+        "wabulk_rejected_total{code=\"unknown_waba\"} 1",
+        "wabulk_results_total{status=\"expired\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    assert!(!text.contains("\"333\""), "a rejected job's number must not become a label:\n{text}");
 }

@@ -26,14 +26,12 @@ use tokio::task::JoinSet;
 use wabulk_kafka::{Assignment, Ingest, Output, Record};
 use wabulk_limits::{Clock, Moment};
 use wabulk_model::{
-    ApiError, DlqRecord, ErrorCode, FailReason, Job, JobResult, Outcome, RejectReason, ResultError,
-    RetryReason, Status,
+    ApiError, DlqRecord, ErrorCode, FailReason, Job, JobResult, Outcome, RejectReason, ResultError, Status,
+    EXPIRED_REASON,
 };
-use wabulk_scheduler::{
-    Command, Dispatch, Envelope, Output as FromScheduler, Ready, Scheduler, TokioClock, WabaRegistry,
-};
+use wabulk_scheduler::{Command, Dispatch, Envelope, Ready, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::{AccessToken, DepartureGate, SchedulingDelay, Sender};
-use wabulk_telemetry::{Health, Metrics, EXPIRED_REASON};
+use wabulk_telemetry::{Health, Metrics};
 
 use crate::setup::EngineSetup;
 use crate::writes::{Refusals, Topic};
@@ -45,8 +43,9 @@ pub struct Pending {
     partition: i32,
     offset: i64,
     received_at: DateTime<Utc>,
-    /// The last retryable error, reported if the retries run out.
-    last_error: Option<ApiError>,
+    /// Retries that spent an attempt, and those that did not (`RetryBudget`).
+    attempts_spent: u32,
+    waits: u32,
 }
 
 /// One request that came back.
@@ -379,7 +378,8 @@ impl IngestStage {
             partition: record.partition,
             offset: record.offset,
             received_at,
-            last_error: None,
+            attempts_spent: 0,
+            waits: 0,
         };
         match route(&self.setup, &self.metrics, &pending.job) {
             Err(reason) => {
@@ -472,7 +472,7 @@ struct SendStage {
 impl SendStage {
     async fn run(
         mut self,
-        mut ready: mpsc::Receiver<Vec<FromScheduler<Pending>>>,
+        mut ready: mpsc::Receiver<Vec<Ready<Pending>>>,
         mut answers: mpsc::UnboundedReceiver<Answered>,
         mut assignments: mpsc::UnboundedReceiver<Assignment>,
         shutdown: impl Future<Output = ()>,
@@ -519,36 +519,17 @@ impl SendStage {
     }
 
     /// Starts requests for ready jobs; returns how many.
-    fn on_ready(&mut self, writes: &mut JoinSet<()>, batch: Vec<FromScheduler<Pending>>) -> usize {
+    fn on_ready(&mut self, writes: &mut JoinSet<()>, batch: Vec<Ready<Pending>>) -> usize {
         let mut started = 0;
         for item in batch {
             match item {
-                FromScheduler::Ready(Ready::Send(dispatch)) => {
-                    started += usize::from(self.start_send(dispatch))
-                }
-                FromScheduler::Ready(Ready::Expired { ticket, mut job, attempts }) => {
+                Ready::Send(dispatch) => started += usize::from(self.start_send(dispatch)),
+                Ready::Expired { ticket, mut job, attempts } => {
                     let _ = self.scheduler.send(Command::Finish(ticket));
                     let label = job.job.phone_number_id.to_string();
                     let label = self.metrics.phone_label(&label);
                     self.metrics.messages_failed.with_label_values(&[label, EXPIRED_REASON]).inc();
                     let result = result_of(&self.setup, &mut job, Status::Expired, None, None, attempts);
-                    self.writer.result(writes, job, result);
-                }
-                FromScheduler::GaveUp { mut job, attempts, .. } => {
-                    let last = job.last_error.take();
-                    let error = ResultError {
-                        code: last
-                            .as_ref()
-                            .map_or(ErrorCode::Engine("retries_exhausted".into()), |e| e.code.clone()),
-                        message: format!(
-                            "retries exhausted after {attempts} attempts{}",
-                            last.map(|e| format!(": {}", e.message)).unwrap_or_default()
-                        ),
-                        retryable: true,
-                    };
-                    self.count_failed(&job, FailReason::RetriesExhausted);
-                    let result =
-                        result_of(&self.setup, &mut job, Status::Failed, None, Some(error), attempts);
                     self.writer.result(writes, job, result);
                 }
             }
@@ -618,13 +599,29 @@ impl SendStage {
             Outcome::Retry { scope, after, reason, error } => {
                 self.count_api_error(&error);
                 self.metrics.retries.with_label_values(&[reason.label()]).inc();
-                if reason == RetryReason::Timeout {
+                if reason.outcome_unknown() {
                     self.metrics.unknown_outcome_retries.inc();
                 }
+                if reason.spends_attempt() {
+                    pending.attempts_spent += 1;
+                } else {
+                    pending.waits += 1;
+                }
+                let budget = self.setup.retries;
                 if self.draining || self.books.is_revoking(partition) {
                     let _ = self.scheduler.send(Command::Finish(ticket));
+                } else if pending.attempts_spent >= budget.max_attempts || pending.waits >= budget.max_waits {
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                    self.count_failed(&pending, FailReason::RetriesExhausted);
+                    let error = ResultError {
+                        code: error.code,
+                        message: format!("retries exhausted after {attempt} attempts: {}", error.message),
+                        retryable: true,
+                    };
+                    let result =
+                        result_of(&self.setup, &mut pending, Status::Failed, None, Some(error), attempt);
+                    self.writer.result(writes, pending, result);
                 } else {
-                    pending.last_error = Some(error);
                     let _ =
                         self.scheduler.send(Command::Retry { ticket, job: pending, scope, reason, after });
                 }

@@ -31,11 +31,20 @@ pub struct Waba {
     pub token_group: TokenGroup,
 }
 
+/// How many retries a job may have: attempts that reached the Graph API
+/// (`RetryReason::spends_attempt`), and waits that did not.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryBudget {
+    pub max_attempts: u32,
+    pub max_waits: u32,
+}
+
 #[derive(Debug)]
 pub struct EngineSetup {
     pub kafka: KafkaSettings,
     pub sender: SenderConfig,
     pub scheduler: SchedulerConfig,
+    pub retries: RetryBudget,
     pub parse: ParseOptions,
     pub phones: HashMap<u64, Phone>,
     pub wabas: HashMap<u64, Waba>,
@@ -126,9 +135,9 @@ impl EngineSetup {
             scheduler: SchedulerConfig {
                 pair_rule,
                 mps_margin_percent: limits.mps_margin_percent,
-                max_attempts: graph.max_attempts,
                 ..SchedulerConfig::default()
             },
+            retries: RetryBudget { max_attempts: graph.max_attempts, max_waits: graph.max_waits },
             parse: ParseOptions { max_bytes: config.kafka.max_job_bytes },
             phones,
             wabas,

@@ -65,14 +65,6 @@ pub enum Ready<J> {
     },
 }
 
-#[derive(Debug)]
-pub enum RetryVerdict<J> {
-    /// Back at the head of its pair's queue.
-    Queued,
-    /// `max_attempts` reached: the job left the scheduler and has failed.
-    GiveUp { job: J, attempts: u32 },
-}
-
 struct Entry<J> {
     job: J,
     not_before: Option<Moment>,
@@ -289,7 +281,10 @@ impl<J> Shard<J> {
 
     /// The request for `ticket` is to be retried after `after`; `scope` says
     /// what waits: the pair, the number, the WABA, every WABA of the token, or
-    /// this job alone (its pair waits with it, to keep the order).
+    /// this job alone (its pair waits with it, to keep the order). Whether a
+    /// job has retries left is its owner's decision, made before calling.
+    /// Hands the job back when the ticket is unknown (its pair was purged):
+    /// the caller drops it, and its record is read again.
     pub fn retry(
         &mut self,
         ticket: Ticket,
@@ -298,23 +293,17 @@ impl<J> Shard<J> {
         reason: RetryReason,
         after: Duration,
         now: Moment,
-    ) -> RetryVerdict<J> {
-        let max_attempts = self.config.max_attempts;
+    ) -> Result<(), J> {
         let slow_down_for = self.config.slow_down_for;
         let Some(number) = self.numbers.get_mut(&ticket.phone) else {
-            return RetryVerdict::GiveUp { job, attempts: 0 };
+            return Err(job);
         };
         let Some(queue) = number.queues.get_mut(&ticket.recipient) else {
-            return RetryVerdict::GiveUp { job, attempts: 0 };
+            return Err(job);
         };
         let Some(flight) = queue.in_flight.take() else {
-            return RetryVerdict::GiveUp { job, attempts: 0 };
+            return Err(job);
         };
-        if flight.attempts >= max_attempts {
-            self.held -= 1;
-            self.schedule_head(ticket.phone, ticket.recipient, now);
-            return RetryVerdict::GiveUp { job, attempts: flight.attempts };
-        }
         queue.jobs.push_front(flight.back(job));
         let until = now + after;
         match scope {
@@ -336,7 +325,7 @@ impl<J> Shard<J> {
             },
         }
         self.schedule_head(ticket.phone, ticket.recipient, now);
-        RetryVerdict::Queued
+        Ok(())
     }
 
     /// The token of the ticket's WABA is invalid: the job goes back to the

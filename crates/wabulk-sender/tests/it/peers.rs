@@ -123,7 +123,7 @@ async fn endless_refusals_end_as_a_connection_retry() {
 }
 
 /// The server drops the TCP connection with three requests in flight: each
-/// is a connection retry (the outcome is unknown), the connection leaves the
+/// is a `broken` retry (the outcome is unknown), the connection leaves the
 /// pool, and the next send succeeds on a new one.
 #[tokio::test]
 async fn dropped_connection_fails_in_flight_requests_and_is_replaced() {
@@ -149,7 +149,7 @@ async fn dropped_connection_fails_in_flight_requests_and_is_replaced() {
     }
     while let Some(outcome) = set.join_next().await {
         match outcome.unwrap() {
-            Outcome::Retry { scope: Scope::Request, reason: RetryReason::Connection, error, .. } => {
+            Outcome::Retry { scope: Scope::Request, reason: RetryReason::Broken, error, .. } => {
                 assert_eq!(error.code, ErrorCode::Engine("connection".into()));
             }
             other => panic!("{other:?}"),

@@ -34,10 +34,11 @@ async fn with_sampler<T>(sender: &Sender, work: impl std::future::Future<Output 
     (out, sampler.await.unwrap())
 }
 
+/// A retry because the connection failed, before or after the request left.
 fn is_connection_retry(outcome: &Outcome) -> bool {
     matches!(
         outcome,
-        Outcome::Retry { scope: Scope::Request, reason: RetryReason::Connection, error, .. }
+        Outcome::Retry { scope: Scope::Request, reason: RetryReason::Connection | RetryReason::Broken, error, .. }
             if error.code == ErrorCode::Engine("connection".into())
     )
 }

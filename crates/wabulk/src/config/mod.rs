@@ -55,8 +55,15 @@ pub struct GraphConfig {
     /// Cap of concurrent streams per connection; the server's own limit wins if lower.
     pub max_streams_per_connection: u32,
     pub max_connections: u32,
-    /// Most HTTP requests for one job before it fails with `retries_exhausted`.
+    /// Most requests for one job that reached the Graph API and failed with a
+    /// retryable error (a server error, a timeout, ...) before the job fails
+    /// with `retries_exhausted`.
     pub max_attempts: u32,
+    /// Most retries for one job that spend no attempt (a limit answer, a
+    /// connection that could not be made) before the job fails with
+    /// `retries_exhausted`: generous, so that a throttle or an outage makes
+    /// jobs wait rather than fail, yet no job is retried for ever.
+    pub max_waits: u32,
     /// Extra trusted CA certificates (PEM): a private CA, or a TLS-inspecting
     /// proxy's. The system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) and
     /// the bundled Mozilla roots are always trusted too.
@@ -169,6 +176,7 @@ impl Default for GraphConfig {
             max_streams_per_connection: 100,
             max_connections: 64,
             max_attempts: 10,
+            max_waits: 1000,
             ca_file: None,
             proxy: None,
         }
@@ -272,6 +280,7 @@ impl Config {
             ("graph.max_streams_per_connection", u64::from(graph.max_streams_per_connection)),
             ("graph.max_connections", u64::from(graph.max_connections)),
             ("graph.max_attempts", u64::from(graph.max_attempts)),
+            ("graph.max_waits", u64::from(graph.max_waits)),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -19,21 +19,6 @@ use crate::harness::{
     TempDir, JOBS, RESULTS, TOKEN, TOKEN_ENV, WABA,
 };
 
-/// Retry reasons the engine labels `wabulk_retries_total` with.
-const RETRY_REASONS: [&str; 11] = [
-    "pair_limit",
-    "number_limit",
-    "waba_limit",
-    "app_limit",
-    "spam_limit",
-    "number_upgrading",
-    "transient",
-    "server_error",
-    "media",
-    "timeout",
-    "connection",
-];
-
 /// A text job `id` from `phone` to `to`.
 fn job(id: &str, phone: &str, to: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -101,9 +86,9 @@ async fn api_faults_end_with_exactly_one_final_result_per_job() {
     results.stop().await;
     let stats = stack.stop().await;
 
-    let retries: BTreeMap<&str, u64> = RETRY_REASONS
+    let retries: BTreeMap<&str, u64> = wabulk_telemetry::RETRY_REASONS
         .iter()
-        .map(|&reason| (reason, metrics.retries.with_label_values(&[reason]).get()))
+        .map(|reason| (reason.label(), metrics.retries.with_label_values(&[reason.label()]).get()))
         .filter(|&(_, n)| n > 0)
         .collect();
     let unknown_outcome = metrics.unknown_outcome_retries.get();
@@ -170,10 +155,12 @@ async fn api_faults_end_with_exactly_one_final_result_per_job() {
     // `attempts` counts the requests the engine made, and each reached the
     // simulator: a stream caught above a GOAWAY's last stream id was never
     // processed, so the sender re-sends it at once on another connection
-    // instead of spending an attempt; only resets end as connection retries.
-    let connection = retries.get("connection").copied().unwrap_or(0);
+    // instead of spending an attempt; only resets (after the request went
+    // out) end as `broken` retries, and no retry is a `connection` one.
+    let broken = retries.get("broken").copied().unwrap_or(0);
     assert_eq!(stats.requests, attempts, "simulator requests vs the engine's attempts");
-    assert_eq!(connection, stats.resets, "connection retries vs resets injected");
+    assert_eq!(broken, stats.resets, "broken-connection retries vs resets injected");
+    assert!(!retries.contains_key("connection"), "no request failed to leave: {retries:?}");
     let sent = all.iter().filter(|r| is_sent(r)).count() as u64;
     assert_eq!(stats.accepted, sent, "the simulator accepted exactly the sent jobs");
     assert_eq!(stats.duplicate_count, 0, "accepted twice: {:?}", stats.duplicate_job_ids);
@@ -181,12 +168,17 @@ async fn api_faults_end_with_exactly_one_final_result_per_job() {
         all.iter().map(|r: &JobResult| u64::from(if is_sent(r) { r.attempts - 1 } else { r.attempts })).sum();
     assert_eq!(retries.values().sum::<u64>(), expected_retries, "retries counted once per retried answer");
     assert!(stats.hangs > 0 && stats.resets > 0 && stats.goaways > 0, "every fault was injected");
-    for reason in ["transient", "server_error", "timeout", "connection"] {
+    for reason in ["transient", "server_error", "timeout", "broken"] {
         assert!(retries.contains_key(reason), "no retry counted as {reason}: {retries:?}");
     }
     assert!(unknown_outcome > 0, "hangs time out: unknown-outcome retries counted");
-    assert_eq!(unknown_outcome, retries["timeout"], "every timeout is an unknown outcome");
-    assert!(unknown_outcome <= stats.hangs, "a timeout without a hang: {unknown_outcome} > {}", stats.hangs);
+    assert_eq!(
+        unknown_outcome,
+        retries["timeout"] + broken,
+        "every timeout and broken stream is an unknown outcome"
+    );
+    let timeouts = retries["timeout"];
+    assert!(timeouts <= stats.hangs, "a timeout without a hang: {timeouts} > {}", stats.hangs);
     assert_eq!(violations(&stats), 0, "limits broken under faults: {}", limits_report(&stats));
 }
 
