@@ -10,8 +10,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wabulk::config::Config;
-use wabulk::demo::DemoOptions;
 use wabulk::setup::EngineSetup;
+use wabulk_lab::demo::DemoOptions;
+use wabulk_lab::{graph_sim, loadgen};
 use wabulk_telemetry::{Health, Metrics};
 
 /// glibc's allocator serialises threads on its arena locks under this
@@ -252,7 +253,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(options) => {
-            let summary = wabulk::demo::run(options).await?;
+            let summary = wabulk_lab::demo::run(options).await?;
             Ok(if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Simulate { listen, tls, ca_out, config, latency_scale, print_config } => {
@@ -264,10 +265,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         format!("{} is not a valid simulator configuration", path.display())
                     })?
                 }
-                None => wabulk_graph_sim::example_config(),
+                None => graph_sim::example_config(),
             };
             if let Some(scale) = latency_scale {
-                sim.latency = wabulk_graph_sim::Latency::Meta { scale };
+                sim.latency = graph_sim::Latency::Meta { scale };
             }
             sim.tls |= tls;
             if print_config {
@@ -277,7 +278,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot bind {listen}"))?;
-            let handle = wabulk_graph_sim::Simulator::start(sim, listener).await.context("simulator")?;
+            let handle = graph_sim::Simulator::start(sim, listener).await.context("simulator")?;
             if handle.ca_pem().is_some() {
                 handle
                     .write_ca_pem(&ca_out)
@@ -295,20 +296,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: Some(LoadgenCommand::Run { scenario, out, jobs, quiet, http_listen }),
             ..
         }) => {
-            let mut loaded = wabulk::scenario::Scenario::load(&scenario)?;
+            let mut loaded = wabulk_lab::scenario::Scenario::load(&scenario)?;
             if let Some(jobs) = jobs {
                 loaded.load.jobs = jobs;
             }
             let out = out.unwrap_or_else(|| PathBuf::from("loadtest/reports").join(&loaded.name));
-            let options = wabulk::scenario::RunOptions {
+            let options = wabulk_lab::scenario::RunOptions {
                 quiet,
                 http_listen,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 work_dir: out.clone(),
                 engine_binary: None,
             };
-            let report = wabulk::scenario::run(&loaded, &options).await?;
-            wabulk::scenario::print_summary(&report);
+            let report = wabulk_lab::scenario::run(&loaded, &options).await?;
+            wabulk_lab::scenario::print_summary(&report);
             let written = report.write_to(&out)?;
             println!(
                 "  report: {}",
@@ -320,7 +321,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let spec = spec.context("--spec is required")?;
             let text =
                 std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
-            let mut spec: wabulk_loadgen::LoadSpec = toml::from_str(&text)
+            let mut spec: loadgen::LoadSpec = toml::from_str(&text)
                 .with_context(|| format!("{} is not a valid load spec", spec.display()))?;
             if let Some(jobs) = jobs {
                 spec.jobs = jobs;
@@ -332,7 +333,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 spec.id_prefix = format!("loadgen-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
             }
             let writer = wabulk_kafka::JobWriter::connect(&brokers, &Default::default())?;
-            let report = wabulk_loadgen::run(&spec, &writer, &topic, true).await?;
+            let report = loadgen::run(&spec, &writer, &topic, true).await?;
             println!(
                 "wrote {} jobs ({} malformed) in {:.1} s: {:.0} jobs/s",
                 report.written,

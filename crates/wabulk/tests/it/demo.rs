@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use wabulk::demo::DemoOptions;
+use wabulk_lab::demo::DemoOptions;
 use wabulk_loadgen::CapacityReport;
 
 use crate::harness::{init_logs, TempDir};
@@ -22,7 +22,7 @@ async fn n_jobs_in_n_results_out() {
         engine_binary: Some(env!("CARGO_BIN_EXE_wabulk").into()),
         ..Default::default()
     };
-    let report = wabulk::demo::run(options).await.expect("the demo runs");
+    let report = wabulk_lab::demo::run(options).await.expect("the demo runs");
     println!("demo: {:?} in {:.1} s", report.checks, started.elapsed().as_secs_f64());
     assert_eq!(report.written, 3000, "the load generator wrote every job");
     assert!(report.malformed > 0, "the load includes malformed records");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wabulk::demo::DemoOptions;
+use wabulk_lab::demo::DemoOptions;
 
 use crate::harness::init_logs;
 
@@ -78,7 +78,7 @@ async fn tiers_hold_with_a_cpu_hog_on_both_cores() {
         engine_binary: Some(env!("CARGO_BIN_EXE_wabulk").into()),
         ..Default::default()
     };
-    let report = wabulk::demo::run(options).await.expect("the demo runs");
+    let report = wabulk_lab::demo::run(options).await.expect("the demo runs");
     let (wall, hog_cpu, hog_waited) = hog.stop();
     println!(
         "loaded run: {:.1} s, hog CPU {:.1} s, hog waiting for a CPU {:.1} s; per number (tier, max in 1 s, achieved/s): {:?}",

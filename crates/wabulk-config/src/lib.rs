@@ -2,6 +2,16 @@
 //! `WABULK_<SECTION>__<KEY>` environment overrides, then validation. Every
 //! error names the key it is about; unknown keys are errors too, because a
 //! misspelt limit silently left at its default is the worst kind of mistake.
+//! [`setup::EngineSetup`] is that configuration resolved, with the
+//! environment, into what each stage of the engine needs.
+//!
+//! A crate of its own because two packages read it: the engine (`wabulk`),
+//! and the capacity-run lab (`wabulk-lab`), which writes the configuration of
+//! the engine it starts as a child process and checks it first. The lab must
+//! not depend on the engine, nor the engine's library link the lab's
+//! simulator and plotting.
+
+pub mod setup;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use wabulk_model::{NumericId, ParseOptions};
 use wabulk_scheduler::{SchedulerConfig, TokenGroup};
 use wabulk_sender::{AccessToken, SenderConfig};
 
-use crate::config::Config;
+use crate::Config;
 
 /// A configured business number.
 #[derive(Debug, Clone, Copy)]

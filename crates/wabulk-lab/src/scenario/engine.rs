@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
-
-use crate::config::Config;
+use wabulk_config::Config;
 
 /// How long the engine may take to serve `/metrics` after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::Utc;
+use wabulk_config::setup::EngineSetup;
+use wabulk_config::{Config, PhoneConfig, WabaConfig};
 use wabulk_graph_sim::{SimConfig, SimHandle, SimNumber, SimStats, SimWaba, Simulator};
 use wabulk_kafka::{JobWriter, TopicReader};
 use wabulk_loadgen::{
@@ -23,8 +25,6 @@ use wabulk_model::{JobResult, Status};
 use super::broker::Broker;
 use super::engine::{EngineProcess, Exposition};
 use super::Scenario;
-use crate::config::{Config, PhoneConfig, WabaConfig};
-use crate::setup::EngineSetup;
 
 /// How a run behaves beyond its scenario.
 #[derive(Debug, Clone, Default)]

@@ -19,7 +19,7 @@ fn every_shipped_scenario_loads_and_its_engine_table_is_a_valid_configuration() 
         .map(|(path, scenario)| {
             let scenario = scenario.as_ref().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let text = toml::to_string(&scenario.engine).expect("engine table serialises");
-            crate::config::Config::from_toml(&text, "engine", std::iter::empty())
+            wabulk_config::Config::from_toml(&text, "engine", std::iter::empty())
                 .unwrap_or_else(|e| panic!("{}: [engine]: {e}", path.display()));
             assert_eq!(
                 path.file_stem().and_then(|s| s.to_str()),
