@@ -1,0 +1,123 @@
+//! The ingest stage: Kafka record → parse (bad input → dead letter) → route
+//! (not acceptable → `rejected`) → scheduler.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+use wabulk_kafka::{Ingest, Record};
+use wabulk_limits::{Clock, Moment};
+use wabulk_model::{Exit, Job, RejectReason};
+use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock};
+use wabulk_sender::AccessToken;
+use wabulk_telemetry::Metrics;
+
+use super::settle::Settle;
+use super::shutdown::Shutdown;
+use super::Pending;
+use crate::setup::EngineSetup;
+
+pub(super) struct IngestStage {
+    pub(super) setup: Arc<EngineSetup>,
+    pub(super) clock: TokioClock,
+    pub(super) ingest: Arc<Ingest>,
+    pub(super) scheduler: Scheduler<Pending>,
+    pub(super) settle: Settle,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl IngestStage {
+    /// Reads until the stop begins or the consumer ends (which begins the
+    /// stop); returns the consumer's error, if that was it, and the writes
+    /// still under way, which the caller waits for within the deadline.
+    pub(super) async fn run(self, shutdown: Shutdown) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
+        let mut writes = JoinSet::new();
+        let failure = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.begun() => break None,
+                // Reap finished writes so the set stays small.
+                Some(_) = writes.join_next(), if !writes.is_empty() => {}
+                record = self.ingest.next() => match record {
+                    Ok(record) => self.on_record(&mut writes, record),
+                    Err(error) => {
+                        tracing::error!(%error, "the Kafka consumer stopped; stopping the engine");
+                        shutdown.begin();
+                        break Some(error);
+                    }
+                },
+            }
+        };
+        (failure, writes)
+    }
+
+    fn on_record(&self, writes: &mut JoinSet<()>, record: Record) {
+        self.metrics.jobs_consumed.inc();
+        let received_at = Utc::now();
+        let job = match Job::parse(&record.payload, &self.setup.parse) {
+            Ok(job) => job,
+            Err(err) => {
+                self.metrics.dlq.with_label_values(&[err.reason()]).inc();
+                tracing::debug!(partition = record.partition, offset = record.offset, error = %err, "dead letter");
+                self.settle.dead_letter(writes, record, err.to_string());
+                return;
+            }
+        };
+        let pending = Pending {
+            job,
+            partition: record.partition,
+            offset: record.offset,
+            received_at,
+            attempts_spent: 0,
+            waits: 0,
+        };
+        match route(&self.setup, &pending.job) {
+            Err(reason) => self.settle.exit(writes, pending, Exit::Rejected(reason), 0),
+            Ok((waba, mps)) => {
+                let now = self.clock.now();
+                let envelope = Envelope {
+                    phone: pending.job.phone_number_id.get(),
+                    recipient: pending.job.to.get(),
+                    waba,
+                    mps,
+                    not_before: pending.job.not_before.map(|at| moment_of(now, at)),
+                    expires_at: pending.job.expires_at.map(|at| moment_of(now, at)),
+                    job: pending,
+                };
+                // Fails only while shutting down; the record is then read again.
+                let _ = self.scheduler.send(Command::Enqueue(envelope));
+            }
+        }
+    }
+}
+
+/// Which WABA sends this job and at what rate, or why it is not accepted.
+fn route(setup: &EngineSetup, job: &Job) -> Result<(u64, u32), RejectReason> {
+    match setup.phones.get(&job.phone_number_id.get()) {
+        Some(phone) => match job.waba_id {
+            Some(waba) if waba.get() != phone.waba => Err(RejectReason::WabaMismatch),
+            _ => Ok((phone.waba, phone.mps)),
+        },
+        None if setup.strict_phones => Err(RejectReason::UnknownPhoneNumber),
+        None => {
+            let waba = job.waba_id.ok_or(RejectReason::UnknownWaba)?.get();
+            if token(setup, waba).is_none() {
+                return Err(RejectReason::UnknownWaba);
+            }
+            Ok((waba, setup.default_mps))
+        }
+    }
+}
+
+/// The token a WABA sends with: its own, else the default one.
+pub(super) fn token(setup: &EngineSetup, waba: u64) -> Option<&AccessToken> {
+    setup.wabas.get(&waba).map(|w| &w.token).or(setup.default_token.as_ref())
+}
+
+/// A wall-clock instant as a scheduler moment (never before `now`).
+fn moment_of(now: Moment, at: DateTime<Utc>) -> Moment {
+    match (at - Utc::now()).to_std() {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
+    }
+}

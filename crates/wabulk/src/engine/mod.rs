@@ -1,0 +1,257 @@
+//! The data path, wired in one place.
+//!
+//! One job's life, in the order the code runs:
+//!
+//! 1. `ingest.rs`, [`IngestStage::on_record`](ingest): a Kafka record is
+//!    parsed (bad input → [`Settle::dead_letter`](settle)) and routed to its
+//!    WABA and tier (not acceptable → the `rejected` exit), then enqueued in
+//!    the scheduler (`wabulk-scheduler`), which holds it until every limit
+//!    allows it.
+//! 2. `send.rs`, `SendStage::on_ready` → `start_send`: the ready job's
+//!    request goes out on its own task through the number's departure gate
+//!    (`wabulk-sender`).
+//! 3. `send.rs`, `SendStage::on_answer`: the classified outcome either goes
+//!    back to the scheduler (retry, halt) or ends the job.
+//! 4. `settle.rs`, [`Settle::exit`](settle): the only place a job ends: its
+//!    one final result is written, counted, and once Kafka has acknowledged
+//!    it, the record's offset is done.
+//!
+//! Requests and Kafka writes run on their own tasks so that both cores do
+//! the JSON, HTTP/2 and librdkafka work; the stage loops only keep the books.
+//! One [`Shutdown`] stops every stage (`shutdown.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use wabulk_kafka::{Ingest, Output};
+use wabulk_model::Job;
+use wabulk_scheduler::{Scheduler, TokioClock, WabaRegistry};
+use wabulk_sender::{SchedulingDelay, Sender};
+use wabulk_telemetry::{Health, Metrics};
+
+use crate::setup::EngineSetup;
+use crate::writes::Refusals;
+
+mod ingest;
+mod send;
+mod settle;
+mod shutdown;
+
+pub use shutdown::Shutdown;
+
+use ingest::IngestStage;
+use send::SendStage;
+use settle::Settle;
+
+/// A job inside the engine, from its record to its exit.
+#[derive(Debug)]
+pub struct Pending {
+    job: Job,
+    partition: i32,
+    offset: i64,
+    received_at: DateTime<Utc>,
+    /// Retries that spent an attempt, and those that did not (`RetryBudget`).
+    attempts_spent: u32,
+    waits: u32,
+}
+
+/// Runs the engine until `stop` resolves (or the Kafka consumer fails), then
+/// stops reading and sending, lets the requests in flight and the results
+/// being written finish until the drain deadline (`drain_timeout` after the
+/// stop began), and commits.
+pub async fn run(
+    setup: EngineSetup,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let setup = Arc::new(setup);
+    let clock = TokioClock::new();
+    let shutdown = Shutdown::new(setup.drain_timeout);
+    let (ingest, assignments) = Ingest::connect(&setup.kafka).context("cannot start the Kafka consumer")?;
+    {
+        // Told on every done and every acknowledged commit, under the
+        // consumer's lock: two atomic updates.
+        let (uncommitted, lag) = (metrics.uncommitted_jobs.clone(), metrics.commit_lag.clone());
+        ingest.set_commit_listener(Box::new(move |delta, lags| {
+            uncommitted.add(delta);
+            for waited in lags {
+                lag.observe(waited.as_secs_f64());
+            }
+        }));
+    }
+    let ingest = Arc::new(ingest);
+    let output = Arc::new(Output::connect(&setup.kafka).context("cannot start the Kafka producer")?);
+    let sender = Sender::new(setup.sender.clone()).context("graph settings are not usable")?;
+    let registry = Arc::new(WabaRegistry::new(setup.default_waba_cap));
+    for (&id, waba) in &setup.wabas {
+        registry.register(id, waba.hourly_cap, waba.token_group);
+        let label = id.to_string();
+        metrics.waba_halted.with_label_values(&[metrics.waba_label(&label)]).set(0);
+    }
+    // Small: a full channel makes the shards wait rather than pile ready
+    // jobs up in front of the send loop.
+    let (ready_tx, ready_rx) = mpsc::channel(64);
+    let (scheduler, shard_tasks) =
+        Scheduler::spawn(setup.scheduler.clone(), Arc::clone(&registry), setup.shards, clock, ready_tx);
+    for (phone, p) in &setup.phones {
+        let label = phone.to_string();
+        metrics.phone_rate_limit.with_label_values(&[metrics.phone_label(&label)]).set(i64::from(p.mps));
+    }
+    // Every counter series of the configured numbers and WABAs and of the
+    // closed reason sets at 0, so that rates and alerts see the first event.
+    let phones: Vec<String> = setup.phones.keys().map(ToString::to_string).collect();
+    let wabas: Vec<String> = setup.wabas.keys().map(ToString::to_string).collect();
+    metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
+    let books = Arc::new(Books { ingest: Arc::clone(&ingest), open: Mutex::default() });
+    let settle = Settle {
+        setup: Arc::clone(&setup),
+        output,
+        books: Arc::clone(&books),
+        metrics: Arc::clone(&metrics),
+        refusals: Arc::new(Refusals::new(Arc::clone(&metrics), Arc::clone(&health), &setup.kafka.extra)),
+        jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
+    };
+
+    let ingest_stage = IngestStage {
+        setup: Arc::clone(&setup),
+        clock,
+        ingest: Arc::clone(&ingest),
+        scheduler: scheduler.clone(),
+        settle: settle.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone()));
+
+    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let send_stage = SendStage {
+        setup: Arc::clone(&setup),
+        clock,
+        sender,
+        scheduler,
+        registry,
+        settle,
+        books: Arc::clone(&books),
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        shutdown: shutdown.clone(),
+        answers_tx,
+        halted: HashSet::new(),
+        gates: HashMap::new(),
+        scheduling_delay: SchedulingDelay::start(Arc::clone(&setup.scheduler.window_allowance)),
+        sampled: [0; 3],
+    };
+    health.set_consuming(true);
+    health.set_sending(true);
+    tracing::info!(shards = setup.shards, "engine started");
+    let send_task = tokio::spawn(send_stage.run(ready_rx, answers_rx, assignments));
+    tokio::select! {
+        () = stop => shutdown.begin(),
+        () = shutdown.begun() => {}
+    }
+    health.set_consuming(false);
+
+    // Both stages drain until the one deadline; the ingest stage's last
+    // writes (dead letters, rejections) within it too.
+    let _ = send_task.await;
+    let failure = match ingest_task.await {
+        Ok((failure, mut writes)) => {
+            if !shutdown.within_deadline(async { while writes.join_next().await.is_some() {} }).await {
+                tracing::warn!(
+                    writes = writes.len(),
+                    "drain timeout: results still being written are read again on restart"
+                );
+            }
+            failure
+        }
+        Err(_) => None,
+    };
+    for task in shard_tasks {
+        task.abort();
+    }
+    // The final commit blocks on librdkafka.
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = ingest.commit_now() {
+            tracing::warn!(error = %err, "final commit failed; stored offsets are committed by the next owner");
+        }
+        drop(ingest);
+    })
+    .await
+    .context("final commit")?;
+    tracing::info!("engine stopped");
+    match failure {
+        Some(error) => Err(error).context("the Kafka consumer stopped"),
+        None => Ok(()),
+    }
+}
+
+/// Per partition, the jobs out of the scheduler and not yet acknowledged
+/// (requests in flight and results being written), so that a revoked
+/// partition is released to its next owner as soon as nothing of it is left.
+pub(super) struct Books {
+    /// Where offsets are marked done and revoked partitions released.
+    ingest: Arc<Ingest>,
+    /// A std mutex: held for a map update, never across an await.
+    open: Mutex<BooksState>,
+}
+
+#[derive(Default)]
+struct BooksState {
+    outstanding: HashMap<i32, usize>,
+    /// Partitions being taken away: their jobs are no longer sent.
+    revoking: HashSet<i32>,
+}
+
+impl Books {
+    fn state(&self) -> std::sync::MutexGuard<'_, BooksState> {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open(&self, partition: i32) {
+        *self.state().outstanding.entry(partition).or_default() += 1;
+    }
+
+    fn close(&self, partition: i32) {
+        let mut state = self.state();
+        let left = state.outstanding.entry(partition).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 && state.revoking.contains(&partition) {
+            self.forget(partition);
+        }
+    }
+
+    fn is_revoking(&self, partition: i32) -> bool {
+        self.state().revoking.contains(&partition)
+    }
+
+    fn revoke(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        for &partition in partitions {
+            state.revoking.insert(partition);
+            if state.outstanding.get(&partition).copied().unwrap_or(0) == 0 {
+                self.forget(partition);
+            }
+        }
+    }
+
+    fn assign(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        for partition in partitions {
+            state.revoking.remove(partition);
+        }
+    }
+
+    fn forget(&self, partition: i32) {
+        self.ingest.forget(partition);
+    }
+
+    /// The job's result or dead letter is acknowledged: its offset is done.
+    fn done(&self, partition: i32, offset: i64) {
+        self.ingest.done(partition, offset);
+        self.close(partition);
+    }
+}

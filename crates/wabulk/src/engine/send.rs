@@ -1,0 +1,297 @@
+//! The send stage: the scheduler's ready jobs → HTTP/2 request → classified
+//! outcome → scheduler feedback (finish, retry, halt) or the job's exit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use wabulk_kafka::Assignment;
+use wabulk_limits::Clock;
+use wabulk_model::{ApiError, ErrorCode, Exit, Outcome};
+use wabulk_scheduler::{Command, Dispatch, Ready, Scheduler, TokioClock, WabaRegistry};
+use wabulk_sender::{DepartureGate, SchedulingDelay, Sender};
+use wabulk_telemetry::{Health, Metrics};
+
+use super::ingest::token;
+use super::settle::Settle;
+use super::shutdown::Shutdown;
+use super::{Books, Pending};
+use crate::setup::EngineSetup;
+
+/// How often gauges are refreshed from the stages.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Answers taken per turn of the send loop: enough to amortise the loop,
+/// few enough that ready jobs are not starved.
+const ANSWERS_PER_TURN: usize = 512;
+
+/// One request that came back.
+pub(super) struct Answered {
+    dispatch: Dispatch<Pending>,
+    outcome: Outcome,
+    latency: Duration,
+}
+
+pub(super) struct SendStage {
+    pub(super) setup: Arc<EngineSetup>,
+    pub(super) clock: TokioClock,
+    pub(super) sender: Sender,
+    pub(super) scheduler: Scheduler<Pending>,
+    pub(super) registry: Arc<WabaRegistry>,
+    pub(super) settle: Settle,
+    pub(super) books: Arc<Books>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) health: Arc<Health>,
+    pub(super) shutdown: Shutdown,
+    /// Where request tasks report back.
+    pub(super) answers_tx: mpsc::UnboundedSender<Answered>,
+    /// WABAs halted for a bad token, so that the alert is logged once.
+    pub(super) halted: HashSet<u64>,
+    /// Each number's departure gate, made on its first send.
+    pub(super) gates: HashMap<u64, Arc<DepartureGate>>,
+    /// How late this runtime is; sets the window allowance.
+    pub(super) scheduling_delay: Arc<SchedulingDelay>,
+    /// Scheduler throttle counters already added to the metric.
+    pub(super) sampled: [u64; 3],
+}
+
+impl SendStage {
+    /// Sends until the stop begins, then finishes the requests in flight and
+    /// the results being written, until the stop's deadline at the latest.
+    pub(super) async fn run(
+        mut self,
+        mut ready: mpsc::Receiver<Vec<Ready<Pending>>>,
+        mut answers: mpsc::UnboundedReceiver<Answered>,
+        mut assignments: mpsc::UnboundedReceiver<Assignment>,
+    ) {
+        let mut sample = tokio::time::interval(SAMPLE_EVERY);
+        let mut writes = JoinSet::new();
+        let mut in_flight = 0usize;
+        let mut answered = Vec::with_capacity(ANSWERS_PER_TURN);
+        let shutdown = self.shutdown.clone();
+        let mut begun = std::pin::pin!(shutdown.begun());
+        let mut deadline = std::pin::pin!(shutdown.deadline_passed());
+        let mut announced = false;
+        loop {
+            let draining = shutdown.is_draining();
+            if draining && !announced {
+                announced = true;
+                tracing::info!(in_flight, "stopping: finishing requests in flight");
+            }
+            if draining && in_flight == 0 && writes.is_empty() {
+                break;
+            }
+            tokio::select! {
+                // Answers first: they free pairs and memory, and bound what
+                // the next ready batch can add.
+                biased;
+                n = answers.recv_many(&mut answered, ANSWERS_PER_TURN) => {
+                    in_flight -= n;
+                    for answer in answered.drain(..) {
+                        self.on_answer(&mut writes, answer);
+                    }
+                }
+                Some(_) = writes.join_next(), if !writes.is_empty() => {}
+                Some(assignment) = assignments.recv() => self.on_assignment(assignment),
+                Some(batch) = ready.recv() => in_flight += self.on_ready(&mut writes, batch),
+                _ = sample.tick() => self.sample(),
+                () = &mut begun, if !draining => {}
+                () = &mut deadline => {
+                    tracing::warn!(in_flight, writes = writes.len(), "drain timeout: stopping with work unfinished; it is read again on restart");
+                    break;
+                }
+            }
+        }
+        self.sample();
+    }
+
+    /// Starts requests for ready jobs; returns how many.
+    fn on_ready(&mut self, writes: &mut JoinSet<()>, batch: Vec<Ready<Pending>>) -> usize {
+        let mut started = 0;
+        for item in batch {
+            match item {
+                Ready::Send(dispatch) => started += usize::from(self.start_send(dispatch)),
+                Ready::Expired { ticket, job, attempts } => {
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                    self.settle.exit(writes, job, Exit::Expired, attempts);
+                }
+            }
+        }
+        started
+    }
+
+    fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
+        let partition = dispatch.job.partition;
+        let ours = !self.shutdown.is_draining() && !self.books.is_revoking(partition);
+        let Some(token) = token(&self.setup, dispatch.waba).filter(|_| ours).cloned() else {
+            // Not ours to send any more (or, defensively, no token): the
+            // record is read again by its next owner or after a restart.
+            let _ = self.scheduler.send(Command::Finish(dispatch.ticket));
+            return false;
+        };
+        self.metrics.queue_wait.observe(dispatch.queued.as_secs_f64());
+        self.metrics.inflight.inc();
+        self.books.open(partition);
+        let sender = self.sender.clone();
+        let answers = self.answers_tx.clone();
+        let gate = self.gate(dispatch.job.job.phone_number_id.get());
+        tokio::spawn(async move {
+            let body = dispatch.job.job.request_body();
+            let phone = dispatch.job.job.phone_number_id;
+            let started = Instant::now();
+            let outcome = sender.send(phone, &token, body, dispatch.attempt, Some(&gate)).await;
+            let _ = answers.send(Answered { dispatch, outcome, latency: started.elapsed() });
+        });
+        true
+    }
+
+    /// The number's departure gate, at its configured tier (the default
+    /// tier for numbers not in the configuration, as `route` gives them).
+    /// Made on the number's first send, which is also when its tier gauge
+    /// is set.
+    fn gate(&mut self, phone: u64) -> Arc<DepartureGate> {
+        let (setup, metrics) = (&self.setup, &self.metrics);
+        let gate = self.gates.entry(phone).or_insert_with(|| {
+            let mps = setup.phones.get(&phone).map_or(setup.default_mps, |p| p.mps);
+            let label = phone.to_string();
+            metrics.phone_rate_limit.with_label_values(&[metrics.phone_label(&label)]).set(i64::from(mps));
+            let margin = setup.scheduler.mps_margin_percent;
+            Arc::new(DepartureGate::new(mps, margin, Arc::clone(&setup.scheduler.window_allowance)))
+        });
+        Arc::clone(gate)
+    }
+
+    fn on_answer(&mut self, writes: &mut JoinSet<()>, answered: Answered) {
+        let Answered { dispatch, outcome, latency } = answered;
+        let Dispatch { ticket, waba, job: mut pending, attempt, .. } = dispatch;
+        self.metrics.inflight.dec();
+        self.metrics.send_latency.observe(latency.as_secs_f64());
+        let partition = pending.partition;
+        match outcome {
+            Outcome::Sent { wamid } => {
+                let _ = self.scheduler.send(Command::Finish(ticket));
+                self.settle.exit(writes, pending, Exit::Sent { wamid }, attempt);
+            }
+            Outcome::Failed { reason, error } => {
+                let _ = self.scheduler.send(Command::Finish(ticket));
+                self.count_api_error(&error);
+                self.settle.exit(writes, pending, Exit::Failed { reason, error }, attempt);
+            }
+            Outcome::Retry { scope, after, reason, error } => {
+                self.count_api_error(&error);
+                self.metrics.retries.with_label_values(&[reason.label()]).inc();
+                if reason.outcome_unknown() {
+                    self.metrics.unknown_outcome_retries.inc();
+                }
+                if reason.spends_attempt() {
+                    pending.attempts_spent += 1;
+                } else {
+                    pending.waits += 1;
+                }
+                let budget = self.setup.retries;
+                if self.shutdown.is_draining() || self.books.is_revoking(partition) {
+                    // Left to the next run or the partition's next owner.
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                } else if pending.attempts_spent >= budget.max_attempts || pending.waits >= budget.max_waits {
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                    let exit = Exit::GaveUp { attempts: attempt, last_error: Some(error) };
+                    self.settle.exit(writes, pending, exit, attempt);
+                } else {
+                    let _ =
+                        self.scheduler.send(Command::Retry { ticket, job: pending, scope, reason, after });
+                }
+            }
+            Outcome::Halt { error, .. } => {
+                self.count_api_error(&error);
+                if self.halted.insert(waba) {
+                    tracing::error!(
+                        waba_id = waba,
+                        code = %error.code,
+                        "the access token of this WABA was refused; sending for it has stopped and its jobs are kept. \
+                         Fix the token and restart wabulk to resume"
+                    );
+                    let label = waba.to_string();
+                    self.metrics.waba_halted.with_label_values(&[self.metrics.waba_label(&label)]).set(1);
+                }
+                let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
+            }
+        }
+        // Only now, after the result's write (if any) is open: closing first
+        // could let a revocation forget the partition while that result is
+        // still being written, and its job would be sent again.
+        self.books.close(partition);
+    }
+
+    fn count_api_error(&self, error: &ApiError) {
+        if let ErrorCode::Graph(code) = error.code {
+            self.metrics.api_errors.with_label_values(&[&code.to_string()]).inc();
+        }
+    }
+
+    fn on_assignment(&mut self, assignment: Assignment) {
+        match assignment {
+            Assignment::Assigned(partitions) => {
+                tracing::info!(?partitions, "partitions assigned");
+                self.books.assign(&partitions);
+            }
+            Assignment::Revoked(partitions) => {
+                tracing::info!(?partitions, "partitions revoked: dropping their waiting jobs");
+                let revoked: HashSet<i32> = partitions.iter().copied().collect();
+                let _ = self
+                    .scheduler
+                    .send(Command::Purge(Arc::new(move |p: &Pending| revoked.contains(&p.partition))));
+                self.books.revoke(&partitions);
+            }
+        }
+    }
+
+    /// Refreshes the gauges and adds the scheduler's throttle counts.
+    fn sample(&mut self) {
+        let metrics = &self.metrics;
+        let stats = self.scheduler.stats();
+        metrics.backlog.set(stats.held() as i64);
+        for (phone, limit) in stats.effective_limits() {
+            let label = phone.to_string();
+            metrics
+                .phone_effective_rate
+                .with_label_values(&[metrics.phone_label(&label)])
+                .set(i64::from(limit));
+        }
+        let throttled = [
+            stats.throttled_phone.load(Ordering::Relaxed),
+            stats.throttled_pair.load(Ordering::Relaxed),
+            stats.throttled_waba.load(Ordering::Relaxed),
+        ];
+        for (i, limit) in ["phone", "pair", "waba"].into_iter().enumerate() {
+            metrics.throttled.with_label_values(&[limit]).inc_by(throttled[i] - self.sampled[i]);
+        }
+        self.sampled = throttled;
+        for (waba, used, cap) in self.registry.usage(self.clock.now()) {
+            let label = waba.to_string();
+            let label = metrics.waba_label(&label);
+            metrics.waba_hourly_calls.with_label_values(&[label]).set(used as i64);
+            metrics.waba_hourly_cap.with_label_values(&[label]).set(cap as i64);
+        }
+        for (partition, lag) in self.books.ingest.lag() {
+            metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
+        }
+        metrics.jobs_in_memory.set(self.books.ingest.in_memory() as i64);
+        metrics.scheduling_delay.set(self.scheduling_delay.peak().as_secs_f64());
+        let held: u64 = self.gates.values().map(|g| g.held_total()).sum();
+        metrics.departures_held.inc_by(held.saturating_sub(metrics.departures_held.get()));
+        let pool = self.sender.pool_stats();
+        metrics.pool_connections.set(pool.connections as i64);
+        metrics
+            .pool_connections_opened
+            .inc_by(pool.opened_total.saturating_sub(metrics.pool_connections_opened.get()));
+        metrics
+            .pool_connections_broken
+            .inc_by(pool.broken_total.saturating_sub(metrics.pool_connections_broken.get()));
+        let all_halted =
+            !self.setup.wabas.is_empty() && self.setup.wabas.keys().all(|w| self.halted.contains(w));
+        self.health.set_sending(!all_halted);
+    }
+}

@@ -1,0 +1,90 @@
+//! Where every job ends: [`Settle::exit`] is the only place that turns a job
+//! and its [`Exit`] into the record written to Kafka, counts it, and marks
+//! its offset done once Kafka has the record. Records that never became a
+//! job end in [`Settle::dead_letter`].
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+use wabulk_kafka::{Output, Record};
+use wabulk_model::{DlqRecord, Exit, JobResult};
+use wabulk_telemetry::Metrics;
+
+use super::{Books, Pending};
+use crate::setup::EngineSetup;
+use crate::writes::{Refusals, Topic};
+
+/// Writes results and dead letters, each on its own task, and marks the
+/// offset done once Kafka has acknowledged it.
+#[derive(Clone)]
+pub(super) struct Settle {
+    pub(super) setup: Arc<EngineSetup>,
+    pub(super) output: Arc<Output>,
+    pub(super) books: Arc<Books>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) refusals: Arc<Refusals>,
+    pub(super) jobs_topic: Arc<str>,
+}
+
+impl Settle {
+    /// The job ended with `exit` after `attempts` requests: counts it, writes
+    /// its one final result, and marks its offset done once Kafka has it.
+    pub(super) fn exit(&self, writes: &mut JoinSet<()>, pending: Pending, exit: Exit, attempts: u32) {
+        let Pending { job, partition, offset, received_at, .. } = pending;
+        self.metrics.count_exit(job.phone_number_id.get(), &exit);
+        let status = exit.status();
+        let (wamid, error) = exit.into_result_fields();
+        let waba_id = job
+            .waba_id
+            .map(|waba| waba.get())
+            .or_else(|| self.setup.phones.get(&job.phone_number_id.get()).map(|phone| phone.waba));
+        let result = JobResult {
+            id: job.id,
+            phone_number_id: job.phone_number_id.to_string(),
+            waba_id: waba_id.map(|waba| waba.to_string()),
+            to: job.to.to_string(),
+            status,
+            wamid,
+            error,
+            attempts,
+            received_at,
+            finished_at: Utc::now(),
+            metadata: job.metadata,
+        };
+        self.books.open(partition);
+        let this = self.clone();
+        writes.spawn(async move {
+            let json = result.to_json();
+            let key = result.id.as_str();
+            let _ =
+                this.refusals.write(Topic::Results, false, || this.output.result(key, json.clone())).await;
+            // Counted once Kafka has it, so the metric never runs ahead of the topic.
+            this.metrics.count_result(status);
+            this.books.done(partition, offset);
+        });
+    }
+
+    /// The record's dead letter: its original bytes, cut only if Kafka
+    /// could not take them whole.
+    pub(super) fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, error: String) {
+        self.books.open(record.partition);
+        let this = self.clone();
+        writes.spawn(async move {
+            let key = record.key.as_deref();
+            let build = |cap| {
+                DlqRecord::with_payload_cap(
+                    &*error,
+                    &*this.jobs_topic,
+                    record.partition,
+                    record.offset,
+                    key,
+                    &record.payload,
+                    cap,
+                )
+            };
+            this.refusals.dead_letter(build, |json| this.output.dead_letter(key, json)).await;
+            this.books.done(record.partition, record.offset);
+        });
+    }
+}
