@@ -94,7 +94,7 @@ pub struct LimitsConfig {
     pub pair_interval_s: f64,
     pub pair_burst: u32,
     /// Added to the pair interval so that arrival times, not only send times,
-    /// respect it (PLATFORM.md "Margins").
+    /// respect it (docs/platform.md "Margins").
     pub pair_margin_ms: u64,
     /// Pace each number this many percent under its tier.
     pub mps_margin_percent: f64,

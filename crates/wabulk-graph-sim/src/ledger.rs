@@ -79,7 +79,8 @@ struct WabaState {
     window: VecDeque<Duration>,
 }
 
-/// The pair rule's state, exactly as PLATFORM.md "The pair rule, exactly" names it.
+/// The pair rule's state, exactly as docs/platform.md "The pair rule, exactly"
+/// names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PairState {
     /// When all borrowed quota is repaid.

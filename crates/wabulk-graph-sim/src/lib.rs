@@ -1,10 +1,11 @@
 //! A stand-in for the WhatsApp Cloud API (`POST /{version}/{phone_number_id}/messages`)
 //! that the demo, the integration tests and the capacity runs point the engine at.
 //!
-//! It is also the referee: it enforces the platform limits (PLATFORM.md) with its
-//! own, deliberately simple accounting — no code shared with `wabulk-limits` — and
-//! counts every breach in [`SimStats::violations`]. A sender that paces correctly
-//! ends a run with zero violations whatever faults were injected.
+//! It is also the referee: it enforces the platform limits (docs/platform.md
+//! "Limits") with its own, deliberately simple accounting — no code shared with
+//! `wabulk-limits` — and counts every breach in [`SimStats::violations`]. A
+//! sender that paces correctly ends a run with zero violations whatever faults
+//! were injected.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -44,9 +45,10 @@
 //! 5. Over the number's throughput → 130429; over the WABA cap → 80007 with an
 //!    `x-business-use-case-usage` header.
 //! 6. Inside an injected throttle storm → 130429 (not a violation).
-//! 7. The pair rule, exactly as PLATFORM.md states it, with `pair_interval` and
-//!    `pair_burst` → 131056 and a `pair` violation. Only accepted messages borrow
-//!    from a pair: a request that failed for any reason reached no recipient.
+//! 7. The pair rule, exactly as docs/platform.md states it ("The pair rule,
+//!    exactly"), with `pair_interval` and `pair_burst` → 131056 and a `pair`
+//!    violation. Only accepted messages borrow from a pair: a request that
+//!    failed for any reason reached no recipient.
 //! 8. Injected faults: `forced` errors, then hang / reset / transient / permanent.
 //! 9. Otherwise accepted: 200 with a unique `wamid.SIM…`; a
 //!    `biz_opaque_callback_data` accepted before is recorded as a duplicate.

@@ -1,5 +1,5 @@
-//! Pure rate limiters for the WhatsApp Cloud API limits (PLATFORM.md "Limits"):
-//! the throughput of one business number ([`NumberLimiter`], and
+//! Pure rate limiters for the WhatsApp Cloud API limits (docs/platform.md
+//! "Limits"): the throughput of one business number ([`NumberLimiter`], and
 //! [`DepartureWindow`] where its requests leave), the budget of each
 //! (number, recipient) pair ([`PairBudgets`]) and the rolling-hour call cap of a
 //! WABA ([`WabaWindow`]).

@@ -15,8 +15,9 @@ pub enum Exit {
     /// A permanent error: the API refused the message, or the request could
     /// not be made.
     Failed { reason: FailReason, error: ApiError },
-    /// Every attempt the job was allowed was spent on retryable errors;
-    /// `last_error` is the last of them.
+    /// The engine's retry budget for the job ran out: its attempts (spent on
+    /// retryable errors) or its waits (on limits and connections);
+    /// `last_error` is the last error.
     GaveUp { attempts: u32, last_error: Option<ApiError> },
     /// `expires_at` passed before the job could be sent.
     Expired,

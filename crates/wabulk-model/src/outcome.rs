@@ -1,6 +1,7 @@
 //! The classified outcome of one send attempt. The sender classifies each
-//! answer once (PLATFORM.md's error table); the scheduler acts on the class and
-//! never looks at HTTP statuses or message text.
+//! answer once (docs/platform.md's error table); the engine acts on the class
+//! (finish, retry, halt, or give up when retries run out) and tells the
+//! scheduler, and neither of them looks at HTTP statuses or message text.
 
 use std::fmt;
 use std::time::Duration;

@@ -7,7 +7,8 @@ use wabulk_limits::{PairRule, WindowAllowance};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    /// The pair rule with its safety margin (PLATFORM.md: 6 s + 50 ms, burst 45).
+    /// The pair rule with its safety margin (docs/platform.md "The pair rule,
+    /// exactly" and "Margins": 6 s + 50 ms, burst 45).
     pub pair_rule: PairRule,
     /// Pace each number this many percent under its tier (0.0..50.0). Higher
     /// leaves more room for jitter between our send and Meta's arrival time;

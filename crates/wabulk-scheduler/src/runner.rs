@@ -1,8 +1,10 @@
 //! Runs each [`Shard`] on its own task and routes commands to it by number.
 //!
-//! A shard task is the only owner of its shard: commands reach it over a
-//! bounded channel and batches of ready jobs leave it over another, so no
-//! limiter state is ever behind a lock.
+//! A shard task is the only owner of its shard, so no limiter state is ever
+//! behind a lock. Commands reach it over an unbounded channel: what they
+//! carry is bounded elsewhere, and a bound here could deadlock ([`Scheduler`]
+//! says how). Batches of ready jobs leave it over a bounded channel, so a busy
+//! send stage makes the shards wait instead of piling jobs up in front of it.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -312,7 +314,7 @@ mod tests {
         while sends.len() < 200 {
             let batch = out.recv().await.expect("shards are running");
             for output in batch {
-                let Ready::Send(dispatch) = output else { panic!("nothing expires or gives up") };
+                let Ready::Send(dispatch) = output else { panic!("no job here expires") };
                 if retried_at.is_none() {
                     // The first answer is a WABA limit: everyone waits 30 s.
                     retried_at = Some(clock.now());

@@ -1,6 +1,8 @@
-//! Classification of one Graph API answer into an [`Outcome`]: PLATFORM.md's
-//! error table in code. This is the only place that reads HTTP statuses,
-//! Graph error codes and rate-limit headers; the scheduler acts on the class.
+//! Classification of one Graph API answer into an [`Outcome`]: the error
+//! table of docs/platform.md ("Error codes and what the engine does") in
+//! code. This is the only place that reads HTTP statuses, Graph error codes
+//! and rate-limit headers; the engine acts on the class (finish, retry, halt
+//! or give up) and tells the scheduler.
 //!
 //! Rules, in order:
 //! 1. a body with a parsable Graph error (`{"error":{"code":N,...}}`) is
@@ -38,8 +40,7 @@ pub const PAIR_LIMIT_PAUSE: Duration = Duration::from_secs(1);
 
 /// 131048 (spam rate limit): Meta gives no figure, and hammering a number
 /// that was flagged for spam makes the flag last longer, so the number rests
-/// for a long time. Ten minutes is the safe default; the scheduler may
-/// override it from configuration.
+/// for a long time: ten minutes, a fixed figure (no setting changes it).
 pub const SPAM_LIMIT_PAUSE: Duration = Duration::from_secs(10 * 60);
 
 /// 131057 (number being upgraded): an upgrade is applied within about a
@@ -96,7 +97,7 @@ pub fn classify_with_cap(
     classify_status(status, headers, attempt, max_backoff)
 }
 
-/// The branch on `error.code`: PLATFORM.md's table, row by row.
+/// The branch on `error.code`: docs/platform.md's error table, row by row.
 fn classify_graph_error(error: &GraphError, headers: &HeaderMap, attempt: u32, cap: Duration) -> Outcome {
     let api_error = ApiError { code: ErrorCode::Graph(error.code), message: error.text() };
     let retry = |scope, after, reason| Outcome::Retry { scope, after, reason, error: api_error.clone() };

@@ -3,8 +3,9 @@
 //! stream limit of requests at once) and the classification of every answer,
 //! timeout and connection error into a [`wabulk_model::Outcome`].
 //!
-//! The scheduler calls [`Sender::send`] once per attempt and acts on the
-//! outcome; nothing else in wabulk reads HTTP statuses or Graph error codes.
+//! The engine's send stage calls [`Sender::send`] once per attempt and acts
+//! on the outcome, telling the scheduler to finish, retry or halt the job;
+//! nothing else in wabulk reads HTTP statuses or Graph error codes.
 
 mod classify;
 mod config;

@@ -1,5 +1,5 @@
-//! Throughput of one business number (PLATFORM.md "Limits": 80, 1000, ... msg/s;
-//! error 130429 when over).
+//! Throughput of one business number (docs/platform.md "Limits": 80,
+//! 1000, ... msg/s; error 130429 when over).
 //!
 //! [`NumberLimiter`] owns two checks that must both pass:
 //!
@@ -10,7 +10,7 @@
 //! * **pacing**: GCRA with emission interval `w / limit` and a small burst
 //!   tolerance (about 0.5 % of a second's worth), so a full second's quota is not
 //!   sent in the first few milliseconds of each second. Bunched sends arrive at
-//!   Meta even more bunched (PLATFORM.md "Margins"); spreading them keeps the
+//!   Meta even more bunched (docs/platform.md "Margins"); spreading them keeps the
 //!   arrival rate, not only the send rate, under the limit.
 //!
 //! A refusal names the later of the two "not until" instants, which is exact.

@@ -1,5 +1,5 @@
-//! The budget of each (business number, recipient) pair (PLATFORM.md "The pair
-//! rule, exactly"), plus the 4^X s back-off after error 131056.
+//! The budget of each (business number, recipient) pair (docs/platform.md
+//! "The pair rule, exactly"), plus the 4^X s back-off after error 131056.
 //!
 //! One [`PairBudgets`] per business number, keyed by recipient. The rule is
 //! *not* GCRA: a burst of up to `burst` messages is allowed only while it is
@@ -46,7 +46,7 @@ pub struct PairRule {
     /// into 6 bits). Lowering it shortens the silence a burst can cause.
     pub burst: u32,
     /// Safety margin so that arrival times, not only send times, keep the rule
-    /// (PLATFORM.md "Margins"): each message borrows `interval + margin`, and
+    /// (docs/platform.md "Margins"): each message borrows `interval + margin`, and
     /// a burst grows only while younger than `interval - margin`. Both sides
     /// err towards Meta's rule; widening the window instead would let a burst
     /// run past Meta's and draw 131056. Below `interval`; default 50 ms.

@@ -9,7 +9,8 @@ fn secs(n: u64) -> Moment {
     Moment::from_secs(n)
 }
 
-/// The platform's figures with no safety margin, so the examples read as in PLATFORM.md.
+/// The platform's figures with no safety margin, so the examples read as in
+/// docs/platform.md.
 fn exact_rule() -> PairRule {
     PairRule { interval: Duration::from_secs(6), burst: 45, margin: Duration::ZERO }
 }

@@ -1,5 +1,5 @@
 //! The WABA call cap: at most `cap` Graph API calls in any rolling hour
-//! (PLATFORM.md "Limits": 1,800,000 × registered numbers by default; error
+//! (docs/platform.md "Limits": 1,800,000 × registered numbers by default; error
 //! 80007 when over).
 //!
 //! [`WabaWindow`] counts calls in buckets of `resolution` (100 ms by default).

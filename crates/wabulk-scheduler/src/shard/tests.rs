@@ -316,7 +316,8 @@ fn arb_answer() -> impl Strategy<Value = Answer> {
     ]
 }
 
-/// Checks the pair rule literally (PLATFORM.md) on a list of send times.
+/// Checks the pair rule literally (docs/platform.md "The pair rule, exactly")
+/// on a list of send times.
 fn pair_rule_holds(times: &[u64], interval: u64, burst: u32) -> Result<(), String> {
     let (mut repaid_at, mut burst_start, mut burst_len) = (0u64, 0u64, 0u32);
     for (i, &t) in times.iter().enumerate() {

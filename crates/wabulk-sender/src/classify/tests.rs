@@ -1,5 +1,5 @@
-//! Unit tests of the classification: every row of PLATFORM.md's error table,
-//! the header hints and the backoff bounds.
+//! Unit tests of the classification: every row of docs/platform.md's error
+//! table, the header hints and the backoff bounds.
 
 use std::time::Duration;
 

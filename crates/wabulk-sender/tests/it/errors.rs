@@ -1,4 +1,4 @@
-//! Every row of PLATFORM.md's error table, end to end: the simulator answers
+//! Every row of docs/platform.md's error table, end to end: the simulator answers
 //! the error over HTTP/2 and the sender must produce the expected Outcome.
 
 use std::time::Duration;
