@@ -89,6 +89,7 @@ pub struct SimWaba {
     pub id: String,
     /// The access token every request for this WABA's numbers must carry as
     /// `Authorization: Bearer <token>`; anything else is answered 190.
+    /// [`crate::SimHandle::set_token`] replaces it while the simulator runs.
     pub token: String,
     /// Calls allowed in any rolling hour over all of the WABA's numbers. Meta's
     /// seed figure is 1,800,000 per registered number; a small cap lets tests

@@ -310,6 +310,13 @@ impl Ledger {
         self.stats.goaways += 1;
     }
 
+    /// A token check, apart from the message counters: it is not a message
+    /// and no window or cap sees it. `refused`: answered 190.
+    pub(crate) fn count_token_check(&mut self, refused: bool) {
+        self.stats.token_checks += 1;
+        self.stats.token_checks_refused += u64::from(refused);
+    }
+
     pub(crate) fn count_connection(&mut self) {
         self.stats.connections += 1;
     }

@@ -23,6 +23,9 @@
 //! # Endpoints
 //!
 //! - `POST /{version}/{phone_number_id}/messages`: the send. Any version segment.
+//! - `GET /{version}/{phone_number_id}` (any query string, e.g. `?fields=id`):
+//!   the number's node, which a sender reads to learn whether a token works
+//!   (see [Token checks](#token-checks)).
 //! - `GET /__sim/stats`: [`SimStats`] as JSON.
 //! - `GET /healthz`: `ok`.
 //!
@@ -55,6 +58,20 @@
 //!
 //! The answer is then sent after the configured latency, so thousands of
 //! requests can be pending at once while their arrival order is what was judged.
+//!
+//! # Token checks
+//!
+//! `GET /{version}/{phone_number_id}` answers as Meta does: with `Bearer <token
+//! of the number's WABA>`, `200 {"id":"<phone_number_id>"}`; with a wrong or
+//! missing token, the same 401 / 190 body a send gets; for an unknown number,
+//! 400 / 100 (`Unsupported get request`). It is answered at once, without
+//! latency or faults, and is not a message: it is counted only in
+//! [`SimStats::token_checks`] (and `token_checks_refused`), never in `requests`
+//! or `errors_by_code`, and no window or cap sees it.
+//!
+//! [`SimHandle::set_token`] changes the token a WABA's numbers expect while the
+//! simulator runs, so a test can refuse a sender's token and then accept it
+//! again, as when an operator re-grants the token's permissions.
 //!
 //! # Configuration (TOML)
 //!
@@ -108,6 +125,6 @@ mod tls;
 mod webhooks;
 
 pub use config::{example_config, ConfigError, Faults, ForcedError, Latency, SimConfig, SimNumber, SimWaba};
-pub use server::{SimHandle, Simulator};
+pub use server::{SimHandle, Simulator, UnknownWaba};
 pub use stats::{NumberStats, SimStats, Violations, DUPLICATE_LIST_CAP};
 pub use webhooks::WebhookConfig;

@@ -36,16 +36,17 @@ impl GraphError {
         GraphError::new(StatusCode::BAD_REQUEST, 100, "(#100) Invalid parameter", details)
     }
 
-    /// Meta's answer for a POST to an id it does not know.
-    pub(crate) fn unknown_number(id: &str) -> GraphError {
+    /// Meta's answer for a request (`method`: `"post"`, `"get"`) to an id it
+    /// does not know.
+    pub(crate) fn unknown_number(id: &str, method: &str) -> GraphError {
         GraphError::new(
             StatusCode::BAD_REQUEST,
             100,
             &format!(
-                "Unsupported post request. Object with ID '{id}' does not exist, cannot be loaded due to \
+                "Unsupported {method} request. Object with ID '{id}' does not exist, cannot be loaded due to \
                  missing permissions, or does not support this operation."
             ),
-            "Unsupported post request",
+            format!("Unsupported {method} request"),
         )
     }
 
@@ -174,6 +175,12 @@ pub(crate) fn accepted(to: &str, wamid: &str) -> Response<Body> {
         "messages": [{ "id": wamid }],
     });
     json_response(StatusCode::OK, &body)
+}
+
+/// A phone number node read with a valid token (`GET /{version}/{id}`). Only
+/// `id`: what `?fields=id` asks for, and all the simulator knows of a number.
+pub(crate) fn node(id: &str) -> Response<Body> {
+    json_response(StatusCode::OK, &json!({ "id": id }))
 }
 
 /// A bare HTTP failure as a load balancer in front of the Graph API sends it: no

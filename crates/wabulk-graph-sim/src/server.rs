@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, Version};
@@ -151,6 +151,23 @@ impl SimHandle {
         self.shared.stats()
     }
 
+    /// Makes `token` the one every number of WABA `waba_id` must carry, from
+    /// the next request on (sends and token checks alike); the old one is
+    /// answered 190 from then on. Lets a test revoke a token and grant it
+    /// again, as an operator fixing permissions would.
+    pub fn set_token(&self, waba_id: &str, token: &str) -> Result<(), UnknownWaba> {
+        if !self.shared.config.wabas.iter().any(|w| w.id == waba_id) {
+            return Err(UnknownWaba(waba_id.to_owned()));
+        }
+        let mut tokens = self.shared.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        for (number, waba) in &self.shared.wabas_of {
+            if waba == waba_id {
+                tokens.insert(number.clone(), token.to_owned());
+            }
+        }
+        Ok(())
+    }
+
     /// Stops accepting, drops every connection (pending and hanging requests
     /// included) and waits until the accept loop is gone.
     pub async fn shutdown(mut self) {
@@ -168,11 +185,18 @@ impl Drop for SimHandle {
     }
 }
 
+/// [`SimHandle::set_token`] named a WABA the simulator was not started with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown waba {0:?}")]
+pub struct UnknownWaba(pub String);
+
 /// State shared by every connection of one simulator.
 struct Shared {
     config: SimConfig,
-    /// Number id → its WABA's token, so authentication needs no lock.
-    tokens: HashMap<String, String>,
+    /// Number id → its WABA's token. Apart from the ledger so that
+    /// authentication takes only a read lock; written by
+    /// [`SimHandle::set_token`] alone.
+    tokens: RwLock<HashMap<String, String>>,
     /// Arrival times are measured from here. tokio's clock, so that tests with a
     /// paused runtime control it.
     start: Instant,
@@ -214,7 +238,7 @@ impl Shared {
         let wabas_of = config.numbers.iter().map(|n| (n.id.clone(), n.waba_id.clone())).collect();
         Shared {
             config,
-            tokens,
+            tokens: RwLock::new(tokens),
             start: Instant::now(),
             state: Mutex::new(State { ledger, rng }),
             shutdown,
@@ -228,6 +252,13 @@ impl Shared {
         // The ledger stays consistent between statements, so a panic elsewhere
         // while holding the lock does not make its data unusable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `given` is the token of `number`'s WABA.
+    fn token_ok(&self, number: &str, given: Option<&str>) -> bool {
+        let Some(given) = given else { return false };
+        let tokens = self.tokens.read().unwrap_or_else(PoisonError::into_inner);
+        tokens.get(number).is_some_and(|expected| expected == given)
     }
 
     fn stats(&self) -> SimStats {
@@ -351,9 +382,47 @@ async fn handle(
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/__sim/stats") => respond::json_response(StatusCode::OK, &shared.stats()),
+        (&Method::GET, path) => match node_path(path) {
+            Some(number) => token_check(&shared, number, bearer_token(&req)),
+            None => GraphError::not_found(path).into_response("simulator"),
+        },
         (_, path) => GraphError::not_found(path).into_response("simulator"),
     };
     Ok(response)
+}
+
+/// `GET /{version}/{phone_number_id}` (any query: `?fields=id` is what a
+/// sender asks), the read a sender makes to learn whether a token works.
+/// Answered at once, without latency or faults, and counted apart from
+/// messages: no limit sees it.
+fn token_check(shared: &Shared, number: &str, given: Option<&str>) -> Response<Body> {
+    let known = shared.wabas_of.contains_key(number);
+    let accepted = known && shared.token_ok(number, given);
+    let fbtrace_id = {
+        let mut guard = shared.lock();
+        let State { ledger, rng } = &mut *guard;
+        ledger.count_token_check(known && !accepted);
+        trace_id(rng)
+    };
+    match (known, accepted) {
+        (false, _) => GraphError::unknown_number(number, "get").into_response(&fbtrace_id),
+        (true, false) => GraphError::bad_token().into_response(&fbtrace_id),
+        (true, true) => respond::node(number),
+    }
+}
+
+/// `/{version}/{phone_number_id}` → the number id.
+fn node_path(path: &str) -> Option<&str> {
+    let mut parts = path.strip_prefix('/')?.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(version), Some(number), None) if !version.is_empty() && !number.is_empty() => Some(number),
+        _ => None,
+    }
+}
+
+/// Meta's `fbtrace_id`: 23 random alphanumerics.
+fn trace_id(rng: &mut StdRng) -> String {
+    (0..23).map(|_| char::from(rng.sample(rand::distr::Alphanumeric))).collect()
 }
 
 /// `/{version}/{phone_number_id}/messages` → the number id.
@@ -390,10 +459,7 @@ async fn messages(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ResetFault> {
     let http2 = req.version() == Version::HTTP_2;
-    let auth_ok = match (bearer_token(&req), shared.tokens.get(&number)) {
-        (Some(given), Some(expected)) => given == expected,
-        _ => false,
-    };
+    let auth_ok = shared.token_ok(&number, bearer_token(&req));
     // The body is read before judging, so "arrival" is the moment the whole
     // request is in; for bodies of a few kilobytes that is the same instant.
     let message = read_message(req.into_body()).await;
@@ -443,7 +509,7 @@ fn judge(
     let State { ledger, rng } = &mut *guard;
     let t = shared.start.elapsed();
     let delay = latency::sample(&config.latency, rng);
-    let fbtrace_id: String = (0..23).map(|_| char::from(rng.sample(rand::distr::Alphanumeric))).collect();
+    let fbtrace_id = trace_id(rng);
 
     // GOAWAY does not change this request's answer, so it has its own roll.
     let goaway = config.faults.goaway;
@@ -454,7 +520,7 @@ fn judge(
 
     let Some(n) = ledger.number_index(number) else {
         ledger.arrive_unknown(http2);
-        let error = GraphError::unknown_number(number);
+        let error = GraphError::unknown_number(number, "post");
         ledger.count_error(&error.stats_key());
         return (Action::Answer(error.into_response(&fbtrace_id)), delay);
     };

@@ -38,6 +38,12 @@ pub struct SimStats {
     pub connections: u64,
     /// `/messages` requests that came over HTTP/2 (the rest were HTTP/1.x).
     pub http2_requests: u64,
+    /// Token checks (`GET /{version}/{phone_number_id}`), whatever their
+    /// answer. Never counted as messages: they are in no other counter and
+    /// no limit sees them.
+    pub token_checks: u64,
+    /// Of which answered 190 (wrong or missing token).
+    pub token_checks_refused: u64,
     /// Statuses in webhook notifications the receiver answered 2xx.
     pub webhook_statuses_delivered: u64,
     /// Webhook notification posts that failed and were retried.

@@ -11,6 +11,9 @@
 //! 2. a 2xx with `messages[0].id` is `Sent`;
 //! 3. only then does the HTTP status decide (5xx, 408 and 429 are retried,
 //!    anything else fails as unclassified).
+//!
+//! A token check's answer goes through the same table: the codes that halt a
+//! WABA are the ones that refuse its token ([`TokenCheck`]).
 
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ use http::{HeaderMap, StatusCode};
 use rand::Rng;
 use serde::Deserialize;
 use wabulk_model::{ApiError, ErrorCode, FailReason, Outcome, RetryReason, Scope};
+
+use crate::token::TokenCheck;
 
 #[cfg(test)]
 mod tests;
@@ -97,9 +102,35 @@ pub fn classify_with_cap(
     classify_status(status, headers, attempt, max_backoff)
 }
 
+<<<<<<< HEAD
 /// The branch on `error.code`: docs/platform.md's error table, row by row.
+=======
+/// Classify the answer to a token check (`GET /{phone_number_id}?fields=id`).
+/// A Graph error goes through the same table as a send, so exactly the codes
+/// that halt a WABA refuse the token; any other error says nothing about the
+/// token. A 2xx must name the node (`id`): anything else in front of the
+/// Graph API could answer 200 without having looked at the token.
+pub(crate) fn classify_token_check(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> TokenCheck {
+    if let Ok(ResponseBody { error: Some(graph), .. }) = serde_json::from_slice::<ResponseBody>(body) {
+        // Only the class is used, never the pause: attempt and cap do not matter.
+        return match classify_graph_error(&graph, headers, 1, DEFAULT_MAX_REQUEST_BACKOFF) {
+            Outcome::Halt { error, .. } => TokenCheck::Refused(error),
+            _ => TokenCheck::Unknown(graph.api_error()),
+        };
+    }
+    if !status.is_success() {
+        return TokenCheck::Unknown(status_error(status));
+    }
+    match serde_json::from_slice::<NodeBody>(body) {
+        Ok(node) if !node.id.is_empty() => TokenCheck::Accepted,
+        _ => TokenCheck::Unknown(engine_error("invalid_response", format!("HTTP {status} without id"))),
+    }
+}
+
+/// The branch on `error.code`: PLATFORM.md's table, row by row.
+>>>>>>> token-probe
 fn classify_graph_error(error: &GraphError, headers: &HeaderMap, attempt: u32, cap: Duration) -> Outcome {
-    let api_error = ApiError { code: ErrorCode::Graph(error.code), message: error.text() };
+    let api_error = error.api_error();
     let retry = |scope, after, reason| Outcome::Retry { scope, after, reason, error: api_error.clone() };
     let fail = |reason| Outcome::Failed { reason, error: api_error.clone() };
     match error.code {
@@ -129,8 +160,6 @@ fn classify_graph_error(error: &GraphError, headers: &HeaderMap, attempt: u32, c
 
 /// Answers that carry no Graph error: only the status is left to go on.
 fn classify_status(status: StatusCode, headers: &HeaderMap, attempt: u32, cap: Duration) -> Outcome {
-    let code = format!("http_{}", status.as_u16());
-    let message = format!("HTTP {status} without a Graph API error body");
     let retryable = status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT;
@@ -142,10 +171,17 @@ fn classify_status(status: StatusCode, headers: &HeaderMap, attempt: u32, cap: D
             scope: Scope::Request,
             after,
             reason: RetryReason::ServerError,
-            error: engine_error(&code, message),
+            error: status_error(status),
         };
     }
-    Outcome::Failed { reason: FailReason::Unclassified, error: engine_error(&code, message) }
+    Outcome::Failed { reason: FailReason::Unclassified, error: status_error(status) }
+}
+
+fn status_error(status: StatusCode) -> ApiError {
+    engine_error(
+        &format!("http_{}", status.as_u16()),
+        format!("HTTP {status} without a Graph API error body"),
+    )
 }
 
 /// The pause for 80007 / 4 / 17: Meta's own estimate first, then the generic
@@ -230,6 +266,12 @@ impl ResponseBody {
     }
 }
 
+/// A node read with `?fields=id`, as a token check gets it.
+#[derive(Debug, Deserialize)]
+struct NodeBody {
+    id: String,
+}
+
 #[derive(Debug, Deserialize)]
 struct MessageRef {
     id: String,
@@ -253,6 +295,10 @@ struct ErrorData {
 }
 
 impl GraphError {
+    fn api_error(&self) -> ApiError {
+        ApiError { code: ErrorCode::Graph(self.code), message: self.text() }
+    }
+
     /// The Graph `message`, with `error_data.details` appended when it adds
     /// something (for 100 it names the bad parameter), bounded in length.
     fn text(&self) -> String {

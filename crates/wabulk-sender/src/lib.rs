@@ -6,6 +6,8 @@
 //! The engine's send stage calls [`Sender::send`] once per attempt and acts
 //! on the outcome, telling the scheduler to finish, retry or halt the job;
 //! nothing else in wabulk reads HTTP statuses or Graph error codes.
+//! [`Sender::check_token`] asks, with one harmless read, whether a halted
+//! WABA's token is accepted again.
 
 mod classify;
 mod config;
@@ -24,5 +26,5 @@ pub use config::{SenderConfig, SenderError};
 pub use departure::{DepartureGate, SchedulingDelay};
 pub use pool::PoolStats;
 pub use sender::Sender;
-pub use token::AccessToken;
+pub use token::{AccessToken, TokenCheck};
 pub use transport::{mask_credentials, read_ca_file, ProxyUrl};

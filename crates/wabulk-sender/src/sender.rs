@@ -1,6 +1,7 @@
 //! `Sender`: one POST per call over the pool, every result classified into an
-//! [`Outcome`]. The transport-side classes (timeout, connection) are decided
-//! here; HTTP answers go to [`crate::classify`].
+//! [`Outcome`] (for a token check, one GET into a [`TokenCheck`]). The
+//! transport-side classes (timeout, connection) are decided here; HTTP
+//! answers go to [`crate::classify`].
 
 use std::sync::Arc;
 
@@ -10,11 +11,11 @@ use http::{HeaderValue, Method, Request, Uri};
 use tokio::time::{timeout_at, Instant};
 use wabulk_model::{ApiError, ErrorCode, FailReason, NumericId, Outcome, RetryReason, Scope};
 
-use crate::classify::{classify_with_cap, request_backoff};
+use crate::classify::{classify_token_check, classify_with_cap, request_backoff};
 use crate::config::{SenderConfig, SenderError, Target};
 use crate::departure::DepartureGate;
 use crate::pool::{Pool, PoolConfig, PoolError, PoolStats, StreamError};
-use crate::token::AccessToken;
+use crate::token::{AccessToken, TokenCheck};
 use crate::transport::{route, tls_config};
 
 /// How many times a request the server provably did not process (refused
@@ -96,38 +97,41 @@ impl Sender {
         };
         let Some(authorization) = bearer(token) else {
             // Every send with this token would fail the same way: stop the
-            // WABA until the operator fixes it. The token itself is not shown.
-            return Outcome::Halt {
-                scope: Scope::Waba,
-                error: engine_error(
-                    "invalid_token",
-                    "the access token contains characters not allowed in an HTTP header".into(),
-                ),
-            };
+            // WABA until the operator fixes it.
+            return Outcome::Halt { scope: Scope::Waba, error: unusable_token() };
         };
-        match self.exchange(&uri, &authorization, body, gate).await {
+        match self.exchange(Method::POST, &uri, &authorization, body, gate).await {
             Ok(answer) => classify_with_cap(answer.status, &answer.headers, &answer.body, attempt, cap),
-            Err(TransportError::Timeout) => Outcome::Retry {
-                scope: Scope::Request,
-                after: request_backoff(attempt, cap),
-                reason: RetryReason::Timeout,
-                error: engine_error(
-                    "timeout",
-                    format!("no answer within {:?}; the message may have been sent", config.request_timeout),
-                ),
-            },
-            Err(TransportError::Broken(message)) => Outcome::Retry {
-                scope: Scope::Request,
-                after: request_backoff(attempt, cap),
-                reason: RetryReason::Broken,
-                error: engine_error("connection", message),
-            },
-            Err(TransportError::Connection(message)) => Outcome::Retry {
-                scope: Scope::Request,
-                after: request_backoff(attempt, cap),
-                reason: RetryReason::Connection,
-                error: engine_error("connection", message),
-            },
+            Err(transport) => {
+                let reason = transport.reason();
+                let mut error = transport.into_error(config.request_timeout);
+                if reason == RetryReason::Timeout {
+                    error.message.push_str("; the message may have been sent");
+                }
+                Outcome::Retry { scope: Scope::Request, after: request_backoff(attempt, cap), reason, error }
+            }
+        }
+    }
+
+    /// Whether the Graph API accepts `token` for `phone_number_id` now: one
+    /// `GET {base_url}/{phone_number_id}?fields=id` over the same pool, with
+    /// the same `Authorization` as a send. It reads the number's node and sends
+    /// nothing, so it is no message: it passes no departure gate. The answer
+    /// goes through the send's error table ([`TokenCheck`]); never panics.
+    pub async fn check_token(&self, phone_number_id: NumericId, token: &AccessToken) -> TokenCheck {
+        let uri = match self.inner.target.token_check_uri(phone_number_id.get()) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return TokenCheck::Unknown(engine_error(
+                    "invalid_request",
+                    format!("cannot build the request URI: {e}"),
+                ))
+            }
+        };
+        let Some(authorization) = bearer(token) else { return TokenCheck::Refused(unusable_token()) };
+        match self.exchange(Method::GET, &uri, &authorization, Bytes::new(), None).await {
+            Ok(answer) => classify_token_check(answer.status, &answer.headers, &answer.body),
+            Err(transport) => TokenCheck::Unknown(transport.into_error(self.inner.config.request_timeout)),
         }
     }
 
@@ -141,6 +145,7 @@ impl Sender {
     /// [`MAX_REDISPATCH`] times).
     async fn exchange(
         &self,
+        method: Method,
         uri: &Uri,
         authorization: &HeaderValue,
         body: Bytes,
@@ -182,7 +187,7 @@ impl Sender {
             // The request timeout runs from the first time the request got a
             // stream, across re-dispatches, to the end of the body.
             let deadline = *exchange_deadline.get_or_insert_with(|| Instant::now() + config.request_timeout);
-            let request = build_request(uri, authorization);
+            let request = build_request(&method, uri, authorization, !body.is_empty());
             match timeout_at(deadline, slot.exchange(request, body.clone())).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(StreamError::NotProcessed(e))) => {
@@ -199,14 +204,38 @@ impl Sender {
     }
 }
 
-fn build_request(uri: &Uri, authorization: &HeaderValue) -> Request<()> {
+impl TransportError {
+    fn reason(&self) -> RetryReason {
+        match self {
+            TransportError::Timeout => RetryReason::Timeout,
+            TransportError::Broken(_) => RetryReason::Broken,
+            TransportError::Connection(_) => RetryReason::Connection,
+        }
+    }
+
+    fn into_error(self, request_timeout: std::time::Duration) -> ApiError {
+        match self {
+            TransportError::Timeout => {
+                engine_error("timeout", format!("no answer within {request_timeout:?}"))
+            }
+            TransportError::Broken(message) | TransportError::Connection(message) => {
+                engine_error("connection", message)
+            }
+        }
+    }
+}
+
+/// `with_body`: the JSON content type is declared only when a body follows.
+fn build_request(method: &Method, uri: &Uri, authorization: &HeaderValue, with_body: bool) -> Request<()> {
     let mut request = Request::new(());
-    *request.method_mut() = Method::POST;
+    *request.method_mut() = method.clone();
     *request.uri_mut() = uri.clone();
     *request.version_mut() = http::Version::HTTP_2;
     let headers = request.headers_mut();
     headers.insert(AUTHORIZATION, authorization.clone());
-    headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+    if with_body {
+        headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+    }
     headers.insert(USER_AGENT, WABULK_AGENT);
     request
 }
@@ -226,6 +255,11 @@ fn connection_message(error: &h2::Error) -> String {
     } else {
         format!("connection error: {error}")
     }
+}
+
+/// A token `bearer` cannot put in a header. The token itself is not shown.
+fn unusable_token() -> ApiError {
+    engine_error("invalid_token", "the access token contains characters not allowed in an HTTP header".into())
 }
 
 fn engine_error(code: &str, message: String) -> ApiError {
@@ -269,6 +303,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn unusable_token_is_refused_by_a_check_without_showing_it() {
+        let sender = Sender::new(SenderConfig {
+            base_url: "http://127.0.0.1:9/v21.0".into(),
+            ..SenderConfig::default()
+        })
+        .unwrap();
+        let check = sender.check_token(NumericId::new(1), &AccessToken::new("sec\nret".into())).await;
+        match &check {
+            TokenCheck::Refused(error) => assert_eq!(error.code, ErrorCode::Engine("invalid_token".into())),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{check:?}").contains("sec"));
+        // Nothing went out.
+        assert_eq!(sender.pool_stats(), PoolStats::default());
+    }
+
+    #[test]
+    fn get_requests_declare_no_content_type() {
+        let uri: Uri = "http://h/v21.0/1?fields=id".parse().unwrap();
+        let authorization = bearer(&AccessToken::new("t".into())).unwrap();
+        let request = build_request(&Method::GET, &uri, &authorization, false);
+        assert_eq!(request.method(), Method::GET);
+        assert!(!request.headers().contains_key(CONTENT_TYPE));
+        assert_eq!(request.headers()[AUTHORIZATION], "Bearer t");
+        let request = build_request(&Method::POST, &uri, &authorization, true);
+        assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
     }
 
     #[tokio::test]

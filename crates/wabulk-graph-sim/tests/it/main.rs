@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use wabulk_graph_sim::{
     example_config, Faults, ForcedError, Latency, SimConfig, SimHandle, SimNumber, SimStats, SimWaba,
-    Simulator,
+    Simulator, UnknownWaba,
 };
 
 const TOKEN_A: &str = "token-a";
@@ -114,6 +114,15 @@ impl Client {
     }
 }
 
+/// A token check: `GET path` with the token, if any.
+fn read(path: &str, token: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::get(path).header("host", "sim");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    req.body(Full::default()).unwrap()
+}
+
 fn post(number: &str, token: &str, body: String) -> Request<Full<Bytes>> {
     Request::post(format!("/v21.0/{number}/messages"))
         .header("host", "sim")
@@ -190,6 +199,90 @@ async fn auth_unknown_numbers_and_bad_bodies_are_refused_with_meta_codes() {
     assert_eq!(errors(&stats, "100"), 5);
     // Known numbers count every request; the unknown one has no counters.
     assert_eq!(stats.numbers["1001"].requests, 6);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_checks_answer_as_meta_and_are_no_messages() {
+    let sim = start(config(100)).await;
+    for mut client in [h1(sim.local_addr()).await, h2(sim.local_addr()).await] {
+        for path in ["/v21.0/1001?fields=id", "/v21.0/1001", "/v19.0/1001?fields=id,verified_name"] {
+            let answer = client.request(read(path, Some(TOKEN_A))).await.unwrap();
+            assert_eq!((answer.status, &answer.body), (StatusCode::OK, &json!({"id": "1001"})), "{path}");
+        }
+    }
+    let mut client = h2(sim.local_addr()).await;
+    // A bad token gets exactly the body a send gets, trace id aside.
+    let send = client.send("1001", TOKEN_B, &message("1555", None)).await.unwrap();
+    for token in [Some(TOKEN_B), None] {
+        let answer = client.request(read("/v21.0/1001?fields=id", token)).await.unwrap();
+        assert_eq!((answer.status, answer.code()), (StatusCode::UNAUTHORIZED, Some(190)));
+        let strip = |body: &Value| {
+            let mut body = body.clone();
+            body["error"].as_object_mut().unwrap().remove("fbtrace_id");
+            body
+        };
+        assert_eq!(strip(&answer.body), strip(&send.body));
+    }
+    let unknown = client.request(read("/v21.0/9999?fields=id", Some(TOKEN_A))).await.unwrap();
+    assert_eq!((unknown.status, unknown.code()), (StatusCode::BAD_REQUEST, Some(100)));
+    assert!(unknown.body["error"]["message"].as_str().unwrap().starts_with("Unsupported get request"));
+    // The fixed routes are not read as nodes.
+    assert_eq!(client.get("/healthz").await.status, StatusCode::OK);
+    assert!(client.get("/__sim/stats").await.body["token_checks"].is_u64());
+
+    let stats = sim.stats();
+    assert_eq!((stats.token_checks, stats.token_checks_refused), (9, 2));
+    // Only the one send is a request; the checks are in no message counter.
+    assert_eq!((stats.requests, stats.accepted, stats.http2_requests), (1, 0, 1));
+    assert_eq!(errors(&stats, "190"), 1);
+    assert_eq!(errors(&stats, "100"), 0);
+    assert_eq!((stats.numbers["1001"].requests, stats.numbers["1001"].max_in_any_1s_window), (1, 1));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_checks_count_against_no_limit() {
+    let mut cfg = config(1);
+    cfg.wabas[0].hourly_cap = 1;
+    let sim = start(cfg).await;
+    let mut client = h2(sim.local_addr()).await;
+    for _ in 0..20 {
+        let answer = client.request(read("/v21.0/1001?fields=id", Some(TOKEN_A))).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    // The number's one message per second and the WABA's one call per hour
+    // are still there for a send.
+    assert_eq!(client.send("1001", TOKEN_A, &message("1555", None)).await.unwrap().status, StatusCode::OK);
+    let stats = sim.stats();
+    assert_eq!(stats.violations, Default::default());
+    assert_eq!(stats.token_checks, 20);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_token_changes_what_a_waba_accepts_while_running() {
+    let sim = start(config(100)).await;
+    let mut client = h2(sim.local_addr()).await;
+    let check = |token| read("/v21.0/1002?fields=id", Some(token));
+
+    sim.set_token("wa", "token-a2").unwrap();
+    // Every number of the WABA, sends and checks alike; the other WABA keeps its token.
+    assert_eq!(client.request(check(TOKEN_A)).await.unwrap().code(), Some(190));
+    assert_eq!(client.send("1001", TOKEN_A, &message("1", None)).await.unwrap().code(), Some(190));
+    assert_eq!(client.request(check("token-a2")).await.unwrap().status, StatusCode::OK);
+    assert_eq!(client.send("1001", "token-a2", &message("1", None)).await.unwrap().status, StatusCode::OK);
+    assert_eq!(client.send("2001", TOKEN_B, &message("1", None)).await.unwrap().status, StatusCode::OK);
+
+    // Back again: the refused token is accepted once more.
+    sim.set_token("wa", TOKEN_A).unwrap();
+    assert_eq!(client.request(check(TOKEN_A)).await.unwrap().status, StatusCode::OK);
+    assert_eq!(client.request(check("token-a2")).await.unwrap().code(), Some(190));
+
+    assert_eq!(sim.set_token("nope", "x"), Err(UnknownWaba("nope".into())));
+    assert_eq!(sim.set_token("nope", "x").unwrap_err().to_string(), r#"unknown waba "nope""#);
+    let stats = sim.stats();
+    assert_eq!((stats.token_checks, stats.token_checks_refused), (4, 2));
     sim.shutdown().await;
 }
 

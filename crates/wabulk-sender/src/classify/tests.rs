@@ -288,3 +288,53 @@ fn message_falls_back_to_details_and_is_bounded() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A token check refuses exactly the codes that halt a send: the same table.
+#[test]
+fn token_check_refuses_exactly_what_halts_a_send() {
+    let codes = [190, 0, 10, 200, 250, 299, 1, 2, 4, 17, 100, 368, 80007, 130429, 131000, 131056, 999_999];
+    for code in codes {
+        let (status, body) = (StatusCode::BAD_REQUEST, graph_error(code));
+        let check = classify_token_check(status, &no_headers(), &body);
+        let halts = matches!(classify(status, &no_headers(), &body, 1), Outcome::Halt { .. });
+        match check {
+            TokenCheck::Refused(error) if halts => assert_eq!(error.code, ErrorCode::Graph(code)),
+            TokenCheck::Unknown(error) if !halts => assert_eq!(error.code, ErrorCode::Graph(code)),
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    // The Graph error decides whatever the status, as for a send.
+    let check = classify_token_check(StatusCode::OK, &no_headers(), &graph_error(190));
+    assert!(matches!(check, TokenCheck::Refused(_)), "{check:?}");
+}
+
+#[test]
+fn token_check_is_accepted_only_with_the_node() {
+    let ok = |body: &str| classify_token_check(StatusCode::OK, &no_headers(), body.as_bytes());
+    assert_eq!(ok(r#"{"id":"106540352242922"}"#), TokenCheck::Accepted);
+    assert_eq!(
+        ok(r#"{"id":"1","verified_name":"Acme","display_phone_number":"+1 555"}"#),
+        TokenCheck::Accepted
+    );
+    for body in ["", "{}", r#"{"id":""}"#, "<html>portal</html>"] {
+        match ok(body) {
+            TokenCheck::Unknown(error) => {
+                assert_eq!(error.code, ErrorCode::Engine("invalid_response".into()))
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn token_check_without_graph_body_is_unknown() {
+    for status in [500, 503, 401, 403, 429] {
+        let status = StatusCode::from_u16(status).unwrap();
+        match classify_token_check(status, &no_headers(), b"upstream error") {
+            TokenCheck::Unknown(error) => {
+                assert_eq!(error.code, ErrorCode::Engine(format!("http_{}", status.as_u16())))
+            }
+            other => panic!("{status}: {other:?}"),
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod errors;
 mod peers;
 mod pool;
 mod tls;
+mod token;
 
 use std::time::Duration;
 

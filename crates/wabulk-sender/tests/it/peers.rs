@@ -26,7 +26,7 @@ fn answer(mut respond: SendResponse<Bytes>, body: &'static [u8]) {
 /// Accepts connections on `listener` and hands each request to `handle`
 /// (with the connection's index); `after_first` stops polling a connection
 /// after its first request, so it no longer answers anything, PINGs included.
-async fn serve<F>(listener: TcpListener, after_first_freeze: bool, handle: F)
+pub(crate) async fn serve<F>(listener: TcpListener, after_first_freeze: bool, handle: F)
 where
     F: Fn(usize, Request<h2::RecvStream>, SendResponse<Bytes>) + Send + Sync + 'static,
 {
@@ -51,7 +51,7 @@ where
     }
 }
 
-async fn listen() -> (TcpListener, String) {
+pub(crate) async fn listen() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v21.0", listener.local_addr().unwrap());
     (listener, url)
