@@ -102,9 +102,6 @@ pub fn classify_with_cap(
     classify_status(status, headers, attempt, max_backoff)
 }
 
-<<<<<<< HEAD
-/// The branch on `error.code`: docs/platform.md's error table, row by row.
-=======
 /// Classify the answer to a token check (`GET /{phone_number_id}?fields=id`).
 /// A Graph error goes through the same table as a send, so exactly the codes
 /// that halt a WABA refuse the token; any other error says nothing about the
@@ -127,8 +124,7 @@ pub(crate) fn classify_token_check(status: StatusCode, headers: &HeaderMap, body
     }
 }
 
-/// The branch on `error.code`: PLATFORM.md's table, row by row.
->>>>>>> token-probe
+/// The branch on `error.code`: docs/platform.md's error table, row by row.
 fn classify_graph_error(error: &GraphError, headers: &HeaderMap, attempt: u32, cap: Duration) -> Outcome {
     let api_error = error.api_error();
     let retry = |scope, after, reason| Outcome::Retry { scope, after, reason, error: api_error.clone() };
