@@ -74,6 +74,10 @@ pub struct GraphConfig {
     /// `retries_exhausted`: generous, so that a throttle or an outage makes
     /// jobs wait rather than fail, yet no job is retried for ever.
     pub max_waits: u32,
+    /// How often the token of a WABA halted for a refused token is checked
+    /// (one `GET` of one of its numbers); sending resumes once it is
+    /// accepted again.
+    pub token_check_interval_ms: u64,
     /// Extra trusted CA certificates (PEM): a private CA, or a TLS-inspecting
     /// proxy's. The system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) and
     /// the bundled Mozilla roots are always trusted too.
@@ -187,6 +191,7 @@ impl Default for GraphConfig {
             max_connections: 64,
             max_attempts: 10,
             max_waits: 1000,
+            token_check_interval_ms: 60_000,
             ca_file: None,
             proxy: None,
         }
@@ -291,6 +296,7 @@ impl Config {
             ("graph.max_connections", u64::from(graph.max_connections)),
             ("graph.max_attempts", u64::from(graph.max_attempts)),
             ("graph.max_waits", u64::from(graph.max_waits)),
+            ("graph.token_check_interval_ms", graph.token_check_interval_ms),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -61,6 +61,8 @@ pub struct EngineSetup {
     pub http_listen: SocketAddr,
     /// How long a graceful stop waits for requests in flight.
     pub drain_timeout: Duration,
+    /// How often a halted WABA's token is checked.
+    pub token_check_interval: Duration,
 }
 
 /// Token group of WABAs using the default token.
@@ -148,6 +150,7 @@ impl EngineSetup {
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
             http_listen: config.http.listen.parse().expect("validated"),
             drain_timeout: Duration::from_millis(graph.request_timeout_ms) + Duration::from_secs(5),
+            token_check_interval: Duration::from_millis(graph.token_check_interval_ms),
         })
     }
 }

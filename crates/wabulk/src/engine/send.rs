@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wabulk_kafka::Assignment;
 use wabulk_limits::Clock;
-use wabulk_model::{ApiError, ErrorCode, Exit, Outcome};
+use wabulk_model::{ApiError, ErrorCode, Exit, NumericId, Outcome};
 use wabulk_scheduler::{Command, Dispatch, Ready, Scheduler, TokioClock, WabaRegistry};
-use wabulk_sender::{DepartureGate, SchedulingDelay, Sender};
+use wabulk_sender::{DepartureGate, SchedulingDelay, Sender, TokenCheck};
 use wabulk_telemetry::{Health, Metrics};
 
 use super::ingest::token;
@@ -27,6 +27,13 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Answers taken per turn of the send loop: enough to amortise the loop,
 /// few enough that ready jobs are not starved.
 const ANSWERS_PER_TURN: usize = 512;
+
+/// A WABA whose token was refused.
+pub(super) struct Halted {
+    /// One of its numbers: the token is checked by reading that number.
+    phone: NumericId,
+    next_check: tokio::time::Instant,
+}
 
 /// One request that came back.
 pub(super) struct Answered {
@@ -48,8 +55,11 @@ pub(super) struct SendStage {
     pub(super) shutdown: Shutdown,
     /// Where request tasks report back.
     pub(super) answers_tx: mpsc::UnboundedSender<Answered>,
-    /// WABAs halted for a bad token, so that the alert is logged once.
-    pub(super) halted: HashSet<u64>,
+    /// WABAs halted for a refused token, each with a number to check the
+    /// token with and when to check it next.
+    pub(super) halted: HashMap<u64, Halted>,
+    /// Token checks under way: (WABA, answer).
+    pub(super) token_checks: JoinSet<(u64, TokenCheck)>,
     /// Each number's departure gate, made on its first send.
     pub(super) gates: HashMap<u64, Arc<DepartureGate>>,
     /// How late this runtime is; sets the window allowance.
@@ -95,9 +105,15 @@ impl SendStage {
                     }
                 }
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
+                Some(Ok((waba, check))) = self.token_checks.join_next(), if !self.token_checks.is_empty() => {
+                    self.on_token_check(waba, check);
+                }
                 Some(assignment) = assignments.recv() => self.on_assignment(assignment),
                 Some(batch) = ready.recv() => in_flight += self.on_ready(&mut writes, batch),
-                _ = sample.tick() => self.sample(),
+                _ = sample.tick() => {
+                    self.sample();
+                    self.check_halted_tokens();
+                }
                 () = &mut begun, if !draining => {}
                 () = &mut deadline => {
                     tracing::warn!(in_flight, writes = writes.len(), "drain timeout: stopping with work unfinished; it is read again on restart");
@@ -206,15 +222,18 @@ impl SendStage {
             }
             Outcome::Halt { error, .. } => {
                 self.count_api_error(&error);
-                if self.halted.insert(waba) {
+                if !self.halted.contains_key(&waba) {
                     tracing::error!(
                         waba_id = waba,
                         code = %error.code,
+                        check_every = ?self.setup.token_check_interval,
                         "the access token of this WABA was refused; sending for it has stopped and its jobs are kept. \
-                         Fix the token and restart wabulk to resume"
+                         The token is checked periodically and sending resumes once it is accepted again"
                     );
                     let label = waba.to_string();
                     self.metrics.waba_halted.with_label_values(&[self.metrics.waba_label(&label)]).set(1);
+                    let next_check = tokio::time::Instant::now() + self.setup.token_check_interval;
+                    self.halted.insert(waba, Halted { phone: pending.job.phone_number_id, next_check });
                 }
                 let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
             }
@@ -223,6 +242,46 @@ impl SendStage {
         // could let a revocation forget the partition while that result is
         // still being written, and its job would be sent again.
         self.books.close(partition);
+    }
+
+    /// Starts a check of each halted WABA's token that is due (one at a time
+    /// per WABA).
+    fn check_halted_tokens(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (&waba, halted) in &mut self.halted {
+            if halted.next_check > now {
+                continue;
+            }
+            // Far ahead until the answer sets the real next check.
+            halted.next_check = now + Duration::from_secs(24 * 3600);
+            let Some(token) = token(&self.setup, waba).cloned() else { continue };
+            let (sender, phone) = (self.sender.clone(), halted.phone);
+            self.token_checks.spawn(async move { (waba, sender.check_token(phone, &token).await) });
+        }
+    }
+
+    /// A halted WABA's token was checked: resume it if accepted, else check
+    /// again after the interval.
+    fn on_token_check(&mut self, waba: u64, check: TokenCheck) {
+        match check {
+            TokenCheck::Accepted => {
+                self.halted.remove(&waba);
+                self.registry.resume(waba);
+                let _ = self.scheduler.send(Command::Resume);
+                let label = waba.to_string();
+                self.metrics.waba_halted.with_label_values(&[self.metrics.waba_label(&label)]).set(0);
+                tracing::info!(
+                    waba_id = waba,
+                    "the access token of this WABA is accepted again; sending resumes"
+                );
+            }
+            TokenCheck::Refused(error) | TokenCheck::Unknown(error) => {
+                tracing::debug!(waba_id = waba, code = %error.code, "the halted WABA's token is not accepted yet");
+                if let Some(halted) = self.halted.get_mut(&waba) {
+                    halted.next_check = tokio::time::Instant::now() + self.setup.token_check_interval;
+                }
+            }
+        }
     }
 
     fn count_api_error(&self, error: &ApiError) {
@@ -291,7 +350,7 @@ impl SendStage {
             .pool_connections_broken
             .inc_by(pool.broken_total.saturating_sub(metrics.pool_connections_broken.get()));
         let all_halted =
-            !self.setup.wabas.is_empty() && self.setup.wabas.keys().all(|w| self.halted.contains(w));
+            !self.setup.wabas.is_empty() && self.setup.wabas.keys().all(|w| self.halted.contains_key(w));
         self.health.set_sending(!all_halted);
     }
 }

@@ -359,3 +359,99 @@ async fn token_error_halts_the_waba_and_keeps_its_jobs() {
     assert_eq!(violations(&stats), 0, "limits broken: {}", limits_report(&stats));
     assert!(matches!(exit, Some(s) if s.success()), "SIGTERM: {exit:?}\n{}", engine.log_tail(30));
 }
+
+/// A WABA halted for a refused token resumes without a restart once Meta
+/// accepts the token again: the engine checks it every
+/// `token_check_interval_ms`, and the kept jobs then go out, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_waba_resumes_once_its_token_is_accepted_again() {
+    const A_JOBS: usize = 100;
+    const B_JOBS: usize = 100;
+    const CHECK_EVERY_MS: u64 = 500;
+    const ENGINE_TOKEN_B: &str = "the-token-the-engine-has";
+    init_logs();
+    let numbers_a = [Number::new(PHONE_A, 80)];
+    let numbers_b = [Number::new(PHONE_B, 80)];
+    let mut sim = sim_config(&numbers_a, Latency::Meta { scale: 0.02 });
+    sim.numbers.push(SimNumber { id: PHONE_B.into(), mps: 80, waba_id: WABA_B.into() });
+    // Meta does not accept the engine's token for B, yet.
+    sim.wabas.push(SimWaba { id: WABA_B.into(), token: TOKEN_B.into(), hourly_cap: 1_800_000 });
+    let stack = Stack::start(sim, 2).await;
+    let mut toml = EngineToml::new(&stack, "it-token-resume", &numbers_a);
+    toml.other_wabas.push(OtherWaba {
+        id: WABA_B.into(),
+        token_env: TOKEN_B_ENV.into(),
+        numbers: numbers_b.to_vec(),
+    });
+    toml.graph.push(format!("token_check_interval_ms = {CHECK_EVERY_MS}"));
+    toml.limits.push("mps_margin_percent = 5.0".into());
+    let env = |var: &str| match var {
+        TOKEN_ENV => Some(TOKEN.to_owned()),
+        TOKEN_B_ENV => Some(ENGINE_TOKEN_B.to_owned()),
+        _ => None,
+    };
+    let engine = InProcessEngine::start(toml.setup_with_env(&env));
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    let mut jobs = Vec::new();
+    for n in 0..A_JOBS.max(B_JOBS) {
+        if n < A_JOBS {
+            jobs.push((
+                PHONE_A.to_owned(),
+                job(&format!("resume-a-{n:03}"), PHONE_A, &format!("+1555600{n:04}")),
+            ));
+        }
+        if n < B_JOBS {
+            jobs.push((
+                PHONE_B.to_owned(),
+                job(&format!("resume-b-{n:03}"), PHONE_B, &format!("+1555700{n:04}")),
+            ));
+        }
+    }
+    write_all(&writer, &jobs).await;
+    let b_count = |records: &[wabulk_kafka::Record]| {
+        records.iter().filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"resume-b-"))).count()
+    };
+    let a_in = results
+        .wait_until(Duration::from_secs(60), |records| {
+            records.iter().filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"resume-a-"))).count()
+                >= A_JOBS
+        })
+        .await;
+    assert!(a_in, "WABA A's jobs were not all answered within 60 s");
+    // Several checks' worth of time: the token is refused, so B stays halted.
+    tokio::time::sleep(Duration::from_millis(4 * CHECK_EVERY_MS)).await;
+    let refused = stack.sim.stats();
+    assert_eq!(b_count(&results.records()), 0, "B's jobs are kept while its token is refused");
+    assert_eq!(sample(&engine.metrics.render(), &halted_series(WABA_B)), Some(1.0));
+    assert!(refused.token_checks_refused >= 2, "the token is checked while halted: {refused:?}");
+
+    // Meta accepts the engine's token again.
+    stack.sim.set_token(WABA_B, ENGINE_TOKEN_B).expect("WABA B is simulated");
+    let fixed = Instant::now();
+    // One check interval, then 100 jobs at 80/s, with room for a loaded host.
+    let b_in = results.wait_until(Duration::from_secs(20), |records| b_count(records) >= B_JOBS).await;
+    let took = fixed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let halted_after = sample(&engine.metrics.render(), &halted_series(WABA_B));
+    engine.stop().await;
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+    println!(
+        "token resume: B's {B_JOBS} jobs answered {:.1} s after the token was accepted again; \
+         {} token checks ({} refused); {}",
+        took.as_secs_f64(),
+        stats.token_checks,
+        stats.token_checks_refused,
+        limits_report(&stats)
+    );
+    assert!(b_in, "B's jobs were not sent after the token was accepted again");
+    assert_eq!(halted_after, Some(0.0), "B is no longer halted");
+    let grouped = by_id(&all);
+    assert_eq!(grouped.len(), A_JOBS + B_JOBS, "a result for every job");
+    assert!(grouped.values().all(|rs| rs.len() == 1), "one result per job");
+    assert!(all.iter().all(is_sent), "everything is sent: {:?}", status_counts(&all));
+    assert_eq!(stats.duplicate_count, 0, "accepted twice: {:?}", stats.duplicate_job_ids);
+    assert_eq!(violations(&stats), 0, "limits broken: {}", limits_report(&stats));
+}
