@@ -98,9 +98,12 @@ pub struct SchedulerStats {
     pub throttled_waba: AtomicU64,
     /// Jobs held (queued or in flight), per shard.
     held: Vec<AtomicUsize>,
-    /// Each number's current limit, refreshed about once a second. A std
-    /// mutex: held for a map update, never across an await.
-    effective_limits: Mutex<HashMap<u64, u32>>,
+    /// Numbers whose state is kept, per shard.
+    numbers: Vec<AtomicUsize>,
+    /// Each shard's numbers and their current limit, refreshed about once a
+    /// second; replaced whole, so forgotten numbers leave. A std mutex: held
+    /// for a map update, never across an await.
+    effective_limits: Vec<Mutex<HashMap<u64, u32>>>,
 }
 
 impl SchedulerStats {
@@ -109,10 +112,19 @@ impl SchedulerStats {
         self.held.iter().map(|h| h.load(Ordering::Relaxed)).sum()
     }
 
-    /// (number, sends allowed per window now), for every number seen.
+    /// Numbers whose state the shards keep (see [`Shard::numbers`]).
+    pub fn numbers(&self) -> usize {
+        self.numbers.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// (number, sends allowed per window now), for every number the shards keep.
     pub fn effective_limits(&self) -> Vec<(u64, u32)> {
-        let limits = self.effective_limits.lock().unwrap_or_else(|p| p.into_inner());
-        limits.iter().map(|(&phone, &limit)| (phone, limit)).collect()
+        let mut all = Vec::new();
+        for limits in &self.effective_limits {
+            let limits = limits.lock().unwrap_or_else(|p| p.into_inner());
+            all.extend(limits.iter().map(|(&phone, &limit)| (phone, limit)));
+        }
+        all
     }
 }
 
@@ -152,6 +164,8 @@ impl<J: Send + 'static> Scheduler<J> {
         let shards = shards.max(1);
         let stats = Arc::new(SchedulerStats {
             held: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+            numbers: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+            effective_limits: (0..shards).map(|_| Mutex::default()).collect(),
             ..SchedulerStats::default()
         });
         let mut senders = Vec::with_capacity(shards);
@@ -164,8 +178,12 @@ impl<J: Send + 'static> Scheduler<J> {
                 index,
                 last: ThrottleCounts::default(),
                 limits_at: None,
+                limits_numbers: 0,
             };
-            tasks.push(tokio::spawn(run_shard(shard, clock, rx, out.clone(), published)));
+            // One shard looks after the registry; the others need not.
+            let sweep = (index == 0)
+                .then(|| WabaSweep { wabas: Arc::clone(&wabas), at: clock.now() + WABA_SWEEP_EVERY });
+            tasks.push(tokio::spawn(run_shard(shard, clock, rx, out.clone(), published, sweep)));
             senders.push(tx);
         }
         // A fixed seed: instances need not agree on it, but one process must
@@ -206,13 +224,26 @@ struct Published {
     last: ThrottleCounts,
     /// When the effective limits were last copied out.
     limits_at: Option<Moment>,
+    /// How many numbers they covered.
+    limits_numbers: usize,
 }
 
 impl Published {
+    /// When the effective limits must be copied out again even if the shard
+    /// has nothing else to do: numbers were forgotten since the last copy,
+    /// and an idle shard might not poll again for a long time.
+    fn due<J>(&self, shard: &Shard<J>) -> Option<Moment> {
+        let at = self.limits_at?;
+        (shard.numbers() != self.limits_numbers).then(|| at + Duration::from_secs(1))
+    }
+
     fn publish<J>(&mut self, shard: &Shard<J>, now: Moment) {
         if self.limits_at.is_none_or(|at| now >= at + Duration::from_secs(1)) {
             self.limits_at = Some(now);
-            let mut limits = self.stats.effective_limits.lock().unwrap_or_else(|p| p.into_inner());
+            self.limits_numbers = shard.numbers();
+            let mut limits =
+                self.stats.effective_limits[self.index].lock().unwrap_or_else(|p| p.into_inner());
+            limits.clear();
             limits.extend(shard.effective_limits(now));
         }
         let now = shard.throttled();
@@ -220,7 +251,29 @@ impl Published {
         self.stats.throttled_pair.fetch_add(now.pair - self.last.pair, Ordering::Relaxed);
         self.stats.throttled_waba.fetch_add(now.waba - self.last.waba, Ordering::Relaxed);
         self.stats.held[self.index].store(shard.held(), Ordering::Relaxed);
+        self.stats.numbers[self.index].store(shard.numbers(), Ordering::Relaxed);
         self.last = now;
+    }
+}
+
+/// How often the registry drops the cells of WABAs nothing uses any more.
+/// A cell can go only after an hour without a call, so a minute late costs
+/// little, and a sweep looks at every WABA.
+const WABA_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The registry's periodic [`WabaRegistry::sweep`], run by one shard task.
+struct WabaSweep {
+    wabas: Arc<WabaRegistry>,
+    /// When the next sweep is due.
+    at: Moment,
+}
+
+impl WabaSweep {
+    fn run_if_due(&mut self, now: Moment) {
+        if now >= self.at {
+            self.wabas.sweep(now);
+            self.at = now + WABA_SWEEP_EVERY;
+        }
     }
 }
 
@@ -230,10 +283,14 @@ async fn run_shard<J>(
     mut commands: mpsc::UnboundedReceiver<Command<J>>,
     out: mpsc::Sender<Vec<Ready<J>>>,
     mut published: Published,
+    mut sweep: Option<WabaSweep>,
 ) {
     let mut ready = Vec::new();
     loop {
-        let wake = shard.next_wake(clock.now());
+        let wake = [shard.next_wake(clock.now()), published.due(&shard), sweep.as_ref().map(|s| s.at)]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             biased;
             command = commands.recv() => match command {
@@ -249,6 +306,9 @@ async fn run_shard<J>(
         }
         shard.poll(clock.now(), &mut ready);
         published.publish(&shard, clock.now());
+        if let Some(sweep) = &mut sweep {
+            sweep.run_if_due(clock.now());
+        }
         if !ready.is_empty() && out.send(std::mem::take(&mut ready)).await.is_err() {
             return;
         }
@@ -348,5 +408,44 @@ mod tests {
             assert!(*t <= retried_at || *t >= resumed, "number {phone} sent at {t:?} during the WABA pause");
         }
         assert!(sends.iter().any(|(_, t)| *t >= resumed));
+    }
+
+    /// The tasks forget idle numbers on their own clock and sweep the
+    /// registry, and the stats say how many numbers are kept.
+    #[tokio::test(start_paused = true)]
+    async fn idle_numbers_and_unknown_wabas_are_let_go() {
+        let wabas = Arc::new(WabaRegistry::new(1_000_000));
+        wabas.register(5, 1_000_000, 1);
+        let (out_tx, mut out) = mpsc::channel(64);
+        let clock = TokioClock::new();
+        let (scheduler, _tasks) =
+            Scheduler::spawn(SchedulerConfig::default(), Arc::clone(&wabas), 2, clock, out_tx);
+        for phone in 0..8u64 {
+            let envelope = Envelope {
+                phone,
+                recipient: 100,
+                waba: 1_000 + phone,
+                mps: 80,
+                not_before: None,
+                expires_at: None,
+                job: phone,
+            };
+            scheduler.send(Command::Enqueue(envelope)).unwrap();
+        }
+        let mut finished = 0;
+        while finished < 8 {
+            for output in out.recv().await.expect("shards are running") {
+                let Ready::Send(dispatch) = output else { panic!("no job here expires") };
+                scheduler.send(Command::Finish(dispatch.ticket)).unwrap();
+                finished += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!((scheduler.stats().numbers(), wabas.len()), (8, 9));
+        assert_eq!(scheduler.stats().effective_limits().len(), 8);
+        // An hour after the answers the numbers go; their WABAs at the next sweep.
+        tokio::time::sleep(Duration::from_secs(3_600 + 60)).await;
+        assert_eq!((scheduler.stats().numbers(), wabas.len()), (0, 1));
+        assert!(scheduler.stats().effective_limits().is_empty());
     }
 }

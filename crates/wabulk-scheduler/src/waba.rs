@@ -1,5 +1,10 @@
 //! WABA state shared by every shard: the rolling-hour call window, and the
 //! halt flag raised when the WABA's token stops working.
+//!
+//! Cells of WABAs named only by jobs are dropped by [`WabaRegistry::sweep`]
+//! once nothing depends on them, so that jobs naming ever new WABAs (a
+//! producer's mistake) cost memory for an hour, not for ever: a window is
+//! 144 kB.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,6 +24,8 @@ pub struct WabaCell {
     /// an operator fixes the token and the WABA is resumed.
     halted: AtomicBool,
     token_group: TokenGroup,
+    /// Registered from the configuration: never dropped.
+    configured: bool,
 }
 
 impl WabaCell {
@@ -33,8 +40,23 @@ impl WabaCell {
     }
 }
 
+/// Whether dropping `cell` loses nothing: it is not configured, no number
+/// holds it (the registry's reference is the only one), it is not halted, and
+/// its window has no call in the rolling hour and no pause running. A job
+/// naming the WABA again then gets a new cell that decides exactly as this
+/// one would have.
+fn forgettable(cell: &Arc<WabaCell>, now: Moment) -> bool {
+    if cell.configured || Arc::strong_count(cell) > 1 || cell.is_halted() {
+        return false;
+    }
+    let mut window = cell.window();
+    // With no call counted, checking for none fails only on a pause.
+    window.used(now) == 0 && window.check(now, 0).is_ok()
+}
+
 /// Every WABA the engine sends for, created from the configuration and, for
-/// WABAs named only by jobs, on first use with the default cap.
+/// WABAs named only by jobs, on first use with the default cap (those are
+/// dropped again by [`WabaRegistry::sweep`]).
 #[derive(Debug)]
 pub struct WabaRegistry {
     cells: RwLock<HashMap<u64, Arc<WabaCell>>>,
@@ -53,6 +75,7 @@ impl WabaRegistry {
             window: Mutex::new(WabaWindow::new(hourly_cap)),
             halted: AtomicBool::new(false),
             token_group,
+            configured: true,
         });
         self.write().insert(waba, cell);
     }
@@ -67,6 +90,7 @@ impl WabaRegistry {
                 window: Mutex::new(WabaWindow::new(default_cap)),
                 halted: AtomicBool::new(false),
                 token_group: TokenGroup::MAX,
+                configured: false,
             })
         }))
     }
@@ -104,11 +128,105 @@ impl WabaRegistry {
             .collect()
     }
 
+    /// Drops the cells of WABAs created by [`WabaRegistry::get_or_insert`]
+    /// that nothing depends on any more (see `forgettable`); returns how many.
+    /// Meant to run about once a minute: it looks at every cell, under the
+    /// read lock, and takes the write lock only when there is one to drop.
+    pub fn sweep(&self, now: Moment) -> usize {
+        let idle: Vec<u64> =
+            self.read().iter().filter(|(_, cell)| forgettable(cell, now)).map(|(&waba, _)| waba).collect();
+        if idle.is_empty() {
+            return 0;
+        }
+        let mut cells = self.write();
+        let before = cells.len();
+        for waba in idle {
+            // A shard may have taken the cell in between: decide again under
+            // the write lock, which `get_or_insert` needs to take one.
+            if cells.get(&waba).is_some_and(|cell| forgettable(cell, now)) {
+                cells.remove(&waba);
+            }
+        }
+        // Give memory back after a wave of unknown WABAs, leaving room to double.
+        if cells.len() < cells.capacity() / 4 {
+            let len = cells.len();
+            cells.shrink_to(len * 2);
+        }
+        before - cells.len()
+    }
+
+    /// WABAs with a cell: configured ones and those jobs named recently.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Arc<WabaCell>>> {
         self.cells.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Arc<WabaCell>>> {
         self.cells.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600_000;
+
+    fn ms(n: u64) -> Moment {
+        Moment::from_millis(n)
+    }
+
+    #[test]
+    fn a_cell_held_or_with_calls_in_its_hour_stays() {
+        let wabas = WabaRegistry::new(1_000);
+        let held = wabas.get_or_insert(9);
+        assert_eq!(wabas.sweep(ms(10 * HOUR)), 0, "a number holds it");
+        drop(held);
+        wabas.get_or_insert(9).window().acquire_up_to(ms(10 * HOUR), 1);
+        assert_eq!(wabas.sweep(ms(11 * HOUR)), 0, "its call is still in the hour");
+        assert_eq!(wabas.sweep(ms(11 * HOUR + 100)), 1);
+        assert!(wabas.is_empty());
+    }
+
+    #[test]
+    fn a_paused_or_halted_cell_stays() {
+        let wabas = WabaRegistry::new(1_000);
+        wabas.get_or_insert(9).window().pause_until(ms(5 * HOUR));
+        wabas.halt(10);
+        assert_eq!(wabas.sweep(ms(5 * HOUR - 1)), 0, "9 is paused, 10 halted");
+        assert_eq!(wabas.sweep(ms(5 * HOUR)), 1, "the pause is over");
+        assert_eq!(wabas.sweep(ms(50 * HOUR)), 0, "10 waits for its resume");
+        wabas.resume(10);
+        assert_eq!(wabas.sweep(ms(50 * HOUR)), 1);
+        assert_eq!(wabas.len(), 0);
+    }
+
+    #[test]
+    fn a_configured_cell_never_goes() {
+        let wabas = WabaRegistry::new(1_000);
+        wabas.register(5, 1_000, 1);
+        assert_eq!(wabas.sweep(ms(0)), 0);
+        assert_eq!(wabas.sweep(ms(100 * HOUR)), 0);
+        assert_eq!(wabas.token_group(5), Some(1));
+        assert_eq!(wabas.len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_cell_comes_back_new() {
+        let wabas = WabaRegistry::new(2);
+        wabas.get_or_insert(9).window().acquire_up_to(ms(0), 2);
+        assert!(wabas.get_or_insert(9).window().check(ms(1), 1).is_err(), "cap used");
+        assert_eq!(wabas.sweep(ms(HOUR + 100)), 1);
+        let cell = wabas.get_or_insert(9);
+        let mut window = cell.window();
+        assert_eq!((window.used(ms(HOUR + 100)), window.cap()), (0, 2));
+        assert_eq!(window.check(ms(HOUR + 100), 2), Ok(()));
     }
 }

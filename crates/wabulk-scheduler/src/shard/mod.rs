@@ -7,6 +7,11 @@
 //! timer heap with its jobs behind it, so other recipients of the number are
 //! never held up by it. A pair has at most one request in flight, which is
 //! what keeps its jobs in the order they were read even across retries.
+//!
+//! A number that holds no job is forgotten once its state can no longer
+//! change a decision ([`forget_after`]), so that a stream of jobs for ever new
+//! numbers does not grow the shard without bound. It comes back as a number
+//! new to the shard, which is the conservative start.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use wabulk_limits::{Moment, NotUntil, NumberLimiter, PairBudgets};
+use wabulk_limits::{Moment, NotUntil, NumberLimiter, PairBudgets, PairRule};
 use wabulk_model::{RetryReason, Scope};
 
 use crate::config::SchedulerConfig;
@@ -134,12 +139,52 @@ struct NumberState<J> {
     /// Recipients whose head job may go now, in the order they became ready.
     ready: VecDeque<u64>,
     activity: Activity,
+    /// The last send, answer or retry: what forgetting the number is measured
+    /// from. Only sends and retries change the limiter and the pair budgets,
+    /// and a send has reached Meta, if ever, by the time it is answered.
+    last_used: Moment,
+    /// When the pending [`TimerKey::Forget`] is due: at most one per number.
+    forget_at: Option<Moment>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
-    Pair { phone: u64, recipient: u64 },
-    Number { phone: u64 },
+    Pair {
+        phone: u64,
+        recipient: u64,
+    },
+    Number {
+        phone: u64,
+    },
+    /// The number held nothing: see whether it can be forgotten.
+    Forget {
+        phone: u64,
+    },
+}
+
+/// The longest 131056 penalty, 4^5 s (`PairBudgets::penalise`).
+const LONGEST_PAIR_PENALTY: Duration = Duration::from_secs(1024);
+
+/// How long after its last use (send, answer or retry) a number that holds no
+/// job is forgotten. By then nothing of its state can matter any more, since a
+/// number that comes back starts as a new one (nothing for 1 s, no burst
+/// credit), which is stricter than any old state that has run out:
+/// - a pair's debt ends at most `burst` debts after its last send, a penalty
+///   at most 1024 s after the retry, and the penalty's exponent is forgotten
+///   one debt after that;
+/// - the number's window (1 s stretched by the margin and the scheduling
+///   allowance, itself at most 250 ms) and its pacing debt are gone within a
+///   minute;
+/// - pauses and slow-downs can run for any length: they are checked when the
+///   number is about to be forgotten, not bounded here.
+///
+/// And never under an hour: a number costs a few hundred bytes, the WABA
+/// window it holds cannot be dropped before its hour is empty anyway, and a
+/// returning number loses its first second, which an hour makes rare.
+fn forget_after(rule: PairRule) -> Duration {
+    let debt = rule.interval + rule.margin;
+    let pairs = (debt * rule.burst).max(LONGEST_PAIR_PENALTY) + debt;
+    (pairs + Duration::from_secs(60)).max(Duration::from_secs(3600))
 }
 
 /// What a number's dispatch round ended with.
@@ -167,12 +212,15 @@ pub struct Shard<J> {
     numbers: HashMap<u64, NumberState<J>>,
     /// Numbers with ready pairs that are not blocked, served round robin.
     active: VecDeque<u64>,
-    /// Pair waits and number blocks. Entries are not removed when they become
-    /// stale; a popped timer is checked against the state it names.
+    /// Pair waits, number blocks and looks at forgetting idle numbers.
+    /// Entries are not removed when they become stale; a popped timer is
+    /// checked against the state it names.
     timers: BinaryHeap<Reverse<(Moment, TimerKey)>>,
     /// Jobs held: queued plus in flight.
     held: usize,
     throttled: ThrottleCounts,
+    /// [`forget_after`] of the configured pair rule.
+    forget_after: Duration,
 }
 
 impl<J> std::fmt::Debug for Shard<J> {
@@ -189,6 +237,7 @@ impl<J> std::fmt::Debug for Shard<J> {
 impl<J> Shard<J> {
     pub fn new(config: Arc<SchedulerConfig>, wabas: Arc<WabaRegistry>) -> Self {
         Self {
+            forget_after: forget_after(config.pair_rule),
             config,
             wabas,
             numbers: HashMap::new(),
@@ -197,6 +246,12 @@ impl<J> Shard<J> {
             held: 0,
             throttled: ThrottleCounts::default(),
         }
+    }
+
+    /// Numbers whose state the shard keeps: those holding jobs and those that
+    /// did recently (see [`forget_after`]).
+    pub fn numbers(&self) -> usize {
+        self.numbers.len()
     }
 
     pub fn throttled(&self) -> ThrottleCounts {
@@ -214,7 +269,7 @@ impl<J> Shard<J> {
     /// many. Their offsets were never stored, so the next owner reads them again.
     pub fn purge(&mut self, drop: &dyn Fn(&J) -> bool) -> usize {
         let mut purged = 0;
-        for number in self.numbers.values_mut() {
+        for (&phone, number) in &mut self.numbers {
             number.queues.retain(|_, queue| {
                 let before = queue.jobs.len();
                 queue.jobs.retain(|entry| !drop(&entry.job));
@@ -225,6 +280,9 @@ impl<J> Shard<J> {
             number.ready.retain(|recipient| {
                 queues.get(recipient).is_some_and(|q| q.stage == Stage::Ready && !q.jobs.is_empty())
             });
+            if number.queues.is_empty() {
+                arm_forget(phone, number, &mut self.timers, self.forget_after);
+            }
         }
         self.held -= purged;
         purged
@@ -250,6 +308,8 @@ impl<J> Shard<J> {
             queues: HashMap::new(),
             ready: VecDeque::new(),
             activity: Activity::Idle,
+            last_used: now,
+            forget_at: None,
         });
         let entry = Entry { job, not_before, expires_at, enqueued_at: now, attempts: 0 };
         self.held += 1;
@@ -272,9 +332,11 @@ impl<J> Shard<J> {
     /// The request for `ticket` ended for good (sent or failed): the pair's
     /// next job may go.
     pub fn finish(&mut self, ticket: Ticket, now: Moment) {
-        let Some(queue) = self.queue_mut(ticket) else { return };
+        let Some(number) = self.numbers.get_mut(&ticket.phone) else { return };
+        let Some(queue) = number.queues.get_mut(&ticket.recipient) else { return };
         if queue.in_flight.take().is_some() {
             self.held -= 1;
+            number.last_used = now;
         }
         self.schedule_head(ticket.phone, ticket.recipient, now);
     }
@@ -305,6 +367,7 @@ impl<J> Shard<J> {
             return Err(job);
         };
         queue.jobs.push_front(flight.back(job));
+        number.last_used = now;
         let until = now + after;
         match scope {
             Scope::Pair => {
@@ -456,6 +519,9 @@ impl<J> Shard<J> {
             sent += 1;
         };
         drop(window);
+        if sent > 0 {
+            number.last_used = now;
+        }
         for recipient in resched {
             self.schedule_head(phone, recipient, now);
         }
@@ -479,6 +545,9 @@ impl<J> Shard<J> {
         }
         let Some(head) = queue.jobs.front() else {
             number.queues.remove(&recipient);
+            if number.queues.is_empty() {
+                arm_forget(phone, number, &mut self.timers, self.forget_after);
+            }
             return;
         };
         let budget = number.pairs.check(recipient, now).err().map(NotUntil::earliest);
@@ -533,12 +602,64 @@ impl<J> Shard<J> {
                         }
                     }
                 }
+                TimerKey::Forget { phone } => self.forget_if_idle(phone, due, now),
             }
         }
     }
 
-    fn queue_mut(&mut self, ticket: Ticket) -> Option<&mut PairQueue<J>> {
-        self.numbers.get_mut(&ticket.phone)?.queues.get_mut(&ticket.recipient)
+    /// Drops the number's state if it holds no job and nothing of its state
+    /// can still matter at `now`; else looks again when it might.
+    fn forget_if_idle(&mut self, phone: u64, due: Moment, now: Moment) {
+        let Some(number) = self.numbers.get_mut(&phone) else { return };
+        if number.forget_at != Some(due) {
+            return;
+        }
+        number.forget_at = None;
+        if !number.queues.is_empty() {
+            // Busy again: armed anew when it next holds nothing.
+            return;
+        }
+        let limiter = &number.limiter;
+        let again = (number.last_used + self.forget_after).max(limiter.paused_until());
+        if again > now {
+            number.forget_at = Some(again);
+            self.timers.push(Reverse((again, TimerKey::Forget { phone })));
+            return;
+        }
+        // A slow-down or a penalty that outlived the bound, a halt (its jobs
+        // may have been purged; the number waits for the resume), or a round
+        // still to run after a purge: try again later.
+        let slowed = limiter.effective_limit(now) < limiter.effective_limit(Moment::MAX);
+        number.pairs.expire_idle(now);
+        let halted = number.activity == Activity::Halted || number.waba.is_halted();
+        if slowed || halted || !number.pairs.is_empty() || number.activity != Activity::Idle {
+            let again = now + self.forget_after;
+            number.forget_at = Some(again);
+            self.timers.push(Reverse((again, TimerKey::Forget { phone })));
+            return;
+        }
+        // Idle: in no list, so no entry elsewhere names it; stale timers are
+        // checked against the state they name, as always.
+        self.numbers.remove(&phone);
+        // Give memory back after a wave of numbers, leaving room to double.
+        if self.numbers.len() < self.numbers.capacity() / 4 {
+            self.numbers.shrink_to(self.numbers.len() * 2);
+        }
+    }
+}
+
+/// The number holds no job: look at forgetting it `forget_after` after its
+/// last use, unless a look is already due (it then re-arms itself).
+fn arm_forget<J>(
+    phone: u64,
+    number: &mut NumberState<J>,
+    timers: &mut BinaryHeap<Reverse<(Moment, TimerKey)>>,
+    forget_after: Duration,
+) {
+    if number.forget_at.is_none() {
+        let at = number.last_used + forget_after;
+        number.forget_at = Some(at);
+        timers.push(Reverse((at, TimerKey::Forget { phone })));
     }
 }
 

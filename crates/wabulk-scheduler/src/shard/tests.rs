@@ -25,6 +25,8 @@ struct Harness {
     sends: Vec<(Moment, Dispatch<u64>)>,
     expired: Vec<(Moment, u64)>,
     next_job: u64,
+    /// The latest instant the shard was polled or given a job at.
+    now: Moment,
 }
 
 impl Harness {
@@ -38,6 +40,7 @@ impl Harness {
             sends: Vec::new(),
             expired: Vec::new(),
             next_job: 0,
+            now: Moment::ZERO,
         }
     }
 
@@ -54,16 +57,31 @@ impl Harness {
         expires_at: Option<Moment>,
         now: Moment,
     ) -> u64 {
+        self.enqueue_envelope(
+            Envelope { phone, recipient, waba: 7, mps, not_before, expires_at, job: 0 },
+            now,
+        )
+    }
+
+    fn enqueue_waba(&mut self, phone: u64, recipient: u64, waba: u64, now: Moment) -> u64 {
+        let envelope =
+            Envelope { phone, recipient, waba, mps: 80, not_before: None, expires_at: None, job: 0 };
+        self.enqueue_envelope(envelope, now)
+    }
+
+    /// Enqueues `envelope` with the next job number in place of its own.
+    fn enqueue_envelope(&mut self, envelope: Envelope<u64>, now: Moment) -> u64 {
         let job = self.next_job;
         self.next_job += 1;
-        let envelope = Envelope { phone, recipient, waba: 7, mps, not_before, expires_at, job };
-        self.shard.enqueue(envelope, now);
+        self.now = self.now.max(now);
+        self.shard.enqueue(Envelope { job, ..envelope }, now);
         job
     }
 
     /// Polls at `now` and returns the indices of the new sends in `sends`.
     fn poll(&mut self, now: Moment) -> std::ops::Range<usize> {
         let start = self.sends.len();
+        self.now = self.now.max(now);
         let mut out = Vec::new();
         // Rounds repeat while numbers still have work at this instant.
         while self.shard.next_wake(now).is_some_and(|at| at <= now) {
@@ -80,12 +98,13 @@ impl Harness {
 
     /// Polls at every wake-up until `end`, finishing each send at once.
     fn run_until(&mut self, end: Moment) {
-        let mut now = ms(0).max(self.sends.last().map_or(ms(0), |(at, _)| *at));
+        let mut now = self.now.max(self.sends.last().map_or(ms(0), |(at, _)| *at));
         while let Some(at) = self.shard.next_wake(now) {
             if at > end {
                 break;
             }
-            now = at;
+            // A timer already overdue fires now, not back in time.
+            now = at.max(now);
             for i in self.poll(now) {
                 let ticket = self.sends[i].1.ticket;
                 self.shard.finish(ticket, now);
@@ -301,6 +320,282 @@ fn purge_drops_queued_jobs_but_not_those_in_flight() {
     assert_eq!(h.shard.held(), 0);
 }
 
+const HOUR: u64 = 3_600 * SEC;
+
+#[test]
+fn the_idle_bound_covers_the_pair_rule_and_an_hour() {
+    // Meta's rule: 45 × 6.05 s of debt, less than the 1024 s penalty: an hour.
+    assert_eq!(forget_after(PairRule::default()), Duration::from_secs(3_600));
+    // A debt longer than an hour is waited out, with a debt and a minute to spare.
+    let long = PairRule { interval: Duration::from_secs(600), burst: 10, margin: Duration::ZERO };
+    assert_eq!(forget_after(long), Duration::from_secs(6_000 + 600 + 60));
+}
+
+#[test]
+fn an_idle_number_is_forgotten_and_comes_back_as_a_new_one() {
+    let mut h = Harness::new(config());
+    h.enqueue(1, 100, 80, ms(0));
+    h.run_until(ms(2 * SEC));
+    assert_eq!((h.sends.len(), h.shard.held(), h.shard.numbers()), (1, 0, 1));
+    // Answered at 1 s: kept until an hour after that, then forgotten on time.
+    h.poll(ms(SEC + HOUR - 1));
+    assert_eq!(h.shard.numbers(), 1);
+    assert_eq!(h.shard.next_wake(ms(SEC + HOUR - 1)), Some(ms(SEC + HOUR)));
+    h.poll(ms(SEC + HOUR));
+    assert_eq!(h.shard.numbers(), 0);
+    assert_eq!(h.shard.next_wake(ms(SEC + HOUR)), None, "nothing left to look at");
+
+    // Back with a backlog: exactly what a shard that never met it does.
+    let back = 2 * HOUR;
+    let mut fresh = Harness::new(config());
+    for recipient in 0..60 {
+        for _ in 0..2 {
+            h.enqueue(1, 100 + recipient, 80, ms(back));
+            fresh.enqueue(1, 100 + recipient, 80, ms(back));
+        }
+    }
+    h.sends.clear();
+    h.run_until(ms(back + 20 * SEC));
+    fresh.run_until(ms(back + 20 * SEC));
+    let times = |h: &Harness| h.sends.iter().map(|(t, d)| (t.as_millis(), d.ticket)).collect::<Vec<_>>();
+    assert_eq!(times(&h), times(&fresh));
+    // Nothing for a second, then no burst: the second send is one interval later.
+    let first: Vec<u64> = h.sends.iter().take(2).map(|(t, _)| t.as_millis()).collect();
+    assert_eq!(first, vec![back + SEC, back + SEC + 12]);
+    let all: Vec<u64> = h.sends.iter().map(|(t, _)| t.as_millis()).collect();
+    for (i, &t) in all.iter().enumerate() {
+        assert!(all[i..].iter().take_while(|&&u| u < t + SEC).count() <= 80);
+    }
+    assert_eq!(h.sends.len(), 120);
+}
+
+#[test]
+fn a_queued_job_keeps_its_number() {
+    let mut h = Harness::new(config());
+    h.enqueue(1, 100, 80, ms(0));
+    h.run_until(ms(2 * SEC));
+    // Queued before the look at forgetting it, due long after.
+    h.enqueue_with(1, 200, 80, Some(ms(3 * HOUR)), None, ms(10 * SEC));
+    h.poll(ms(SEC + HOUR));
+    h.poll(ms(2 * HOUR + SEC));
+    assert_eq!(h.shard.numbers(), 1);
+    h.run_until(ms(3 * HOUR + SEC));
+    assert_eq!(h.send_times(200), vec![3 * HOUR], "sent as queued, not as a new number");
+    h.poll(ms(4 * HOUR - 1));
+    assert_eq!(h.shard.numbers(), 1, "an hour from the answer to the last send");
+    h.poll(ms(4 * HOUR));
+    assert_eq!(h.shard.numbers(), 0);
+}
+
+#[test]
+fn a_job_in_flight_keeps_its_number() {
+    let mut h = Harness::new(config());
+    h.enqueue(1, 100, 80, ms(0));
+    let sent = h.poll(ms(SEC));
+    assert_eq!(sent.len(), 1);
+    for hour in 1..5 {
+        h.poll(ms(hour * HOUR + SEC));
+        assert_eq!(h.shard.numbers(), 1);
+    }
+    // The late answer counts as a use: another hour from it.
+    let ticket = h.sends[0].1.ticket;
+    h.shard.finish(ticket, ms(5 * HOUR));
+    h.poll(ms(6 * HOUR - 1));
+    assert_eq!(h.shard.numbers(), 1);
+    h.poll(ms(6 * HOUR));
+    assert_eq!(h.shard.numbers(), 0);
+}
+
+#[test]
+fn a_halted_number_is_kept_until_resumed() {
+    let wabas = Arc::new(WabaRegistry::new(1_000_000));
+    let mut h = Harness::with_registry(config(), Arc::clone(&wabas));
+    // Two numbers of WABA 7; the token fails on number 1's send.
+    h.enqueue(1, 100, 80, ms(0));
+    h.enqueue(2, 200, 80, ms(0));
+    let sent = h.poll(ms(SEC));
+    let dispatches: Vec<_> = h.sends.drain(sent).map(|(_, d)| d).collect();
+    for dispatch in dispatches {
+        match dispatch.ticket.phone {
+            1 => h.shard.halt(dispatch.ticket, dispatch.job, ms(SEC)),
+            _ => h.shard.finish(dispatch.ticket, ms(SEC)),
+        }
+    }
+    h.poll(ms(SEC));
+    // Number 1's job is purged (its partition went away): both hold nothing,
+    // number 1 stopped by the halt, number 2 idle but of the halted WABA.
+    assert_eq!(h.shard.purge(&|_| true), 1);
+    for hour in 1..4 {
+        h.poll(ms(hour * HOUR + 2 * SEC));
+        assert_eq!(h.shard.numbers(), 2, "hour {hour}");
+    }
+    wabas.resume(7);
+    h.shard.wake_halted();
+    h.poll(ms(4 * HOUR));
+    assert_eq!(h.shard.numbers(), 2);
+    // Looked at again an hour after the last look found them halted, at the latest.
+    h.poll(ms(5 * HOUR + 2 * SEC));
+    assert_eq!(h.shard.numbers(), 0);
+}
+
+#[test]
+fn a_number_sent_to_within_the_hour_is_kept() {
+    let mut h = Harness::new(config());
+    // One message every 59 minutes, to changing recipients, for ten hours.
+    let every = 59 * 60 * SEC;
+    for i in 0..10 {
+        let at = ms(i * every);
+        h.enqueue(1, 100 + i, 80, at);
+        h.run_until(ms(i * every + 2 * SEC));
+        assert_eq!(h.shard.numbers(), 1);
+        h.poll(ms((i + 1) * every - 1));
+        assert_eq!(h.shard.numbers(), 1, "after message {i}");
+    }
+    assert_eq!(h.sends.len(), 10);
+    // The first was held back as a new number's; the others went at once.
+    assert_eq!(h.send_times(100), vec![SEC]);
+    assert_eq!(h.send_times(101), vec![every]);
+}
+
+#[test]
+fn a_pause_or_slow_down_keeps_its_number_until_it_ends() {
+    let mut h = Harness::new(SchedulerConfig { slow_down_for: Duration::from_secs(3 * 3_600), ..config() });
+    h.enqueue(1, 100, 80, ms(0));
+    h.enqueue(2, 200, 80, ms(0));
+    let sent = h.poll(ms(SEC));
+    let dispatches: Vec<_> = h.sends.drain(sent).map(|(_, d)| d).collect();
+    for dispatch in dispatches {
+        // Number 1: paused two hours. Number 2: slowed down (by a 130429) for three.
+        let (reason, after) = match dispatch.ticket.phone {
+            1 => (RetryReason::Transient, Duration::from_secs(2 * 3_600)),
+            _ => (RetryReason::NumberLimit, Duration::ZERO),
+        };
+        h.shard.retry(dispatch.ticket, dispatch.job, Scope::Number, reason, after, ms(SEC)).unwrap();
+    }
+    // Their jobs leave (purged), the pause and the slow-down stay.
+    assert_eq!(h.shard.purge(&|_| true), 2);
+    h.poll(ms(SEC));
+    h.poll(ms(2 * HOUR));
+    assert!(h.shard.numbers.contains_key(&1) && h.shard.numbers.contains_key(&2));
+    h.poll(ms(2 * HOUR + SEC));
+    assert!(!h.shard.numbers.contains_key(&1), "forgotten when its pause ends");
+    assert!(h.shard.numbers.contains_key(&2), "still slowed down");
+    h.poll(ms(3 * HOUR + SEC - 1));
+    assert!(h.shard.numbers.contains_key(&2));
+    h.run_until(ms(5 * HOUR));
+    assert_eq!(h.shard.numbers(), 0, "forgotten once the slow-down is over");
+}
+
+#[test]
+fn a_pair_debt_longer_than_an_hour_keeps_its_number() {
+    let rule = PairRule { interval: Duration::from_secs(1_800), burst: 10, margin: Duration::ZERO };
+    let mut h = Harness::new(SchedulerConfig { pair_rule: rule, ..config() });
+    for _ in 0..10 {
+        h.enqueue(1, 100, 80, ms(0));
+    }
+    h.run_until(ms(2 * SEC));
+    assert_eq!(h.send_times(100).len(), 10, "one burst, repaid 5 h after it began");
+    let forget = forget_after(rule);
+    assert!(forget > Duration::from_secs(5 * 3_600));
+    let last = h.sends.last().unwrap().0;
+    h.poll(last + forget - Duration::from_millis(1));
+    assert_eq!(h.shard.numbers(), 1);
+    h.poll(last + forget);
+    assert_eq!(h.shard.numbers(), 0);
+}
+
+#[test]
+fn an_unknown_wabas_cell_goes_with_its_last_number_and_hour() {
+    let wabas = Arc::new(WabaRegistry::new(1_000_000));
+    wabas.register(5, 1_000_000, 1);
+    let mut h = Harness::with_registry(config(), Arc::clone(&wabas));
+    // Number 1 sends for configured WABA 5, number 2 for unknown WABA 9.
+    h.enqueue_waba(1, 100, 5, ms(0));
+    h.enqueue_waba(2, 100, 9, ms(0));
+    h.run_until(ms(2 * SEC));
+    assert_eq!(h.sends.len(), 2);
+    assert_eq!(wabas.len(), 2);
+    // Sent and answered at 1 s: the numbers go an hour later...
+    assert_eq!(wabas.sweep(ms(HOUR)), 0, "number 2 still holds WABA 9");
+    h.poll(ms(SEC + HOUR));
+    assert_eq!(h.shard.numbers(), 0);
+    // ...but the call made at 1 s counts until its 100 ms bucket is an hour old.
+    assert_eq!(wabas.sweep(ms(SEC + HOUR + 99)), 0);
+    assert_eq!(wabas.sweep(ms(SEC + HOUR + 100)), 1);
+    assert_eq!(wabas.len(), 1);
+    assert_eq!(wabas.usage(ms(SEC + HOUR + 100)).into_iter().map(|(w, ..)| w).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(wabas.sweep(ms(100 * HOUR)), 0, "a configured WABA stays");
+    // Named again: a new cell, and a new number, which sends as new.
+    h.enqueue_waba(2, 100, 9, ms(2 * HOUR));
+    h.run_until(ms(2 * HOUR + 2 * SEC));
+    assert_eq!(h.sends.last().map(|(t, d)| (t.as_millis(), d.waba)), Some((2 * HOUR + SEC, 9)));
+    assert_eq!(wabas.len(), 2);
+}
+
+/// A tiny deterministic generator (xorshift64*), so that the traffic below
+/// needs no seed from outside.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Six hours of jobs for random numbers and random unknown WABAs (a producer
+/// gone wrong), plus one configured number that keeps sending: the shard and
+/// the registry hold what the last hour or so brought, never more.
+#[test]
+fn random_numbers_and_wabas_keep_the_state_bounded() {
+    let wabas = Arc::new(WabaRegistry::new(1_000_000));
+    wabas.register(5, 1_000_000, 1);
+    let mut h = Harness::with_registry(config(), Arc::clone(&wabas));
+    let mut rng = Rng(0x5eed);
+    // One job every 20 s for a new random number and WABA; sweeps every minute.
+    let every = 20 * SEC;
+    let sweep_every = 60 * SEC;
+    // A number answered at a + 1 s is forgotten at a + 1 s + 1 h; its WABA's
+    // call leaves the window by a + 1.1 s + 1 h and the next sweep drops it.
+    let numbers_bound = (SEC + HOUR) / every + 1 + 1;
+    let wabas_bound = (SEC + 100 + HOUR + sweep_every) / every + 1 + 1;
+    let (mut most_numbers, mut most_wabas) = (0, 0);
+    let mut next_sweep = sweep_every;
+    let end = 6 * HOUR;
+    let mut now = 0;
+    while now < end + 2 * HOUR {
+        if now < end {
+            let (phone, waba) = (rng.next() | 1 << 63, rng.next() >> 1);
+            h.enqueue_waba(phone, rng.next(), waba, ms(now));
+            // The configured number, to a new recipient every time.
+            h.enqueue_waba(7, now, 5, ms(now));
+        }
+        let next = now + every;
+        // On to the next arrival, the registry swept every minute on the way.
+        while next_sweep < next {
+            h.run_until(ms(next_sweep));
+            wabas.sweep(ms(next_sweep));
+            next_sweep += sweep_every;
+        }
+        h.run_until(ms(next - 1));
+        let (numbers, cells) = (h.shard.numbers(), wabas.len());
+        assert!(numbers <= numbers_bound as usize, "{numbers} numbers before {next} ms");
+        assert!(cells <= wabas_bound as usize, "{cells} WABAs before {next} ms");
+        most_numbers = most_numbers.max(numbers);
+        most_wabas = most_wabas.max(cells);
+        now = next;
+    }
+    assert_eq!(h.shard.held(), 0);
+    assert_eq!(h.sends.len() as u64, 2 * end / every);
+    // The bounds are reached, so they are the real size, not a loose ceiling.
+    assert!(most_numbers + 3 >= numbers_bound as usize, "at most {most_numbers} numbers");
+    assert!(most_wabas + 3 >= wabas_bound as usize, "at most {most_wabas} WABAs");
+    // Two hours after the last job only the configured WABA remains.
+    assert_eq!((h.shard.numbers(), wabas.len()), (0, 1));
+}
+
 /// What the test does with one send.
 #[derive(Debug, Clone, Copy)]
 enum Answer {
@@ -338,16 +633,22 @@ proptest! {
 
     /// Random arrivals for two numbers and a handful of recipients, random
     /// answers, random poll times: no 1-s window over the number's limit, the
-    /// pair rule never broken, every pair's jobs in order, nothing lost.
+    /// pair rule never broken, every pair's jobs in order, nothing lost. Some
+    /// arrivals come two hours later, when their number is usually forgotten:
+    /// it then starts again as a new number.
     #[test]
     fn limits_order_and_accounting_hold(
-        arrivals in proptest::collection::vec((0u64..2, 0u64..40, 0u64..20_000), 1..600),
+        arrivals in proptest::collection::vec(
+            (0u64..2, 0u64..40, 0u64..20_000, prop_oneof![3 => Just(0), 1 => Just(2 * HOUR)]),
+            1..600,
+        ),
         answers in proptest::collection::vec(arb_answer(), 64),
         steps in proptest::collection::vec(1u64..400, 64),
     ) {
         let tiers = [20u32, 80];
         let mut h = Harness::new(config());
-        let mut arrivals = arrivals;
+        let mut arrivals: Vec<(u64, u64, u64)> =
+            arrivals.into_iter().map(|(phone, recipient, at, wave)| (phone, recipient, at + wave)).collect();
         arrivals.sort_by_key(|&(_, _, at)| at);
         let mut arrivals = arrivals.into_iter().peekable();
         let mut order: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
@@ -359,10 +660,16 @@ proptest! {
         let mut now = 0u64;
         let mut step = 0usize;
         let mut in_flight: Vec<Dispatch<u64>> = Vec::new();
-        while now < 4_000_000 {
+        // Numbers met so far, and (number, instant) of each return after being forgotten.
+        let mut met = std::collections::BTreeSet::new();
+        let mut returns = Vec::new();
+        while now < 2 * HOUR + 4_000_000 {
             while let Some(&(phone, recipient, at)) = arrivals.peek() {
                 if at > now { break; }
                 arrivals.next();
+                if !met.insert(phone) && !h.shard.numbers.contains_key(&phone) {
+                    returns.push((phone, now));
+                }
                 let job = h.enqueue(phone, 1_000 + recipient, tiers[phone as usize], ms(now));
                 order.entry((phone, recipient + 1_000)).or_default().push(job);
             }
@@ -391,10 +698,14 @@ proptest! {
             // Jump to the next wake-up or a random step, whichever is sooner.
             let next = now + steps[step % steps.len()];
             step += 1;
-            now = match h.shard.next_wake(ms(now)) {
-                Some(at) if at.as_millis() > now => next.min(at.as_millis()),
-                _ => next,
-            };
+            let wake = h.shard.next_wake(ms(now)).map(Moment::as_millis).filter(|&at| at > now);
+            now = wake.map_or(next, |at| next.min(at));
+            // Nothing held: on to the next arrival or timer without stepping.
+            if in_flight.is_empty() && h.shard.held() == 0 {
+                if let Some(&(_, _, at)) = arrivals.peek() {
+                    now = now.max(wake.map_or(at, |wake| wake.min(at)));
+                }
+            }
             if arrivals.peek().is_none() && in_flight.is_empty() && h.shard.held() == 0 { break; }
         }
         prop_assert_eq!(h.shard.held(), 0, "every job left the scheduler");
@@ -416,5 +727,13 @@ proptest! {
         for (key, times) in &pair_times {
             prop_assert_eq!(pair_rule_holds(times, 6 * SEC, 45), Ok(()), "pair {:?}", key);
         }
+        // A forgotten number came back as a new one: nothing in its first second.
+        for (phone, at) in returns {
+            let first = per_number[&phone].iter().find(|&&t| t >= at);
+            prop_assert!(first.is_none_or(|&t| t >= at + SEC), "number {} back at {} ms sent at {:?}", phone, at, first);
+        }
+        // And an hour after their last use, no number is left.
+        h.poll(ms(now + HOUR));
+        prop_assert_eq!(h.shard.numbers(), 0);
     }
 }
