@@ -9,21 +9,21 @@
 //!   final result.
 //!
 //! Requests and Kafka writes run on their own tasks so that both cores do
-//! the JSON, HTTP/2 and librdkafka work; the loops only keep the books. An
-//! offset is done (`Ingest::done`) only by the task that saw its result or
-//! dead letter acknowledged by Kafka.
+//! the JSON, HTTP/2 and librdkafka work; the loops only keep the books. A
+//! job's lease is released as done (`Lease::done`) only by the task that saw
+//! its result or dead letter acknowledged by Kafka; a job given up drops it.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use wabulk_kafka::{Assignment, Ingest, Output, Record};
+use wabulk_kafka::{Assignment, Ingest, Lease, Output, Record};
 use wabulk_limits::{Clock, Moment};
 use wabulk_model::{
     ApiError, DlqRecord, ErrorCode, FailReason, Job, JobResult, Outcome, RejectReason, ResultError,
@@ -42,8 +42,9 @@ use crate::writes::{Refusals, Topic};
 #[derive(Debug)]
 pub struct Pending {
     job: Job,
-    partition: i32,
-    offset: i64,
+    /// The record's hold on its offset: done once the job's result is
+    /// acknowledged, dropped with the job otherwise.
+    lease: Lease,
     received_at: DateTime<Utc>,
     /// The last retryable error, reported if the retries run out.
     last_error: Option<ApiError>,
@@ -109,11 +110,9 @@ pub async fn run(
     let phones: Vec<String> = setup.phones.keys().map(ToString::to_string).collect();
     let wabas: Vec<String> = setup.wabas.keys().map(ToString::to_string).collect();
     metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
-    let books = Arc::new(Books { ingest: Arc::clone(&ingest), open: Mutex::default() });
     let refusals = Arc::new(Refusals::new(Arc::clone(&metrics), Arc::clone(&health), &setup.kafka.extra));
     let writer = Writer {
         output,
-        books: Arc::clone(&books),
         metrics: Arc::clone(&metrics),
         refusals,
         jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
@@ -138,7 +137,7 @@ pub async fn run(
         scheduler,
         registry,
         writer,
-        books: Arc::clone(&books),
+        ingest: Arc::clone(&ingest),
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         answers_tx,
@@ -176,79 +175,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Per partition, the jobs out of the scheduler and not yet acknowledged
-/// (requests in flight and results being written), so that a revoked
-/// partition is released to its next owner as soon as nothing of it is left.
-struct Books {
-    /// Where offsets are marked done and revoked partitions released.
-    ingest: Arc<Ingest>,
-    /// A std mutex: held for a map update, never across an await.
-    open: Mutex<BooksState>,
-}
-
-#[derive(Default)]
-struct BooksState {
-    outstanding: HashMap<i32, usize>,
-    /// Partitions being taken away: their jobs are no longer sent.
-    revoking: HashSet<i32>,
-}
-
-impl Books {
-    fn state(&self) -> std::sync::MutexGuard<'_, BooksState> {
-        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn open(&self, partition: i32) {
-        *self.state().outstanding.entry(partition).or_default() += 1;
-    }
-
-    fn close(&self, partition: i32) {
-        let mut state = self.state();
-        let left = state.outstanding.entry(partition).or_default();
-        *left = left.saturating_sub(1);
-        if *left == 0 && state.revoking.contains(&partition) {
-            self.forget(partition);
-        }
-    }
-
-    fn is_revoking(&self, partition: i32) -> bool {
-        self.state().revoking.contains(&partition)
-    }
-
-    fn revoke(&self, partitions: &[i32]) {
-        let mut state = self.state();
-        for &partition in partitions {
-            state.revoking.insert(partition);
-            if state.outstanding.get(&partition).copied().unwrap_or(0) == 0 {
-                self.forget(partition);
-            }
-        }
-    }
-
-    fn assign(&self, partitions: &[i32]) {
-        let mut state = self.state();
-        for partition in partitions {
-            state.revoking.remove(partition);
-        }
-    }
-
-    fn forget(&self, partition: i32) {
-        self.ingest.forget(partition);
-    }
-
-    /// The job's result or dead letter is acknowledged: its offset is done.
-    fn done(&self, partition: i32, offset: i64) {
-        self.ingest.done(partition, offset);
-        self.close(partition);
-    }
-}
-
-/// Writes results and dead letters, each on its own task, and marks the
-/// offset done once Kafka has acknowledged it.
+/// Writes results and dead letters, each on its own task, and releases the
+/// job's lease as done once Kafka has acknowledged it.
 #[derive(Clone)]
 struct Writer {
     output: Arc<Output>,
-    books: Arc<Books>,
     metrics: Arc<Metrics>,
     refusals: Arc<Refusals>,
     jobs_topic: Arc<str>,
@@ -256,33 +187,23 @@ struct Writer {
 
 impl Writer {
     fn result(&self, writes: &mut JoinSet<()>, pending: Pending, result: JobResult) {
-        let (partition, offset) = (pending.partition, pending.offset);
-        self.books.open(partition);
-        let (output, books, metrics, refusals) = (
-            Arc::clone(&self.output),
-            Arc::clone(&self.books),
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.refusals),
-        );
+        let lease = pending.lease;
+        let (output, metrics, refusals) =
+            (Arc::clone(&self.output), Arc::clone(&self.metrics), Arc::clone(&self.refusals));
         writes.spawn(async move {
             let json = result.to_json();
             let _ = refusals.write(Topic::Results, false, || output.result(&result.id, json.clone())).await;
             // Counted once Kafka has it, so the metric never runs ahead of the topic.
             metrics.results.with_label_values(&[status_label(result.status)]).inc();
-            books.done(partition, offset);
+            lease.done();
         });
     }
 
     /// The record's dead letter: its original bytes, cut only if Kafka
     /// could not take them whole.
-    fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, error: String) {
-        self.books.open(record.partition);
-        let (output, books, refusals, topic) = (
-            Arc::clone(&self.output),
-            Arc::clone(&self.books),
-            Arc::clone(&self.refusals),
-            Arc::clone(&self.jobs_topic),
-        );
+    fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, lease: Lease, error: String) {
+        let (output, refusals, topic) =
+            (Arc::clone(&self.output), Arc::clone(&self.refusals), Arc::clone(&self.jobs_topic));
         writes.spawn(async move {
             let key = record.key.as_deref();
             let build = |cap| {
@@ -297,7 +218,7 @@ impl Writer {
                 )
             };
             refusals.dead_letter(build, |json| output.dead_letter(key, json)).await;
-            books.done(record.partition, record.offset);
+            lease.done();
         });
     }
 }
@@ -351,7 +272,7 @@ impl IngestStage {
                 // Reap finished writes so the set stays small.
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
                 record = self.ingest.next() => match record {
-                    Ok(record) => self.on_record(&mut writes, record),
+                    Ok((record, lease)) => self.on_record(&mut writes, record, lease),
                     Err(err) => {
                         tracing::error!(error = %err, "the Kafka consumer stopped");
                         break;
@@ -362,7 +283,7 @@ impl IngestStage {
         writes
     }
 
-    fn on_record(&self, writes: &mut JoinSet<()>, record: Record) {
+    fn on_record(&self, writes: &mut JoinSet<()>, record: Record, lease: Lease) {
         self.metrics.jobs_consumed.inc();
         let received_at = Utc::now();
         let job = match Job::parse(&record.payload, &self.setup.parse) {
@@ -370,17 +291,11 @@ impl IngestStage {
             Err(err) => {
                 self.metrics.dlq.with_label_values(&[err.reason()]).inc();
                 tracing::debug!(partition = record.partition, offset = record.offset, error = %err, "dead letter");
-                self.writer.dead_letter(writes, record, err.to_string());
+                self.writer.dead_letter(writes, record, lease, err.to_string());
                 return;
             }
         };
-        let mut pending = Pending {
-            job,
-            partition: record.partition,
-            offset: record.offset,
-            received_at,
-            last_error: None,
-        };
+        let mut pending = Pending { job, lease, received_at, last_error: None };
         match route(&self.setup, &self.metrics, &pending.job) {
             Err(reason) => {
                 self.metrics.rejected.with_label_values(&[reason.code()]).inc();
@@ -452,7 +367,7 @@ struct SendStage {
     scheduler: Scheduler<Pending>,
     registry: Arc<WabaRegistry>,
     writer: Writer,
-    books: Arc<Books>,
+    ingest: Arc<Ingest>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Where request tasks report back.
@@ -557,8 +472,7 @@ impl SendStage {
     }
 
     fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
-        let partition = dispatch.job.partition;
-        let ours = !self.draining && !self.books.is_revoking(partition);
+        let ours = !self.draining && !dispatch.job.lease.is_revoked();
         let Some(token) = token(&self.setup, dispatch.waba).filter(|_| ours).cloned() else {
             // Not ours to send any more (or, defensively, no token): the
             // record is read again by its next owner or after a restart.
@@ -567,7 +481,6 @@ impl SendStage {
         };
         self.metrics.queue_wait.observe(dispatch.queued.as_secs_f64());
         self.metrics.inflight.inc();
-        self.books.open(partition);
         let sender = self.sender.clone();
         let answers = self.answers_tx.clone();
         let gate = self.gate(dispatch.job.job.phone_number_id.get());
@@ -598,7 +511,6 @@ impl SendStage {
         let Dispatch { ticket, waba, job: mut pending, attempt, .. } = dispatch;
         self.metrics.inflight.dec();
         self.metrics.send_latency.observe(latency.as_secs_f64());
-        let partition = pending.partition;
         match outcome {
             Outcome::Sent { wamid } => {
                 let _ = self.scheduler.send(Command::Finish(ticket));
@@ -621,7 +533,7 @@ impl SendStage {
                 if reason == RetryReason::Timeout {
                     self.metrics.unknown_outcome_retries.inc();
                 }
-                if self.draining || self.books.is_revoking(partition) {
+                if self.draining || pending.lease.is_revoked() {
                     let _ = self.scheduler.send(Command::Finish(ticket));
                 } else {
                     pending.last_error = Some(error);
@@ -641,13 +553,17 @@ impl SendStage {
                     let label = waba.to_string();
                     self.metrics.waba_halted.with_label_values(&[self.metrics.waba_label(&label)]).set(1);
                 }
-                let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
+                if pending.lease.is_revoked() {
+                    // Not kept: the record is its next owner's, and a job
+                    // parked here would hold its lease, and so the
+                    // revocation, until the revocation's timeout.
+                    self.registry.halt(waba);
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                } else {
+                    let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
+                }
             }
         }
-        // Only now, after the result's write (if any) is open: closing first
-        // could let a revocation forget the partition while that result is
-        // still being written, and its job would be sent again.
-        self.books.close(partition);
     }
 
     fn count_api_error(&self, error: &ApiError) {
@@ -666,15 +582,13 @@ impl SendStage {
         match assignment {
             Assignment::Assigned(partitions) => {
                 tracing::info!(?partitions, "partitions assigned");
-                self.books.assign(&partitions);
             }
             Assignment::Revoked(partitions) => {
                 tracing::info!(?partitions, "partitions revoked: dropping their waiting jobs");
-                let revoked: HashSet<i32> = partitions.iter().copied().collect();
-                let _ = self
-                    .scheduler
-                    .send(Command::Purge(Arc::new(move |p: &Pending| revoked.contains(&p.partition))));
-                self.books.revoke(&partitions);
+                // Their leases say so already (a later assignment of the same
+                // partitions has new ones); dropping the jobs releases them,
+                // which the revocation waits for.
+                let _ = self.scheduler.send(Command::Purge(Arc::new(|p: &Pending| p.lease.is_revoked())));
             }
         }
     }
@@ -706,10 +620,10 @@ impl SendStage {
             metrics.waba_hourly_calls.with_label_values(&[label]).set(used as i64);
             metrics.waba_hourly_cap.with_label_values(&[label]).set(cap as i64);
         }
-        for (partition, lag) in self.books.ingest.lag() {
+        for (partition, lag) in self.ingest.lag() {
             metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
-        metrics.jobs_in_memory.set(self.books.ingest.in_memory() as i64);
+        metrics.jobs_in_memory.set(self.ingest.in_memory() as i64);
         metrics.scheduling_delay.set(self.scheduling_delay.peak().as_secs_f64());
         let held: u64 = self.gates.values().map(|g| g.held_total()).sum();
         metrics.departures_held.inc_by(held.saturating_sub(metrics.departures_held.get()));

@@ -4,9 +4,8 @@
 //! The polling thread keeps polling while they are paused, so the consumer
 //! stays in the group.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 
-use super::rebalance::IngestContext;
 use super::{Shared, State};
 
 impl State {
@@ -18,10 +17,13 @@ impl State {
 
 impl Shared {
     /// Pauses every owned partition once the high-water mark is reached.
-    pub(super) fn pause_if_full(&self, consumer: &BaseConsumer<IngestContext>, state: &mut State) {
+    pub(super) fn pause_if_full(&self, state: &mut State) {
         if state.paused || state.in_memory() < self.max_in_memory {
             return;
         }
+        let Some(consumer) = self.consumer() else {
+            return;
+        };
         state.paused = true;
         let tpl = self.tpl(state.owned.keys().copied());
         tracing::debug!(in_memory = state.in_memory(), "backpressure: pausing the jobs topic");
@@ -31,10 +33,13 @@ impl Shared {
     }
 
     /// Resumes the owned partitions once below the low-water mark.
-    pub(super) fn resume_if_drained(&self, consumer: &BaseConsumer<IngestContext>, state: &mut State) {
+    pub(super) fn resume_if_drained(&self, state: &mut State) {
         if !state.paused || state.in_memory() >= self.resume_below {
             return;
         }
+        let Some(consumer) = self.consumer() else {
+            return;
+        };
         state.paused = false;
         let tpl = self.tpl(state.owned.keys().copied());
         tracing::debug!(in_memory = state.in_memory(), "backpressure: resuming the jobs topic");

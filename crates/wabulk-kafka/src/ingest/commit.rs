@@ -28,7 +28,7 @@
 //! waits for the outstanding commit, then commits everything synchronously.
 //! All three take their positions with [`State::take_positions`]. A lost
 //! assignment commits nothing: the partitions may already belong to someone
-//! else (see `rebalance`). The time from `done` to the broker's
+//! else (see `rebalance`). The time from a lease's `done` to the broker's
 //! acknowledgement of the commit that covers it, and the count of jobs in
 //! between, are reported to the [`CommitListener`] (the engine's
 //! `wabulk_commit_lag_seconds` and `wabulk_uncommitted_jobs`).
@@ -54,20 +54,22 @@ pub const COMMIT_FLOOR: Duration = Duration::from_millis(10);
 const COMMITTER_IDLE: Duration = Duration::from_millis(100);
 
 /// Told of every change in the number of jobs done but not yet covered by a
-/// commit the broker acknowledged: `delta` is +1 per [`Ingest::done`], and
-/// negative when a commit covering jobs is acknowledged (`lags` then holds,
-/// for each of them, the time from its `done` to that acknowledgement) or
+/// commit the broker acknowledged: `delta` is +1 per offset a
+/// [`Lease::done`] resolves, and negative when a commit covering jobs is
+/// acknowledged (`lags` then holds, for each of them, the time from its
+/// `done` to that acknowledgement) or
 /// when they are dropped uncommitted (a failed revocation commit, or a lost
 /// assignment's jobs when the partition is assigned here again, to be
 /// skipped, or when it does not come back within 10 minutes: `lags` is
 /// empty). A lost assignment's jobs, including those done after the loss,
 /// count until then. The sum of the deltas is the current count. Called
-/// under the consumer's state lock, from the thread that calls `done`, the
-/// polling thread, the committer thread or the thread of `commit_now`: it
-/// must be quick and must not call into [`Ingest`].
+/// under the consumer's state lock, from the thread that releases a lease,
+/// the polling thread, the committer thread or the thread of `commit_now`:
+/// it must be quick, must not call into [`Ingest`] and must not drop a
+/// lease.
 ///
 /// [`Ingest`]: super::Ingest
-/// [`Ingest::done`]: super::Ingest::done
+/// [`Lease::done`]: super::Lease::done
 pub type CommitListener = Box<dyn Fn(i64, &[Duration]) + Send + Sync>;
 
 /// The commit state shared by all partitions.
@@ -126,9 +128,9 @@ impl State {
         let mut positions = Vec::new();
         for (&partition, owned) in &mut self.owned {
             let taken = match scope {
-                CommitScope::Changed => owned.dirty && !owned.revoking,
+                CommitScope::Changed => owned.dirty && !owned.revoking(),
                 CommitScope::Revoked(partitions) => partitions.contains(&partition),
-                CommitScope::All => !owned.revoking,
+                CommitScope::All => !owned.revoking(),
             };
             if !taken {
                 continue;
@@ -147,7 +149,7 @@ impl State {
             }
             owned.issued = Some((offset, metadata.clone()));
             let covers = owned.done_at.len();
-            positions.push(Position { partition, epoch: owned.epoch, offset, metadata, covers });
+            positions.push(Position { partition, epoch: owned.epoch(), offset, metadata, covers });
         }
         positions
     }
@@ -231,7 +233,8 @@ impl Shared {
         let state = &mut *guard;
         let mut lags = Vec::new();
         for position in positions {
-            let Some(owned) = state.owned.get_mut(&position.partition).filter(|o| o.epoch == position.epoch)
+            let Some(owned) =
+                state.owned.get_mut(&position.partition).filter(|o| o.epoch() == position.epoch)
             else {
                 continue;
             };

@@ -1,38 +1,43 @@
-//! The jobs consumer: reads `wabulk.jobs`, tracks every record handed to the
-//! engine until the engine says it is done, commits each partition's
-//! contiguous watermark promptly (with the finished offsets above it in the
-//! commit metadata), pauses and resumes partitions for backpressure, and
-//! holds a revocation until the revoked partitions' jobs in flight are
-//! finished (or the engine has dropped them).
+//! The jobs consumer: reads `wabulk.jobs`, hands each record to the engine
+//! with a [`Lease`] and tracks its offset until the lease is released (done
+//! once the job's outcome is acknowledged, or dropped), commits each
+//! partition's contiguous watermark promptly (with the finished offsets
+//! above it in the commit metadata), pauses and resumes partitions for
+//! backpressure, and holds a revocation until every lease of the revoked
+//! partitions is released.
 //!
 //! The parts, each described in its module:
 //!
+//! - `lease`: handing records out and releasing their leases, and what a
+//!   release does to the partition's offsets, whichever ownership it is of;
 //! - `poll`: the polling thread, which also runs librdkafka's rebalance
 //!   callbacks, and the channel of records to [`Ingest::next`];
 //! - `commit`: the committer thread and every commit (prompt, revocation,
 //!   shutdown), with the finished offsets in the commit metadata;
 //! - `rebalance`: the consumer's context; what an assignment takes on
 //!   (finished offsets to skip) and a revocation gives up; lost assignments;
-//! - `partition`: one partition's ownership (tracker, offsets to skip,
-//!   positions issued and committed);
+//! - `partition`: one partition's ownership (tracker, leases out, offsets to
+//!   skip, positions issued and committed);
 //! - `backpressure`: pausing and resuming at the water marks.
 //!
-//! State shared by `Ingest`, both threads and the callbacks is one
-//! [`State`] behind a std mutex (held briefly, never across a round trip to
-//! the broker); commits also hold `commit_order`, taken before the state
-//! lock, never while holding it.
+//! State shared by `Ingest`, both threads, the callbacks and the leases is
+//! one `State` behind a std mutex (held briefly, never across a round trip
+//! to the broker); commits also hold `commit_order`, taken before the state
+//! lock, never while holding it. A lease's release takes the state lock, so
+//! no lease is dropped while it is held.
 
 mod backpressure;
 mod commit;
+mod lease;
 mod partition;
 mod poll;
 mod rebalance;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -47,6 +52,7 @@ use crate::lost::LostPartition;
 use crate::{KafkaError, KafkaSettings};
 
 pub use self::commit::{CommitListener, COMMIT_FLOOR};
+pub use self::lease::Lease;
 
 /// One record read from the jobs topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,18 +69,21 @@ pub struct Record {
 pub enum Assignment {
     /// These partitions are now ours; their records follow.
     Assigned(Vec<i32>),
-    /// These partitions are being taken away. [`Ingest::next`] hands out no
-    /// more of their records, and the revocation waits (up to
-    /// `revoke_timeout`) until every job of theirs already handed out is
-    /// `done` or the engine calls [`Ingest::forget`] for the partition.
+    /// These partitions are being taken away (or were lost). Their leases
+    /// report it ([`Lease::is_revoked`]) from before this event,
+    /// [`Ingest::next`] hands out no more of their records, and the
+    /// revocation waits (up to `revoke_timeout`) until every lease of theirs
+    /// is released: done, or dropped with its job. A lost assignment does
+    /// not wait; its leases are waited for when the partitions are assigned
+    /// here again.
     Revoked(Vec<i32>),
 }
 
-/// The jobs consumer. `Send + Sync`: share it in an `Arc` between the task
-/// that reads and the tasks that acknowledge.
+/// The jobs consumer. `Send + Sync`. The leases it hands out hold no
+/// reference to it: once it is dropped, releasing them does nothing.
 pub struct Ingest {
-    /// Shared with both threads; `done` resumes partitions through it from
-    /// whatever thread the engine calls on, and `commit_now` commits.
+    /// Shared with both threads; `commit_now` commits through it. (Leases
+    /// pause and resume through `Shared::consumer`.)
     consumer: Arc<BaseConsumer<IngestContext>>,
     /// Ownership, trackers and backpressure, shared with the rebalance
     /// callbacks that run on the polling thread.
@@ -100,8 +109,8 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
-/// State shared by `Ingest`, the polling thread, the committer thread and the
-/// rebalance callbacks.
+/// State shared by `Ingest`, the polling thread, the committer thread, the
+/// rebalance callbacks and (weakly) the leases.
 struct Shared {
     topic: String,
     max_in_memory: usize,
@@ -110,9 +119,8 @@ struct Shared {
     /// A std mutex: nothing awaits under it, and the rebalance callback must
     /// wait on it synchronously anyway. Held briefly, per record.
     state: Mutex<State>,
-    /// Signalled when a revoking partition resolves an offset or is
-    /// forgotten, or a lost one's job is done or forgotten, to wake the
-    /// rebalance callback waiting for them.
+    /// Signalled when the last lease of a revoked or lost ownership is
+    /// released, to wake the rebalance callback waiting for it.
     settled: Condvar,
     /// Signalled when a partition becomes dirty (and on stop), to wake the
     /// committer thread.
@@ -130,6 +138,9 @@ struct Shared {
     /// Per-partition lag from the last statistics event (every
     /// `statistics.interval.ms`), for the lag gauge.
     lag: Mutex<BTreeMap<i32, i64>>,
+    /// The consumer, for backpressure wherever a lease is released. Weak: its
+    /// context holds this; set once, before the polling thread starts.
+    consumer: OnceLock<Weak<BaseConsumer<IngestContext>>>,
 }
 
 struct State {
@@ -156,10 +167,40 @@ struct State {
 }
 
 impl Shared {
+    fn new(settings: &KafkaSettings, assignments: mpsc::UnboundedSender<Assignment>) -> Self {
+        Shared {
+            topic: settings.jobs_topic.clone(),
+            max_in_memory: settings.max_in_memory,
+            resume_below: settings.resume_below,
+            revoke_timeout: settings.revoke_timeout,
+            state: Mutex::new(State {
+                owned: BTreeMap::new(),
+                buffered: 0,
+                tracked: 0,
+                paused: false,
+                closing: false,
+                next_epoch: 0,
+                lost: HashMap::new(),
+                commits: Commits::default(),
+            }),
+            settled: Condvar::new(),
+            commit_wanted: Condvar::new(),
+            commit_order: Mutex::new(()),
+            assignments,
+            lag: Mutex::new(BTreeMap::new()),
+            consumer: OnceLock::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic under the lock leaves counters at worst slightly off; better
         // than poisoning the whole consumer.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The consumer, unless it is gone (the `Ingest` dropped).
+    fn consumer(&self) -> Option<Arc<BaseConsumer<IngestContext>>> {
+        self.consumer.get().and_then(Weak::upgrade)
     }
 
     /// One commit at a time (see `commit_order`).
@@ -189,27 +230,7 @@ impl Ingest {
     ) -> Result<(Ingest, mpsc::UnboundedReceiver<Assignment>), KafkaError> {
         settings.validate()?;
         let (assignments, assignment_events) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            topic: settings.jobs_topic.clone(),
-            max_in_memory: settings.max_in_memory,
-            resume_below: settings.resume_below,
-            revoke_timeout: settings.revoke_timeout,
-            state: Mutex::new(State {
-                owned: BTreeMap::new(),
-                buffered: 0,
-                tracked: 0,
-                paused: false,
-                closing: false,
-                next_epoch: 0,
-                lost: HashMap::new(),
-                commits: Commits::default(),
-            }),
-            settled: Condvar::new(),
-            commit_wanted: Condvar::new(),
-            commit_order: Mutex::new(()),
-            assignments,
-            lag: Mutex::new(BTreeMap::new()),
-        });
+        let shared = Arc::new(Shared::new(settings, assignments));
         let defaults = [
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("auto.offset.reset", "earliest"),
@@ -223,8 +244,9 @@ impl Ingest {
             &settings.extra,
             &[
                 ("group.id", settings.group_id.as_str()),
-                // Commits are this consumer's own (see the module docs),
-                // taken from `done`; librdkafka's offset store is not used.
+                // Commits are this consumer's own (see `commit`), of the
+                // offsets leases resolve; librdkafka's offset store is not
+                // used.
                 ("enable.auto.offset.store", "false"),
                 ("enable.auto.commit", "false"),
             ],
@@ -236,6 +258,8 @@ impl Ingest {
             .subscribe(&[&settings.jobs_topic])
             .map_err(|source| KafkaError::Subscribe { topic: settings.jobs_topic.clone(), source })?;
         let consumer = Arc::new(consumer);
+        // Before the first poll, so before any rebalance or lease.
+        let _ = shared.consumer.set(Arc::downgrade(&consumer));
         let (records_tx, records) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let poller = thread::Builder::new()
@@ -271,133 +295,34 @@ impl Ingest {
         Ok((ingest, assignment_events))
     }
 
-    /// The next record. Waits while nothing is available, including while
-    /// backpressure has paused every partition (the polling thread keeps the
-    /// consumer in the group meanwhile). Records of partitions revoked since
-    /// they were read are skipped: their next owner reads them again. So are
-    /// records whose offsets the committed metadata lists as finished before
-    /// the partition was assigned: they count as done at once.
-    /// Cancel-safe. An error means the consumer is finished
+    /// The next record, with the lease the engine holds until its job's
+    /// outcome is acknowledged ([`Lease::done`]) or the job is given up
+    /// (the lease dropped). Waits while nothing is available, including
+    /// while backpressure has paused every partition (the polling thread
+    /// keeps the consumer in the group meanwhile). Records of partitions
+    /// revoked since they were read are skipped: their next owner reads them
+    /// again. So are records whose offsets the committed metadata lists as
+    /// finished before the partition was assigned: they count as done at
+    /// once. Cancel-safe. An error means the consumer is finished
     /// ([`KafkaError::Closed`] or a fatal [`KafkaError::Consume`]); transient
     /// errors are logged and retried by librdkafka.
-    pub async fn next(&self) -> Result<Record, KafkaError> {
+    pub async fn next(&self) -> Result<(Record, Lease), KafkaError> {
         let mut records = self.records.lock().await;
         loop {
-            let (epoch, record) = match records.recv().await {
+            let (ownership, record) = match records.recv().await {
                 None => return Err(KafkaError::Closed),
                 Some(Polled::Fatal(error)) => return Err(KafkaError::Consume(error)),
-                Some(Polled::Record { epoch, record }) => (epoch, record),
+                Some(Polled::Record { ownership, record }) => (ownership, record),
             };
-            let mut guard = self.shared.lock();
-            let state = &mut *guard;
-            state.buffered -= 1;
-            let current = state
-                .owned
-                .get_mut(&record.partition)
-                .filter(|owned| owned.epoch == epoch && !owned.revoking);
-            if let Some(owned) = current {
-                // Also notes the offset as read.
-                if owned.finished_before(record.offset) {
-                    // Tracked and resolved, so the watermark moves past it.
-                    owned.tracker.track(record.offset);
-                    owned.tracker.resolve(record.offset);
-                    owned.dirty = true;
-                    // Committed promptly too, so that the group's position
-                    // passes the skipped jobs without waiting for a `done`.
-                    state.commits.wanted = true;
-                    self.shared.commit_wanted.notify_one();
-                    tracing::trace!(
-                        partition = record.partition,
-                        offset = record.offset,
-                        "skipping a finished job"
-                    );
-                } else {
-                    let before = owned.tracker.pending();
-                    owned.tracker.track(record.offset);
-                    state.tracked += owned.tracker.pending() - before;
-                    return Ok(record);
-                }
+            if let Some(lease) = self.shared.hand_out(ownership, record.partition, record.offset) {
+                return Ok((record, lease));
             }
-            self.shared.resume_if_drained(&self.consumer, state);
         }
     }
 
-    /// The job at (`partition`, `offset`) is finished: its result or dead
-    /// letter was acknowledged by Kafka. Advances the partition's watermark
-    /// or adds to its finished offsets above it, and wakes the committer
-    /// thread to commit both (at once, or with the next commit when one is
-    /// under way or the last started less than [`COMMIT_FLOOR`] ago);
-    /// resumes paused partitions once below the low-water mark. For a
-    /// partition whose assignment was lost, the offset is remembered (if that
-    /// ownership read it) and skipped when the partition is assigned here
-    /// again; for a partition assigned again since, an offset of the lost
-    /// ownership not read again yet is skipped (see the module docs). Other
-    /// calls, for partitions no longer owned or offsets not handed out by
-    /// `next`, are ignored.
-    pub fn done(&self, partition: i32, offset: i64) {
-        let mut guard = self.shared.lock();
-        let state = &mut *guard;
-        let Some(owned) = state.owned.get_mut(&partition) else {
-            // A job of a lost assignment: remembered for the partition's
-            // return here.
-            if let Some(lost) = state.lost.get_mut(&partition) {
-                if lost.done(offset) {
-                    lost.uncommitted += 1;
-                    state.commits.report(1, &[]);
-                    // An assignment of the partition may wait for it.
-                    self.shared.settled.notify_all();
-                }
-            }
-            return;
-        };
-        let before = owned.tracker.pending();
-        owned.tracker.resolve(offset);
-        let resolved = before - owned.tracker.pending();
-        state.tracked -= resolved;
-        // `advanced` or not, a resolved offset changes what is committed:
-        // the watermark or the finished offsets above it.
-        if resolved > 0 {
-            let now = Instant::now();
-            owned.dirty = true;
-            owned.done_at.push_back(now);
-            if owned.revoking {
-                self.shared.settled.notify_all();
-            }
-            state.commits.report(1, &[]);
-            state.commits.wanted = true;
-            self.shared.commit_wanted.notify_one();
-        } else if owned.inherit(offset) {
-            // A job of the partition's lost assignment here, not read again
-            // yet: its record will be skipped.
-            tracing::trace!(partition, offset, "a job of a lost assignment done: skipping its record");
-        }
-        self.shared.resume_if_drained(&self.consumer, state);
-    }
-
-    /// After [`Assignment::Revoked`]: the engine has dropped the partition's
-    /// waiting jobs, so the revocation stops waiting for them. Their offsets
-    /// stay unresolved, so nothing is committed beyond the first of them and the
-    /// next owner reads them again. Jobs of the partition still in flight
-    /// may call `done` until the revocation completes. After a lost
-    /// revocation: no job of that ownership is left, so the partition's next
-    /// assignment here need not wait for more of them to be done (call it
-    /// once nothing of the partition is outstanding).
-    pub fn forget(&self, partition: i32) {
-        let mut guard = self.shared.lock();
-        let state = &mut *guard;
-        if let Some(owned) = state.owned.get_mut(&partition) {
-            owned.forgotten = true;
-            self.shared.settled.notify_all();
-        } else if let Some(lost) = state.lost.get_mut(&partition) {
-            // The revocation was lost: the partition's next assignment here
-            // may be waiting for its last jobs.
-            lost.forgotten = true;
-            self.shared.settled.notify_all();
-        }
-    }
-
-    /// Records read and not yet `done`, including those not yet handed out by
-    /// `next`: what backpressure compares with the water marks.
+    /// Records read and not yet done, including those not yet handed out by
+    /// `next` and those whose lease was dropped while their partition is
+    /// still owned: what backpressure compares with the water marks.
     pub fn in_memory(&self) -> usize {
         self.shared.lock().in_memory()
     }
@@ -405,7 +330,7 @@ impl Ingest {
     /// The partitions currently owned (not being revoked), ascending.
     pub fn assigned(&self) -> Vec<i32> {
         let state = self.shared.lock();
-        state.owned.iter().filter(|(_, o)| !o.revoking).map(|(&p, _)| p).collect()
+        state.owned.iter().filter(|(_, o)| !o.revoking()).map(|(&p, _)| p).collect()
     }
 
     /// Per owned partition: high watermark − position, from the latest
@@ -443,16 +368,16 @@ impl Ingest {
     }
 
     /// Sets the listener told of commit progress (see [`CommitListener`]),
-    /// replacing any earlier one. Set it before the first `done`: changes
-    /// before it are not reported.
+    /// replacing any earlier one. Set it before the first lease is done:
+    /// changes before it are not reported.
     pub fn set_commit_listener(&self, listener: CommitListener) {
         self.shared.lock().commits.listener = Some(listener);
     }
 
     /// Commits every owned partition's latest position and finished offsets
     /// now and waits for the broker's answer (graceful shutdown: call after
-    /// the last `done`). Blocks the calling thread for the commit under way,
-    /// if any, and one round trip.
+    /// the last lease is done). Blocks the calling thread for the commit
+    /// under way, if any, and one round trip.
     pub fn commit_now(&self) -> Result<(), KafkaError> {
         let _order = self.shared.commit_order();
         let positions = self.shared.lock().take_positions(CommitScope::All);
@@ -466,7 +391,8 @@ impl Ingest {
 
 impl Drop for Ingest {
     /// Closes the consumer: the final revocation commits the watermarks (it
-    /// does not wait for the engine) and the consumer leaves the group.
+    /// does not wait for the engine's leases) and the consumer leaves the
+    /// group.
     /// Blocks for that, typically well under a second.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -493,3 +419,6 @@ impl Drop for Ingest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

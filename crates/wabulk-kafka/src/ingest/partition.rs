@@ -1,24 +1,27 @@
 //! One partition's ownership: its tracker of the offsets handed out, the
-//! offsets to skip (finished before this assignment), and the positions
-//! issued and acknowledged by the broker.
+//! leases out, the offsets to skip (finished before this assignment), and
+//! the positions issued and acknowledged by the broker.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::lease::{Lease, Ownership};
 use crate::lost;
 use crate::{finished, OffsetTracker};
 
 pub(super) struct Owned {
-    pub(super) epoch: u64,
+    /// This assignment's identity and revocation flag, shared with its
+    /// leases.
+    pub(super) ownership: Arc<Ownership>,
     /// Reset on every assignment: offsets read again after a re-assignment
     /// are tracked afresh.
     pub(super) tracker: OffsetTracker,
-    /// A revocation of this partition is in progress.
-    pub(super) revoking: bool,
-    /// The engine dropped this partition's waiting jobs: the revocation stops
-    /// waiting for them.
-    pub(super) forgotten: bool,
+    /// Leases of this assignment not yet released: what a revocation waits
+    /// for. Unlike the tracker's pending offsets, a lease dropped without
+    /// `done` leaves its offset pending but no longer counts here.
+    pub(super) leases: usize,
     /// Offsets finished before this assignment, from the committed metadata
     /// and from a lost assignment of the partition here: `next` resolves
     /// their records instead of handing them out. Ascending, disjoint;
@@ -45,15 +48,14 @@ pub(super) struct Owned {
 
 impl Owned {
     pub(super) fn new(
-        epoch: u64,
+        ownership: Arc<Ownership>,
         skip: VecDeque<RangeInclusive<i64>>,
         inherited: Option<RangeInclusive<i64>>,
     ) -> Self {
         Owned {
-            epoch,
+            ownership,
             tracker: OffsetTracker::new(),
-            revoking: false,
-            forgotten: false,
+            leases: 0,
             skip,
             read: None,
             inherited,
@@ -62,6 +64,24 @@ impl Owned {
             committed: None,
             done_at: VecDeque::new(),
         }
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.ownership.epoch
+    }
+
+    /// A revocation of this assignment is in progress (or it was lost).
+    pub(super) fn revoking(&self) -> bool {
+        self.ownership.is_revoked()
+    }
+
+    /// Tracks the record at `offset` as handed out, under a lease of
+    /// `ownership` (this assignment's, as the record was polled under it).
+    pub(super) fn lease(&mut self, ownership: Arc<Ownership>, offset: i64) -> Lease {
+        debug_assert!(Arc::ptr_eq(&ownership, &self.ownership));
+        self.tracker.track(offset);
+        self.leases += 1;
+        Lease::new(ownership, offset)
     }
 
     /// Whether the record at `offset` was finished before this assignment.

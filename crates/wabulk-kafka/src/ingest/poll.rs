@@ -4,9 +4,9 @@
 //!
 //! librdkafka runs the rebalance callbacks on the thread that polls, and a
 //! revocation here blocks (bounded by `revoke_timeout`) until the engine has
-//! finished or forgotten the revoked partitions' jobs; on a dedicated thread
+//! released every lease of the revoked partitions; on a dedicated thread
 //! that wait blocks no Tokio worker, and it cannot deadlock an engine whose
-//! one task both awaits `Ingest::next` and calls `Ingest::done`. Because the
+//! one task both awaits `Ingest::next` and releases leases. Because the
 //! thread polls continuously, the consumer also stays in the group while
 //! every partition is paused: heartbeats come from librdkafka's own
 //! background thread, and `max.poll.interval.ms` is never exceeded since
@@ -18,6 +18,7 @@
 //! still in the channel count as in memory.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
@@ -25,6 +26,7 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use tokio::sync::mpsc;
 
+use super::lease::Ownership;
 use super::rebalance::IngestContext;
 use super::{Record, Shared};
 
@@ -33,14 +35,28 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What the polling thread sends to `next`.
 pub(super) enum Polled {
-    /// `epoch` is the ownership epoch of the record's partition when it was
-    /// polled: `next` drops the record if the partition was revoked (or
-    /// revoked and assigned again) since.
+    /// `ownership` is the record's partition's ownership when it was polled:
+    /// `next` drops the record if it was revoked since, and leases the
+    /// record under it otherwise.
     Record {
-        epoch: u64,
+        ownership: Arc<Ownership>,
         record: Record,
     },
     Fatal(RdKafkaError),
+}
+
+impl Shared {
+    /// A record of `partition` was polled: its ownership, and the record
+    /// counts as in memory (pausing at the high-water mark). `None` when the
+    /// partition is not owned: fetched before a revocation that has
+    /// completed since.
+    pub(super) fn buffer(&self, partition: i32) -> Option<Arc<Ownership>> {
+        let mut state = self.lock();
+        let ownership = Arc::clone(&state.owned.get(&partition)?.ownership);
+        state.buffered += 1;
+        self.pause_if_full(&mut state);
+        Some(ownership)
+    }
 }
 
 /// Polls until told to stop, then closes the consumer.
@@ -68,15 +84,8 @@ pub(super) fn poll_loop(
             }
         };
         let partition = message.partition();
-        let epoch = {
-            let mut state = shared.lock();
-            // Not owned: fetched before a revocation that has completed since.
-            let Some(epoch) = state.owned.get(&partition).map(|o| o.epoch) else {
-                continue;
-            };
-            state.buffered += 1;
-            shared.pause_if_full(consumer, &mut state);
-            epoch
+        let Some(ownership) = shared.buffer(partition) else {
+            continue;
         };
         let record = Record {
             partition,
@@ -84,7 +93,7 @@ pub(super) fn poll_loop(
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().unwrap_or_default().to_vec(),
         };
-        if records.send(Polled::Record { epoch, record }).is_err() {
+        if records.send(Polled::Record { ownership, record }).is_err() {
             break;
         }
     }

@@ -17,10 +17,12 @@
 //! record), so skipping it never loses a job; metadata that cannot be read
 //! is ignored (those records are then sent again).
 //!
-//! Revocation: the engine is told first, then the revocation waits (up to
-//! `revoke_timeout`) until the revoked partitions' jobs handed out are done
-//! or forgotten by the engine, commits their final positions and forgets
-//! the partitions.
+//! Revocation: the revoked partitions' leases are marked revoked and the
+//! engine is told, then the revocation waits (up to `revoke_timeout`) until
+//! every lease of theirs is released (done, or dropped with its job),
+//! commits their final positions and forgets the partitions. A job whose
+//! lease outlives the wait (the timeout) is read again by the next owner;
+//! its late `done` is then handled as `lease` describes.
 //!
 //! Lost assignments: when the session expires (a broker outage longer than
 //! `session.timeout.ms`), librdkafka revokes the assignment as lost, and
@@ -30,22 +32,21 @@
 //! then all be handed out and sent again when the partition comes back. So
 //! a lost revocation keeps, per partition, what that ownership finished
 //! (every offset it read below its watermark, and the finished ranges above
-//! it) in a side table (`lost`), and a `done` for a partition in that table
-//! (a job of the lost ownership, done late) adds its offset there. When the
-//! partition is assigned to this consumer again, the assignment first waits
-//! (up to `revoke_timeout`, in the rebalance callback, as a revocation
-//! does) until no job of the lost ownership is left with the engine (each is
-//! done, or the engine calls [`Ingest::forget`](super::Ingest::forget) for
-//! the partition, which it does once nothing of it is outstanding), then
-//! merges the remembered offsets at or above the newly fetched committed
-//! position into those the commit metadata lists: `next` resolves their
-//! records without handing them out, and the commits move past them.
+//! it) in a side table (`lost`), with the count of its leases still out,
+//! and a lease of it done late adds its offset there. When the partition is
+//! assigned to this consumer again, the assignment first waits (up to
+//! `revoke_timeout`, in the rebalance callback, as a revocation does) until
+//! no lease of the lost ownership is left with the engine (each is done, or
+//! dropped with its job), then merges the remembered offsets at or above the
+//! newly fetched committed position into those the commit metadata lists:
+//! `next` resolves their records without handing them out, and the commits
+//! move past them.
 //! Skipping them is correct whoever owned the partition meanwhile: each has
-//! an acknowledged result. A `done` after that, for an offset the new
-//! ownership handed out, resolves it there (again: its result is
-//! acknowledged; the new copy, if sent, is a duplicate, and its own `done`
-//! is then ignored); for an offset of the lost ownership not read again yet,
-//! it is added to the offsets to skip. Bounds: one entry per partition,
+//! an acknowledged result. A lease of the lost ownership done after that (the
+//! wait timed out), for an offset the new ownership handed out, resolves it
+//! there (again: its result is acknowledged; the new copy, if sent, is a
+//! duplicate, and its own `done` is then ignored); for an offset of the lost
+//! ownership not read again yet, it is added to the offsets to skip. Bounds: one entry per partition,
 //! consumed by the partition's next assignment here or dropped after 10
 //! minutes; at most 4,096 ranges per entry (when full, a new range displaces
 //! the highest: offsets left out are only sent again). If the partition goes
@@ -67,6 +68,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::CommitScope;
+use super::lease::Ownership;
 use super::partition::Owned;
 use super::{Assignment, Shared, State};
 use crate::context::{global_error, log};
@@ -83,7 +85,7 @@ pub(super) struct IngestContext {
 
 /// A partition's committed position, and the finished offsets above it
 /// that its metadata lists.
-struct Committed {
+pub(super) struct Committed {
     position: i64,
     finished: Vec<RangeInclusive<i64>>,
 }
@@ -160,7 +162,7 @@ impl Shared {
     /// Takes `partitions` on, each skipping what its committed metadata
     /// lists and, when its assignment here was lost before, what that
     /// assignment finished.
-    fn assign(&self, partitions: &[i32], mut committed: BTreeMap<i32, Committed>) {
+    pub(super) fn assign(self: &Arc<Self>, partitions: &[i32], mut committed: BTreeMap<i32, Committed>) {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.expire_lost(Instant::now());
@@ -187,8 +189,12 @@ impl Shared {
                 }
                 None => (finished.into(), None),
             };
-            let owned = Owned::new(epoch, skip, inherited);
+            let ownership = Arc::new(Ownership::new(partition, epoch, Arc::downgrade(self)));
+            let owned = Owned::new(ownership, skip, inherited);
             if let Some(old) = state.owned.insert(partition, owned) {
+                // Not expected (librdkafka revokes before it assigns again);
+                // the old ownership's jobs are not to be sent any more.
+                old.ownership.revoke();
                 state.tracked -= old.tracker.pending();
                 state.commits.report(-(old.done_at.len() as i64), &[]);
             }
@@ -197,14 +203,14 @@ impl Shared {
 
     /// Before `partitions` are assigned: waits (up to `revoke_timeout`, as a
     /// revocation does) until no job of a lost assignment of theirs here is
-    /// left with the engine: each is done (and remembered, so its record is
-    /// skipped) or forgotten. Otherwise a job whose result is acknowledged
-    /// just after the partition is read again would be handed out and sent
-    /// twice.
+    /// left with the engine: every lease of it is released, done (and the
+    /// offset remembered, so its record is skipped) or dropped. Otherwise a
+    /// job whose result is acknowledged just after the partition is read
+    /// again would be handed out and sent twice.
     fn await_lost(&self, partitions: &[i32]) {
         let started = Instant::now();
         let (_state, unsettled, waited) = self.wait_settled(self.lock(), partitions, |state, p| {
-            state.lost.get(&p).is_some_and(|lost| !lost.settled())
+            state.lost.get(&p).is_some_and(|lost| lost.leases > 0)
         });
         if !unsettled.is_empty() {
             tracing::warn!(
@@ -221,7 +227,7 @@ impl Shared {
     /// Waits on `settled`, up to `revoke_timeout`, until none of `partitions`
     /// is `unsettled` or the consumer is closing; returns the state, the
     /// partitions still unsettled at the deadline, and whether it waited.
-    fn wait_settled<'a>(
+    pub(super) fn wait_settled<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
         partitions: &[i32],
@@ -244,24 +250,23 @@ impl Shared {
         }
     }
 
-    /// Runs before librdkafka unassigns `partitions`: tells the engine, waits
-    /// for their jobs in flight, commits their final positions, forgets them.
+    /// Runs before librdkafka unassigns `partitions`: marks their leases
+    /// revoked, tells the engine, waits until every lease is released,
+    /// commits their final positions, forgets them.
     fn revoke(&self, consumer: &BaseConsumer<IngestContext>, partitions: &[i32]) {
-        // The engine may have gone away (shutdown); nothing to tell it then.
-        let _ = self.assignments.send(Assignment::Revoked(partitions.to_vec()));
         let lost = consumer.assignment_lost();
         let mut state = self.lock();
-        for partition in partitions {
-            if let Some(owned) = state.owned.get_mut(partition) {
-                owned.revoking = true;
-            }
-        }
+        // Before the engine hears of it: a job it sees as not revoked is then
+        // one it handles before the event (and purges after it).
+        state.mark_revoked(partitions);
+        // The engine may have gone away (shutdown); nothing to tell it then.
+        let _ = self.assignments.send(Assignment::Revoked(partitions.to_vec()));
         // A lost assignment already belongs to someone else: storing or
         // committing for it fails, and waiting would only delay the rejoin.
         if !lost {
             let unsettled;
             (state, unsettled, _) = self.wait_settled(state, partitions, |state, p| {
-                state.owned.get(&p).is_some_and(|o| !o.forgotten && o.tracker.pending() > 0)
+                state.owned.get(&p).is_some_and(|o| o.leases > 0)
             });
             if !unsettled.is_empty() {
                 tracing::warn!(
@@ -280,8 +285,8 @@ impl Shared {
             state = self.lock();
             let finals = state.take_positions(CommitScope::Revoked(partitions));
             if !finals.is_empty() {
-                // Synchronous, without the lock (late `done` calls of other
-                // partitions go on). librdkafka finishes the revocation only
+                // Synchronous, without the lock (leases of other partitions
+                // are released meanwhile). librdkafka finishes the revocation only
                 // once its commits are answered anyway.
                 drop(state);
                 if let Err(error) = self.commit_sync(consumer, &finals) {
@@ -295,22 +300,46 @@ impl Shared {
             }
             drop(order);
         }
-        let now = Instant::now();
-        state.expire_lost(now);
+        state.give_up(partitions, lost, Instant::now());
+        tracing::info!(?partitions, lost, "partitions revoked");
+    }
+}
+
+impl State {
+    /// The start of a revocation (or a loss) of `partitions`: their leases
+    /// report it, and `next` hands out no more of their records.
+    pub(super) fn mark_revoked(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            if let Some(owned) = self.owned.get(partition) {
+                owned.ownership.revoke();
+            }
+        }
+    }
+
+    /// The end of a revocation of `partitions`: they are no longer owned,
+    /// and their jobs no longer count as in memory. For a `lost` one, what
+    /// it finished and its leases still out are kept for its next
+    /// assignment here.
+    pub(super) fn give_up(&mut self, partitions: &[i32], lost: bool, now: Instant) {
+        self.expire_lost(now);
         for &partition in partitions {
-            let Some(owned) = state.owned.remove(&partition) else {
+            let Some(owned) = self.owned.remove(&partition) else {
                 continue;
             };
-            state.tracked -= owned.tracker.pending();
+            self.tracked -= owned.tracker.pending();
             let uncommitted = owned.done_at.len();
             // A lost assignment committed nothing: what it finished is kept
             // for the partition's next assignment here, and so are its jobs
             // done from now on.
+            let (epoch, leases) = (owned.epoch(), owned.leases);
             let kept = lost
                 .then(|| LostPartition::new(owned.read, &owned.tracker, &owned.skip, uncommitted, now))
                 .flatten()
                 .map(|mut kept| {
-                    kept.forgotten = owned.forgotten;
+                    // Its leases still out are waited for when the
+                    // partition comes back here.
+                    kept.epoch = epoch;
+                    kept.leases = leases;
                     kept
                 });
             match kept {
@@ -319,18 +348,18 @@ impl Shared {
                         partition,
                         finished = kept.finished_count(),
                         pending = owned.tracker.pending(),
+                        leases,
                         "assignment lost: keeping its finished offsets for the partition's return"
                     );
-                    if let Some(old) = state.lost.insert(partition, kept) {
-                        state.commits.report(-(old.uncommitted as i64), &[]);
+                    if let Some(old) = self.lost.insert(partition, kept) {
+                        self.commits.report(-(old.uncommitted as i64), &[]);
                     }
                 }
                 // Not committed (the commit failed): the next owner sends
                 // them again; they no longer count here.
-                None => state.commits.report(-(uncommitted as i64), &[]),
+                None => self.commits.report(-(uncommitted as i64), &[]),
             }
         }
-        tracing::info!(?partitions, lost, "partitions revoked");
     }
 }
 
@@ -417,12 +446,14 @@ impl ConsumerContext for IngestContext {
             Rebalance::Revoke(_) => {
                 // The revoked partitions' jobs no longer count as in memory.
                 let mut state = self.shared.lock();
-                self.shared.resume_if_drained(consumer, &mut state);
+                self.shared.resume_if_drained(&mut state);
             }
             Rebalance::Error(_) => {}
         }
     }
 
+    /// librdkafka reports here only the commits it issues itself (auto-commit,
+    /// which is off); ours are synchronous and answered in `commit_sync`.
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         match &result {
             Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
