@@ -88,8 +88,8 @@ impl Lease {
     }
 
     /// The partition's assignment that handed the record out is being
-    /// revoked, or was lost: do not start the job, nor retry it. Cheap: one
-    /// atomic load.
+    /// revoked, or was lost: do not start the job, retry it or park it.
+    /// Cheap: one atomic load.
     pub fn is_revoked(&self) -> bool {
         self.ownership.is_revoked()
     }
