@@ -6,12 +6,15 @@
 //!
 //! The invariant this crate owns (CONTRACT §5): an input offset is committed
 //! only after the job's result or dead letter was acknowledged by Kafka.
-//! [`Ingest::done`] is the only way an offset becomes committable, and the
-//! consumer commits (within milliseconds of it) the contiguous watermark of
-//! its partition, never an offset beyond one that is still unresolved. Offsets above the watermark that are finished travel in
-//! the offset commit metadata, and whoever reads the partition next skips
-//! them: a job whose result was acknowledged is not sent again after a
-//! restart or a rebalance (short of what the metadata's size cap leaves out).
+//! Every record [`Ingest::next`] hands out comes with a [`Lease`];
+//! [`Lease::done`] is the only way the engine makes an offset committable
+//! (dropping the lease leaves it unresolved), and the consumer commits
+//! (within milliseconds of it) the contiguous watermark of its partition,
+//! never an offset beyond one that is still unresolved. Offsets above the
+//! watermark that are finished travel in the offset commit metadata, and
+//! whoever reads the partition next skips them: a job whose result was
+//! acknowledged is not sent again after a restart or a rebalance (short of
+//! what the metadata's size cap leaves out).
 //!
 //! Nothing here knows what a job is: records are bytes, results are bytes.
 
@@ -32,7 +35,7 @@ pub use admin::{create_topics, topic_record_count};
 pub use embedded::EmbeddedKafka;
 pub use error::{KafkaError, Refusal};
 pub use features::{client_build, ClientBuild};
-pub use ingest::{Assignment, CommitListener, Ingest, Record, COMMIT_FLOOR};
+pub use ingest::{Assignment, CommitListener, Ingest, Lease, Record, COMMIT_FLOOR};
 pub use output::{JobWriter, Output};
 pub use reader::TopicReader;
 pub use settings::{is_secret_property, masked_properties, KafkaSettings};

@@ -8,7 +8,7 @@
 //! handed out again when the partition comes back, and sent twice. What the
 //! table keeps instead are the offsets the lost ownership finished (the
 //! watermark's prefix and the finished ranges above it), plus the offsets of
-//! its jobs done late (their result acknowledged after the loss). When the
+//! its jobs done late (their lease done after the loss). When the
 //! partition is assigned to this consumer again, they are merged into the
 //! offsets to skip (with those of the commit metadata), so the new
 //! ownership resolves their records at once and commits past them.
@@ -56,9 +56,11 @@ pub(crate) struct LostPartition {
     /// Jobs done in the lost ownership and covered by no acknowledged
     /// commit: what a crash now would send again (for the commit listener).
     pub(crate) uncommitted: usize,
-    /// The engine has no job of the lost ownership left (`Ingest::forget`):
-    /// no more of its jobs will be done.
-    pub(crate) forgotten: bool,
+    /// The lost ownership's epoch, and its leases not yet released: its
+    /// jobs still with the engine, which the partition's next assignment
+    /// here waits for (set by the consumer).
+    pub(crate) epoch: u64,
+    pub(crate) leases: usize,
 }
 
 impl LostPartition {
@@ -85,7 +87,7 @@ impl LostPartition {
         if read.is_none() && finished.is_empty() {
             return None;
         }
-        Some(LostPartition { read, finished, lost_at: now, uncommitted, forgotten: false })
+        Some(LostPartition { read, finished, lost_at: now, uncommitted, epoch: 0, leases: 0 })
     }
 
     /// The job at `offset` of the lost ownership is finished (its result
@@ -97,25 +99,6 @@ impl LostPartition {
             return false;
         }
         insert(&mut self.finished, offset, MAX_LOST_RANGES)
-    }
-
-    /// No more jobs of the lost ownership will be done: the engine forgot
-    /// them, or every offset it read is finished.
-    pub(crate) fn settled(&self) -> bool {
-        self.forgotten || self.unfinished() == 0
-    }
-
-    /// Offsets read by the lost ownership and not finished.
-    fn unfinished(&self) -> i64 {
-        let Some(read) = &self.read else {
-            return 0;
-        };
-        let finished: i64 = self
-            .finished
-            .iter()
-            .map(|r| ((*r.end()).min(*read.end()) - (*r.start()).max(*read.start()) + 1).max(0))
-            .sum();
-        read.end() - read.start() + 1 - finished
     }
 
     pub(crate) fn expired(&self, now: Instant) -> bool {

@@ -1,5 +1,5 @@
 //! Producers: [`Output`] writes results and dead letters and resolves only
-//! when Kafka acknowledged them (what [`crate::Ingest::done`] waits for);
+//! when Kafka acknowledged them (what [`crate::Lease::done`] waits for);
 //! [`JobWriter`] writes jobs for load generators and tests.
 
 use std::collections::BTreeMap;

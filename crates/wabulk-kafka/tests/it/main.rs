@@ -1,8 +1,8 @@
 //! Integration tests against librdkafka's mock cluster ([`EmbeddedKafka`]):
 //! the offset watermark and the finished offsets above it (in the commit
 //! metadata) across a consumer restart, backpressure without
-//! leaving the group, a cooperative revocation that waits for the engine, and
-//! the producer's acknowledgements across a broker outage. Each test starts
+//! leaving the group, a cooperative revocation that waits for the engine's
+//! leases, and the producer's acknowledgements across a broker outage. Each test starts
 //! its own cluster, so they run in parallel without sharing state.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 use wabulk_kafka::{
-    Assignment, EmbeddedKafka, Ingest, JobWriter, KafkaSettings, Output, Record, TopicReader,
+    Assignment, EmbeddedKafka, Ingest, JobWriter, KafkaSettings, Lease, Output, Record, TopicReader,
 };
 
 const SESSION_TIMEOUT_MS: u64 = 6_000;
@@ -69,17 +69,43 @@ async fn produce(kafka: &EmbeddedKafka, topic: &str, count: usize) -> Vec<(i32, 
     positions
 }
 
-async fn next_within(ingest: &Ingest, wait: Duration) -> Option<Record> {
+async fn next_within(ingest: &Ingest, wait: Duration) -> Option<(Record, Lease)> {
     timeout(wait, ingest.next()).await.ok().map(|r| r.unwrap())
 }
 
-async fn read(ingest: &Ingest, count: usize) -> Vec<Record> {
+/// `count` records, and their leases by partition and offset.
+async fn read(ingest: &Ingest, count: usize) -> (Vec<Record>, Leases) {
     let mut records = Vec::with_capacity(count);
+    let mut leases = Leases::default();
     while records.len() < count {
-        let record = next_within(ingest, Duration::from_secs(20)).await;
-        records.push(record.unwrap_or_else(|| panic!("only {} of {count} records", records.len())));
+        let next = next_within(ingest, Duration::from_secs(20)).await;
+        let (record, lease) = next.unwrap_or_else(|| panic!("only {} of {count} records", records.len()));
+        assert_eq!((lease.partition(), lease.offset()), (record.partition, record.offset));
+        leases.0.insert((record.partition, record.offset), lease);
+        records.push(record);
     }
-    records
+    (records, leases)
+}
+
+/// Leases held, as the engine holds them while it works on the jobs.
+#[derive(Default)]
+struct Leases(BTreeMap<(i32, i64), Lease>);
+
+impl Leases {
+    /// The job's outcome is acknowledged.
+    fn done(&mut self, partition: i32, offset: i64) {
+        let lease = self.0.remove(&(partition, offset));
+        lease.unwrap_or_else(|| panic!("no lease of {partition}/{offset}")).done();
+    }
+
+    /// The partition's jobs not done are given up: their leases dropped.
+    fn drop_partition(&mut self, partition: i32) {
+        self.0.retain(|&(p, _), _| p != partition);
+    }
+
+    fn of(&self, partition: i32) -> impl Iterator<Item = &Lease> {
+        self.0.iter().filter(move |((p, _), _)| *p == partition).map(|(_, lease)| lease)
+    }
 }
 
 async fn next_event(events: &mut UnboundedReceiver<Assignment>) -> Assignment {
@@ -132,7 +158,7 @@ async fn a_restarted_consumer_resumes_at_the_watermark_and_skips_what_was_done()
 
     let settings = settings(&kafka, topic);
     let (ingest, mut events) = Ingest::connect(&settings).unwrap();
-    let records = read(&ingest, positions.len()).await;
+    let (records, mut leases) = read(&ingest, positions.len()).await;
     assert!(matches!(next_event(&mut events).await, Assignment::Assigned(_)));
     let offsets = by_partition(&records);
     // The gap: the record in the middle of each partition stays unfinished.
@@ -142,7 +168,7 @@ async fn a_restarted_consumer_resumes_at_the_watermark_and_skips_what_was_done()
     for i in 0..records.len() {
         let record = &records[(i * stride) % records.len()];
         if gaps[&record.partition] != record.offset {
-            ingest.done(record.partition, record.offset);
+            leases.done(record.partition, record.offset);
         }
     }
     assert_eq!(ingest.in_memory(), gaps.len());
@@ -152,8 +178,11 @@ async fn a_restarted_consumer_resumes_at_the_watermark_and_skips_what_was_done()
     assert_eq!(committed, gaps, "commit_now committed the watermarks");
     drop(ingest);
 
+    drop(leases);
+
     let (ingest, _events) = Ingest::connect(&settings).unwrap();
-    let again = by_partition(&read(&ingest, gaps.len()).await);
+    let (again, mut leases) = read(&ingest, gaps.len()).await;
+    let again = by_partition(&again);
     for (partition, gap) in &gaps {
         assert_eq!(again[partition], vec![*gap], "partition {partition} hands out its gap only");
     }
@@ -164,7 +193,7 @@ async fn a_restarted_consumer_resumes_at_the_watermark_and_skips_what_was_done()
     // The skipped jobs count as done: finishing the gaps moves the watermark
     // to the end of each partition.
     for (partition, gap) in &gaps {
-        ingest.done(*partition, *gap);
+        leases.done(*partition, *gap);
     }
     ingest.commit_now().unwrap();
     let committed: BTreeMap<i32, i64> =
@@ -186,13 +215,13 @@ async fn a_new_consumer_receives_exactly_the_jobs_not_done() {
     produce(&kafka, topic, count).await;
     let settings = settings(&kafka, topic);
     let (ingest, _events) = Ingest::connect(&settings).unwrap();
-    let records = read(&ingest, count).await;
+    let (records, mut leases) = read(&ingest, count).await;
     assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..count as i64).collect::<Vec<_>>());
     let not_done: BTreeSet<i64> = [0, 1, 5, 17, 18, 25, 39].into();
     for i in 0..count {
         let offset = ((i * 13) % count) as i64;
         if !not_done.contains(&offset) {
-            ingest.done(0, offset);
+            leases.done(0, offset);
         }
     }
     ingest.commit_now().unwrap();
@@ -200,15 +229,17 @@ async fn a_new_consumer_receives_exactly_the_jobs_not_done() {
     assert_eq!(position, 0);
     assert_eq!(metadata, "v1:2-4,6-16,19-24,26-38");
     drop(ingest);
+    drop(leases);
 
     let (ingest, _events) = Ingest::connect(&settings).unwrap();
-    let again: Vec<i64> = read(&ingest, not_done.len()).await.iter().map(|r| r.offset).collect();
+    let (again, mut leases) = read(&ingest, not_done.len()).await;
+    let again: Vec<i64> = again.iter().map(|r| r.offset).collect();
     assert_eq!(again, not_done.iter().copied().collect::<Vec<_>>());
     assert!(next_within(&ingest, Duration::from_secs(1)).await.is_none(), "nothing done is read again");
     // Finishing 0 and 1 moves the watermark over the finished 2..=4; what is
     // committed is relative to it.
-    ingest.done(0, 1);
-    ingest.done(0, 0);
+    leases.done(0, 1);
+    leases.done(0, 0);
     ingest.commit_now().unwrap();
     let (position, metadata) = committed_with_metadata(&kafka, &settings.group_id, topic, 0);
     assert_eq!((position, metadata.as_str()), (5, "v1:1-11,14-19,21-33"));
@@ -257,22 +288,22 @@ async fn dones_are_committed_promptly_while_the_watermark_is_stuck() {
             heard.1.extend_from_slice(lags);
         }
     }));
-    read(&ingest, 10).await;
+    let (_, mut leases) = read(&ingest, 10).await;
     let group = settings.group_id.as_str();
     // Well under the second auto-commit used to take; generous for a loaded
     // two-core machine (the commit itself takes a few milliseconds).
     let prompt = Duration::from_millis(500);
 
-    ingest.done(0, 3);
+    leases.done(0, 3);
     let first = committed_within(&kafka, group, topic, (0, "v1:3"), Duration::from_secs(10)).await;
     assert!(first.is_some_and(|took| took < prompt), "v1:3 committed after {first:?}");
-    ingest.done(0, 5);
-    ingest.done(0, 6);
+    leases.done(0, 5);
+    leases.done(0, 6);
     let second = committed_within(&kafka, group, topic, (0, "v1:3,5-6"), Duration::from_secs(10)).await;
     assert!(second.is_some_and(|took| took < prompt), "v1:3,5-6 committed after {second:?}");
     // The watermark moves: 0..=2 done, 3 done before, 4 not.
     for offset in 0..3 {
-        ingest.done(0, offset);
+        leases.done(0, offset);
     }
     let third = committed_within(&kafka, group, topic, (4, "v1:1-2"), Duration::from_secs(10)).await;
     assert!(third.is_some_and(|took| took < prompt), "4 / v1:1-2 committed after {third:?}");
@@ -302,7 +333,7 @@ async fn backpressure_pauses_without_leaving_the_group() {
     produce(&kafka, topic, 40).await;
     let settings = KafkaSettings { max_in_memory: 10, resume_below: 5, ..settings(&kafka, topic) };
     let (ingest, mut events) = Ingest::connect(&settings).unwrap();
-    let first = read(&ingest, 10).await;
+    let (first, mut leases) = read(&ingest, 10).await;
     assert_eq!(next_event(&mut events).await, Assignment::Assigned(vec![0]));
 
     let stall = Duration::from_millis(SESSION_TIMEOUT_MS + 2_000);
@@ -315,9 +346,9 @@ async fn backpressure_pauses_without_leaving_the_group() {
 
     // 10 - 6 = 4 < 5: resume.
     for record in &first[..6] {
-        ingest.done(record.partition, record.offset);
+        leases.done(record.partition, record.offset);
     }
-    let more = read(&ingest, 6).await;
+    let (more, _more_leases) = read(&ingest, 6).await;
     let offsets: Vec<i64> = more.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (10..16).collect::<Vec<_>>(), "continues where it paused, no re-read");
     assert!(next_within(&ingest, Duration::from_secs(2)).await.is_none(), "paused again at 10");
@@ -328,10 +359,10 @@ async fn backpressure_pauses_without_leaving_the_group() {
     assert_eq!(ingest.committed(Duration::from_secs(5)).unwrap(), vec![(0, 6)]);
 }
 
-/// A second consumer joins: the first is told which partition it loses, the
-/// revocation waits while that partition has jobs in flight, `done` during
-/// the wait still commits, `forget` ends the wait, and the new owner starts at
-/// the watermark.
+/// A second consumer joins: the first is told which partition it loses (and
+/// that partition's leases say so), the revocation waits while leases of it
+/// are held, `done` during the wait still commits, dropping the last lease
+/// ends the wait, and the new owner starts at the watermark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     init_logs();
@@ -341,7 +372,7 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     let positions = produce(&kafka, topic, 40).await;
     let settings = settings(&kafka, topic);
     let (first, mut first_events) = Ingest::connect(&settings).unwrap();
-    let records = read(&first, positions.len()).await;
+    let (records, mut leases) = read(&first, positions.len()).await;
     assert_eq!(next_event(&mut first_events).await, Assignment::Assigned(vec![0, 1]));
 
     let (second, mut second_events) = Ingest::connect(&settings).unwrap();
@@ -351,10 +382,12 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     };
     assert_eq!(revoked.len(), 1, "cooperative-sticky moves one partition");
     let moved = revoked[0];
+    assert!(leases.of(moved).all(Lease::is_revoked), "the moved partition's leases are revoked");
+    assert!(!leases.of(1 - moved).any(Lease::is_revoked), "the other partition's are not");
     let moved_offsets = by_partition(&records)[&moved].clone();
     let gap = moved_offsets[moved_offsets.len() / 2];
 
-    // While we hold the partition's jobs, the revocation waits: the new owner
+    // While we hold the partition's leases, the revocation waits: the new owner
     // is not assigned yet, and the jobs still count as ours. Every `done`
     // below comes after the revocation started; the new owner starting at the
     // gap proves they were still committed, i.e. that the revocation waited.
@@ -363,9 +396,11 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     assert!(second.assigned().is_empty());
     assert_eq!(first.in_memory(), records.len());
     for &offset in moved_offsets.iter().filter(|&&o| o != gap) {
-        first.done(moved, offset);
+        leases.done(moved, offset);
     }
-    first.forget(moved);
+    // The gap's job is given up (as the engine purges a revoked partition's
+    // waiting jobs): its lease, the partition's last, is dropped.
+    leases.drop_partition(moved);
 
     assert_eq!(next_event(&mut second_events).await, Assignment::Assigned(vec![moved]));
     // The revocation commits the revoked partition's watermark before it
@@ -385,13 +420,13 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     assert!(start <= gap, "never beyond the unfinished job");
     if start == gap {
         // Everything else was done and is in the commit metadata.
-        let got: Vec<i64> = read(&second, 1).await.iter().map(|r| r.offset).collect();
+        let got: Vec<i64> = read(&second, 1).await.0.iter().map(|r| r.offset).collect();
         assert_eq!(got, vec![gap], "the new owner hands out the unfinished job only");
     } else {
         // From an earlier commit, whose metadata skips some of the jobs done
         // since `start`, but never the gap.
         let mut got = Vec::new();
-        while let Some(record) = next_within(&second, Duration::from_secs(3)).await {
+        while let Some((record, _lease)) = next_within(&second, Duration::from_secs(3)).await {
             got.push(record.offset);
         }
         assert!(got.contains(&gap), "the unfinished job is handed out: {got:?}");
@@ -400,8 +435,6 @@ async fn a_revocation_waits_for_the_engine_then_hands_over_at_the_watermark() {
     }
     assert!(next_within(&second, Duration::from_secs(1)).await.is_none(), "nothing more");
     assert_eq!(first.assigned(), vec![1 - moved]);
-    // The late `done` of a partition we no longer own is ignored.
-    first.done(moved, gap);
     let remaining: usize = by_partition(&records)[&(1 - moved)].len();
     assert_eq!(first.in_memory(), remaining);
 }
@@ -426,11 +459,11 @@ async fn jobs_done_after_a_lost_assignment_are_not_handed_out_again() {
     settings.extra.insert("max.poll.interval.ms".into(), "60000".into());
     let group = settings.group_id.clone();
     let (ingest, mut events) = Ingest::connect(&settings).unwrap();
-    let records = read(&ingest, count).await;
+    let (records, mut leases) = read(&ingest, count).await;
     assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..count as i64).collect::<Vec<_>>());
     assert_eq!(next_event(&mut events).await, Assignment::Assigned(vec![0]));
     for offset in 0..5 {
-        ingest.done(0, offset);
+        leases.done(0, offset);
     }
     let committed = committed_within(&kafka, &group, topic, (5, "v1:"), Duration::from_secs(10)).await;
     assert!(committed.is_some(), "0..5 committed before the outage");
@@ -439,10 +472,11 @@ async fn jobs_done_after_a_lost_assignment_are_not_handed_out_again() {
     let down = Instant::now();
     // Done during the outage, before the session expires: not committable.
     for offset in [5, 6, 7, 20] {
-        ingest.done(0, offset);
+        leases.done(0, offset);
     }
     let lost = timeout(Duration::from_secs(30), events.recv()).await.unwrap().unwrap();
     assert_eq!(lost, Assignment::Revoked(vec![0]), "the assignment is lost with the session");
+    assert!(leases.of(0).all(Lease::is_revoked), "a lost assignment's leases are revoked");
     let lost_after = down.elapsed();
     // The event comes first; the revocation completes a moment later.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -452,7 +486,7 @@ async fn jobs_done_after_a_lost_assignment_are_not_handed_out_again() {
     assert!(ingest.assigned().is_empty(), "the revocation completes");
     // Done after the loss, broker still down.
     for offset in (8..15).chain(21..25) {
-        ingest.done(0, offset);
+        leases.done(0, offset);
     }
     kafka.broker_up(1);
     // The consumer rejoins and is assigned the partition again, but waits
@@ -460,19 +494,20 @@ async fn jobs_done_after_a_lost_assignment_are_not_handed_out_again() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(events.try_recv().is_err(), "the re-assignment waits for the lost assignment's jobs");
     assert!(ingest.assigned().is_empty());
-    // Done once the broker is back; the engine then has nothing of the
-    // lost assignment left (the rest was dropped), and says so.
+    // Done once the broker is back; the engine then gives up the rest of the
+    // lost assignment's jobs (drops their leases), which ends the wait.
     for offset in 25..30 {
-        ingest.done(0, offset);
+        leases.done(0, offset);
     }
-    ingest.forget(0);
+    leases.drop_partition(0);
     let again = timeout(Duration::from_secs(60), events.recv()).await.unwrap().unwrap();
     assert_eq!(again, Assignment::Assigned(vec![0]), "the same consumer gets the partition back");
     let reassigned_after = down.elapsed();
 
     // Only the jobs never done are handed out again.
     let not_done: Vec<i64> = (15..20).chain(30..count as i64).collect();
-    let handed: Vec<i64> = read(&ingest, not_done.len()).await.iter().map(|r| r.offset).collect();
+    let (handed, mut leases) = read(&ingest, not_done.len()).await;
+    let handed: Vec<i64> = handed.iter().map(|r| r.offset).collect();
     assert_eq!(handed, not_done, "only the jobs never done are handed out again");
     assert!(next_within(&ingest, Duration::from_secs(1)).await.is_none(), "nothing done is read again");
     // The commit moves past the jobs done by the lost assignment: the
@@ -480,7 +515,7 @@ async fn jobs_done_after_a_lost_assignment_are_not_handed_out_again() {
     let moved = committed_within(&kafka, &group, topic, (15, "v1:5-14"), Duration::from_secs(10)).await;
     assert!(moved.is_some(), "committed {:?}", committed_with_metadata(&kafka, &group, topic, 0));
     for offset in not_done {
-        ingest.done(0, offset);
+        leases.done(0, offset);
     }
     let end = committed_within(&kafka, &group, topic, (count as i64, "v1:"), Duration::from_secs(10)).await;
     assert!(end.is_some(), "committed {:?}", committed_with_metadata(&kafka, &group, topic, 0));
@@ -563,6 +598,8 @@ fn handles_can_be_shared_between_tasks() {
     send_sync::<JobWriter>();
     send_sync::<TopicReader>();
     send_sync::<EmbeddedKafka>();
+    fn send_static<T: Send + 'static>() {}
+    send_static::<Lease>();
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
-use wabulk_kafka::{Ingest, Record};
+use wabulk_kafka::{Ingest, Lease, Record};
 use wabulk_limits::{Clock, Moment};
 use wabulk_model::{Exit, Job, RejectReason};
 use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock};
@@ -39,7 +39,7 @@ impl IngestStage {
                 // Reap finished writes so the set stays small.
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
                 record = self.ingest.next() => match record {
-                    Ok(record) => self.on_record(&mut writes, record),
+                    Ok((record, lease)) => self.on_record(&mut writes, record, lease),
                     Err(error) => {
                         tracing::error!(%error, "the Kafka consumer stopped; stopping the engine");
                         shutdown.begin();
@@ -51,7 +51,7 @@ impl IngestStage {
         (failure, writes)
     }
 
-    fn on_record(&self, writes: &mut JoinSet<()>, record: Record) {
+    fn on_record(&self, writes: &mut JoinSet<()>, record: Record, lease: Lease) {
         self.metrics.jobs_consumed.inc();
         let received_at = Utc::now();
         let job = match Job::parse(&record.payload, &self.setup.parse) {
@@ -59,18 +59,11 @@ impl IngestStage {
             Err(err) => {
                 self.metrics.dlq.with_label_values(&[err.reason()]).inc();
                 tracing::debug!(partition = record.partition, offset = record.offset, error = %err, "dead letter");
-                self.settle.dead_letter(writes, record, err.to_string());
+                self.settle.dead_letter(writes, record, lease, err.to_string());
                 return;
             }
         };
-        let pending = Pending {
-            job,
-            partition: record.partition,
-            offset: record.offset,
-            received_at,
-            attempts_spent: 0,
-            waits: 0,
-        };
+        let pending = Pending { job, lease, received_at, attempts_spent: 0, waits: 0 };
         match route(&self.setup, &pending.job) {
             Err(reason) => self.settle.exit(writes, pending, Exit::Rejected(reason), 0),
             Ok((waba, mps)) => {

@@ -14,20 +14,21 @@
 //!    back to the scheduler (retry, halt) or ends the job.
 //! 4. `settle.rs`, [`Settle::exit`](settle): the only place a job ends: its
 //!    one final result is written, counted, and once Kafka has acknowledged
-//!    it, the record's offset is done.
+//!    it, the record's lease is released as done (`wabulk-kafka`), which
+//!    lets its offset be committed.
 //!
 //! Requests and Kafka writes run on their own tasks so that both cores do
 //! the JSON, HTTP/2 and librdkafka work; the stage loops only keep the books.
 //! One [`Shutdown`] stops every stage (`shutdown.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use wabulk_kafka::{Ingest, Output};
+use wabulk_kafka::{Ingest, Lease, Output};
 use wabulk_model::Job;
 use wabulk_scheduler::{Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::{SchedulingDelay, Sender};
@@ -51,8 +52,9 @@ use settle::Settle;
 #[derive(Debug)]
 pub struct Pending {
     job: Job,
-    partition: i32,
-    offset: i64,
+    /// The record's hold on its offset: done once the job's exit is
+    /// acknowledged by Kafka, dropped with the job otherwise.
+    lease: Lease,
     received_at: DateTime<Utc>,
     /// Retries that spent an attempt, and those that did not (`RetryBudget`).
     attempts_spent: u32,
@@ -107,11 +109,9 @@ pub async fn run(
     let phones: Vec<String> = setup.phones.keys().map(ToString::to_string).collect();
     let wabas: Vec<String> = setup.wabas.keys().map(ToString::to_string).collect();
     metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
-    let books = Arc::new(Books { ingest: Arc::clone(&ingest), open: Mutex::default() });
     let settle = Settle {
         setup: Arc::clone(&setup),
         output,
-        books: Arc::clone(&books),
         metrics: Arc::clone(&metrics),
         refusals: Arc::new(Refusals::new(Arc::clone(&metrics), Arc::clone(&health), &setup.kafka.extra)),
         jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
@@ -135,7 +135,7 @@ pub async fn run(
         scheduler,
         registry,
         settle,
-        books: Arc::clone(&books),
+        ingest: Arc::clone(&ingest),
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         shutdown: shutdown.clone(),
@@ -187,72 +187,5 @@ pub async fn run(
     match failure {
         Some(error) => Err(error).context("the Kafka consumer stopped"),
         None => Ok(()),
-    }
-}
-
-/// Per partition, the jobs out of the scheduler and not yet acknowledged
-/// (requests in flight and results being written), so that a revoked
-/// partition is released to its next owner as soon as nothing of it is left.
-pub(super) struct Books {
-    /// Where offsets are marked done and revoked partitions released.
-    ingest: Arc<Ingest>,
-    /// A std mutex: held for a map update, never across an await.
-    open: Mutex<BooksState>,
-}
-
-#[derive(Default)]
-struct BooksState {
-    outstanding: HashMap<i32, usize>,
-    /// Partitions being taken away: their jobs are no longer sent.
-    revoking: HashSet<i32>,
-}
-
-impl Books {
-    fn state(&self) -> std::sync::MutexGuard<'_, BooksState> {
-        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn open(&self, partition: i32) {
-        *self.state().outstanding.entry(partition).or_default() += 1;
-    }
-
-    fn close(&self, partition: i32) {
-        let mut state = self.state();
-        let left = state.outstanding.entry(partition).or_default();
-        *left = left.saturating_sub(1);
-        if *left == 0 && state.revoking.contains(&partition) {
-            self.forget(partition);
-        }
-    }
-
-    fn is_revoking(&self, partition: i32) -> bool {
-        self.state().revoking.contains(&partition)
-    }
-
-    fn revoke(&self, partitions: &[i32]) {
-        let mut state = self.state();
-        for &partition in partitions {
-            state.revoking.insert(partition);
-            if state.outstanding.get(&partition).copied().unwrap_or(0) == 0 {
-                self.forget(partition);
-            }
-        }
-    }
-
-    fn assign(&self, partitions: &[i32]) {
-        let mut state = self.state();
-        for partition in partitions {
-            state.revoking.remove(partition);
-        }
-    }
-
-    fn forget(&self, partition: i32) {
-        self.ingest.forget(partition);
-    }
-
-    /// The job's result or dead letter is acknowledged: its offset is done.
-    fn done(&self, partition: i32, offset: i64) {
-        self.ingest.done(partition, offset);
-        self.close(partition);
     }
 }

@@ -1,14 +1,14 @@
 //! The send stage: the scheduler's ready jobs → HTTP/2 request → classified
 //! outcome → scheduler feedback (finish, retry, halt) or the job's exit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use wabulk_kafka::Assignment;
+use wabulk_kafka::{Assignment, Ingest};
 use wabulk_limits::Clock;
 use wabulk_model::{ApiError, ErrorCode, Exit, NumericId, Outcome};
 use wabulk_scheduler::{Command, Dispatch, Ready, Scheduler, TokioClock, WabaRegistry};
@@ -18,7 +18,7 @@ use wabulk_telemetry::{Health, Metrics};
 use super::ingest::token;
 use super::settle::Settle;
 use super::shutdown::Shutdown;
-use super::{Books, Pending};
+use super::Pending;
 use crate::setup::EngineSetup;
 
 /// How often gauges are refreshed from the stages.
@@ -49,7 +49,8 @@ pub(super) struct SendStage {
     pub(super) scheduler: Scheduler<Pending>,
     pub(super) registry: Arc<WabaRegistry>,
     pub(super) settle: Settle,
-    pub(super) books: Arc<Books>,
+    /// For the lag and in-memory gauges.
+    pub(super) ingest: Arc<Ingest>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) health: Arc<Health>,
     pub(super) shutdown: Shutdown,
@@ -140,8 +141,7 @@ impl SendStage {
     }
 
     fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
-        let partition = dispatch.job.partition;
-        let ours = !self.shutdown.is_draining() && !self.books.is_revoking(partition);
+        let ours = !self.shutdown.is_draining() && !dispatch.job.lease.is_revoked();
         let Some(token) = token(&self.setup, dispatch.waba).filter(|_| ours).cloned() else {
             // Not ours to send any more (or, defensively, no token): the
             // record is read again by its next owner or after a restart.
@@ -150,7 +150,6 @@ impl SendStage {
         };
         self.metrics.queue_wait.observe(dispatch.queued.as_secs_f64());
         self.metrics.inflight.inc();
-        self.books.open(partition);
         let sender = self.sender.clone();
         let answers = self.answers_tx.clone();
         let gate = self.gate(dispatch.job.job.phone_number_id.get());
@@ -185,7 +184,6 @@ impl SendStage {
         let Dispatch { ticket, waba, job: mut pending, attempt, .. } = dispatch;
         self.metrics.inflight.dec();
         self.metrics.send_latency.observe(latency.as_secs_f64());
-        let partition = pending.partition;
         match outcome {
             Outcome::Sent { wamid } => {
                 let _ = self.scheduler.send(Command::Finish(ticket));
@@ -208,7 +206,7 @@ impl SendStage {
                     pending.waits += 1;
                 }
                 let budget = self.setup.retries;
-                if self.shutdown.is_draining() || self.books.is_revoking(partition) {
+                if self.shutdown.is_draining() || pending.lease.is_revoked() {
                     // Left to the next run or the partition's next owner.
                     let _ = self.scheduler.send(Command::Finish(ticket));
                 } else if pending.attempts_spent >= budget.max_attempts || pending.waits >= budget.max_waits {
@@ -235,13 +233,17 @@ impl SendStage {
                     let next_check = tokio::time::Instant::now() + self.setup.token_check_interval;
                     self.halted.insert(waba, Halted { phone: pending.job.phone_number_id, next_check });
                 }
-                let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
+                if pending.lease.is_revoked() {
+                    // Not kept: the record is its next owner's, and a job
+                    // kept here would hold its lease, and so the revocation,
+                    // until the revocation's timeout.
+                    self.registry.halt(waba);
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                } else {
+                    let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
+                }
             }
         }
-        // Only now, after the result's write (if any) is open: closing first
-        // could let a revocation forget the partition while that result is
-        // still being written, and its job would be sent again.
-        self.books.close(partition);
     }
 
     /// Starts a check of each halted WABA's token that is due (one at a time
@@ -294,15 +296,13 @@ impl SendStage {
         match assignment {
             Assignment::Assigned(partitions) => {
                 tracing::info!(?partitions, "partitions assigned");
-                self.books.assign(&partitions);
             }
             Assignment::Revoked(partitions) => {
                 tracing::info!(?partitions, "partitions revoked: dropping their waiting jobs");
-                let revoked: HashSet<i32> = partitions.iter().copied().collect();
-                let _ = self
-                    .scheduler
-                    .send(Command::Purge(Arc::new(move |p: &Pending| revoked.contains(&p.partition))));
-                self.books.revoke(&partitions);
+                // Their leases say so already (a later assignment of the same
+                // partitions has new ones); dropping the jobs releases them,
+                // which the revocation waits for.
+                let _ = self.scheduler.send(Command::Purge(Arc::new(|p: &Pending| p.lease.is_revoked())));
             }
         }
     }
@@ -334,10 +334,10 @@ impl SendStage {
             metrics.waba_hourly_calls.with_label_values(&[label]).set(used as i64);
             metrics.waba_hourly_cap.with_label_values(&[label]).set(cap as i64);
         }
-        for (partition, lag) in self.books.ingest.lag() {
+        for (partition, lag) in self.ingest.lag() {
             metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
-        metrics.jobs_in_memory.set(self.books.ingest.in_memory() as i64);
+        metrics.jobs_in_memory.set(self.ingest.in_memory() as i64);
         metrics.scheduling_delay.set(self.scheduling_delay.peak().as_secs_f64());
         let held: u64 = self.gates.values().map(|g| g.held_total()).sum();
         metrics.departures_held.inc_by(held.saturating_sub(metrics.departures_held.get()));

@@ -1,27 +1,26 @@
 //! Where every job ends: [`Settle::exit`] is the only place that turns a job
 //! and its [`Exit`] into the record written to Kafka, counts it, and marks
-//! its offset done once Kafka has the record. Records that never became a
+//! releases its lease as done once Kafka has the record. Records that never became a
 //! job end in [`Settle::dead_letter`].
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::task::JoinSet;
-use wabulk_kafka::{Output, Record};
+use wabulk_kafka::{Lease, Output, Record};
 use wabulk_model::{DlqRecord, Exit, JobResult};
 use wabulk_telemetry::Metrics;
 
-use super::{Books, Pending};
+use super::Pending;
 use crate::setup::EngineSetup;
 use crate::writes::{Refusals, Topic};
 
 /// Writes results and dead letters, each on its own task, and marks the
-/// offset done once Kafka has acknowledged it.
+/// job's lease as done once Kafka has acknowledged it.
 #[derive(Clone)]
 pub(super) struct Settle {
     pub(super) setup: Arc<EngineSetup>,
     pub(super) output: Arc<Output>,
-    pub(super) books: Arc<Books>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<Refusals>,
     pub(super) jobs_topic: Arc<str>,
@@ -29,9 +28,9 @@ pub(super) struct Settle {
 
 impl Settle {
     /// The job ended with `exit` after `attempts` requests: counts it, writes
-    /// its one final result, and marks its offset done once Kafka has it.
+    /// its one final result, and releases its lease as done once Kafka has it.
     pub(super) fn exit(&self, writes: &mut JoinSet<()>, pending: Pending, exit: Exit, attempts: u32) {
-        let Pending { job, partition, offset, received_at, .. } = pending;
+        let Pending { job, lease, received_at, .. } = pending;
         self.metrics.count_exit(job.phone_number_id.get(), &exit);
         let status = exit.status();
         let (wamid, error) = exit.into_result_fields();
@@ -52,7 +51,6 @@ impl Settle {
             finished_at: Utc::now(),
             metadata: job.metadata,
         };
-        self.books.open(partition);
         let this = self.clone();
         writes.spawn(async move {
             let json = result.to_json();
@@ -61,14 +59,13 @@ impl Settle {
                 this.refusals.write(Topic::Results, false, || this.output.result(key, json.clone())).await;
             // Counted once Kafka has it, so the metric never runs ahead of the topic.
             this.metrics.count_result(status);
-            this.books.done(partition, offset);
+            lease.done();
         });
     }
 
     /// The record's dead letter: its original bytes, cut only if Kafka
     /// could not take them whole.
-    pub(super) fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, error: String) {
-        self.books.open(record.partition);
+    pub(super) fn dead_letter(&self, writes: &mut JoinSet<()>, record: Record, lease: Lease, error: String) {
         let this = self.clone();
         writes.spawn(async move {
             let key = record.key.as_deref();
@@ -84,7 +81,7 @@ impl Settle {
                 )
             };
             this.refusals.dead_letter(build, |json| this.output.dead_letter(key, json)).await;
-            this.books.done(record.partition, record.offset);
+            lease.done();
         });
     }
 }

@@ -430,7 +430,7 @@ async fn broker_outage_longer_than_the_session_loses_nothing() {
         engine.log_tail(40)
     );
     // The consumer's own account, in order: assigned, lost, assigned again.
-    let ownership = engine.log_lines(&["wabulk_kafka::ingest: partitions"]);
+    let ownership = engine.log_lines(&["wabulk_kafka::ingest::rebalance: partitions"]);
     let lost_at = ownership.iter().rposition(|line| line.contains("lost=true")).expect("logged above");
     let assigned = ownership[lost_at..].iter().filter(|line| line.contains("partitions assigned")).count();
     assert!(assigned > 0, "the partitions were not assigned again after the loss: {ownership:?}");
