@@ -35,6 +35,36 @@ pub struct Config {
     /// or alone as `wabulk webhooks`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<WebhooksConfig>,
+    /// Jobs that must wait long wait in Kafka, not in memory.
+    pub parking: ParkingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParkingConfig {
+    /// Off: every job waits in memory, as long as it must.
+    pub enabled: bool,
+    /// The tier topics are `{topic_prefix}.{delay}` (`wabulk.parked.1m`, ...).
+    pub topic_prefix: String,
+    /// A job whose `not_before` is further away than this is parked: written
+    /// to the tier topics, its input offset released, and read again when
+    /// due. Lower keeps less in memory; higher writes less to Kafka.
+    pub park_after_ms: u64,
+    /// A `not_before` further away than this many days is `rejected`
+    /// (`not_before_too_far`): a date that far is more likely a mistake than
+    /// a plan, and the topics' retention must outlast the wait.
+    pub max_wait_days: u32,
+}
+
+impl Default for ParkingConfig {
+    fn default() -> Self {
+        ParkingConfig {
+            enabled: true,
+            topic_prefix: "wabulk.parked".into(),
+            park_after_ms: 60_000,
+            max_wait_days: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +295,14 @@ impl Config {
         let limits = &self.limits;
         if limits.default_mps == 0 {
             return Err(invalid("limits.default_mps", "must be at least 1"));
+        }
+        if self.parking.park_after_ms < 2_000 {
+            // Below a couple of seconds the round trip through Kafka costs
+            // more than holding the job.
+            return Err(invalid("parking.park_after_ms", "must be at least 2000"));
+        }
+        if !(1..=365).contains(&self.parking.max_wait_days) {
+            return Err(invalid("parking.max_wait_days", "must be 1 to 365"));
         }
         if !(limits.pair_interval_s > 0.0 && limits.pair_interval_s <= 3600.0) {
             return Err(invalid("limits.pair_interval_s", "must be above 0 and at most 3600"));

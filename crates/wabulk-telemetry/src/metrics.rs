@@ -74,8 +74,12 @@ pub const RETRY_REASONS: [RetryReason; 12] = [
 pub const DLQ_REASONS: [&str; 4] = ["too_large", "not_utf8", "malformed", "invalid_field"];
 
 /// The `code` values of `wabulk_rejected_total`: every `RejectReason::code()`.
-pub const REJECT_REASONS: [RejectReason; 3] =
-    [RejectReason::UnknownPhoneNumber, RejectReason::UnknownWaba, RejectReason::WabaMismatch];
+pub const REJECT_REASONS: [RejectReason; 4] = [
+    RejectReason::UnknownPhoneNumber,
+    RejectReason::UnknownWaba,
+    RejectReason::WabaMismatch,
+    RejectReason::NotBeforeTooFar,
+];
 
 /// The Graph API error codes the engine acts on other than by failing the
 /// job (wabulk-sender's classification): number throughput (130429), pair

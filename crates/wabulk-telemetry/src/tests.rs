@@ -144,8 +144,8 @@ fn known_label_values_exist_at_zero_after_create_zero_series() {
     let lines: std::collections::HashSet<&str> = text.lines().collect();
     let missing: Vec<&String> = expected.iter().filter(|e| !lines.contains(e.as_str())).collect();
     assert!(missing.is_empty(), "series not at 0 after create_zero_series: {missing:?}\n{text}");
-    // 2 phones × (1 + 6) + 1 WABA × 2 + 12 + 4 + 3 + 8.
-    assert_eq!(expected.len(), 14 + 2 + 12 + 4 + 3 + 8);
+    // 2 phones × (1 + 6) + 1 WABA × 2 + 12 + 4 + 4 + 8.
+    assert_eq!(expected.len(), 14 + 2 + 12 + 4 + 4 + 8);
 }
 
 #[test]
@@ -190,9 +190,10 @@ fn closed_label_lists_cover_the_model() {
     }
     fn listed_reject(reason: RejectReason) -> bool {
         match reason {
-            RejectReason::UnknownPhoneNumber | RejectReason::UnknownWaba | RejectReason::WabaMismatch => {
-                REJECT_REASONS.contains(&reason)
-            }
+            RejectReason::UnknownPhoneNumber
+            | RejectReason::UnknownWaba
+            | RejectReason::WabaMismatch
+            | RejectReason::NotBeforeTooFar => REJECT_REASONS.contains(&reason),
         }
     }
     fn listed_dlq(error: &JobError) -> bool {

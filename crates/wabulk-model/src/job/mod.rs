@@ -111,6 +111,8 @@ pub enum RejectReason {
     UnknownWaba,
     #[error("waba_id differs from the WABA the configuration gives this number")]
     WabaMismatch,
+    #[error("not_before is further ahead than this engine holds jobs (parking.max_wait_days)")]
+    NotBeforeTooFar,
 }
 
 impl RejectReason {
@@ -120,6 +122,7 @@ impl RejectReason {
             RejectReason::UnknownPhoneNumber => "unknown_phone_number",
             RejectReason::UnknownWaba => "unknown_waba",
             RejectReason::WabaMismatch => "waba_mismatch",
+            RejectReason::NotBeforeTooFar => "not_before_too_far",
         }
     }
 }
