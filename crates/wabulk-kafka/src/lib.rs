@@ -1,8 +1,10 @@
 //! wabulk's Kafka edge: the jobs consumer with its offset watermark and
 //! backpressure ([`Ingest`]), the results/DLQ producer ([`Output`]), a plain
 //! producer for load generators and tests ([`JobWriter`]), a topic reader for
-//! checks ([`TopicReader`]), topic creation ([`create_topics`]) and
-//! librdkafka's in-process mock cluster ([`EmbeddedKafka`]).
+//! checks ([`TopicReader`]), topic creation ([`create_topics`]),
+//! librdkafka's in-process mock cluster ([`EmbeddedKafka`]), and parking of
+//! jobs that must wait long in tiered delay topics ([`Parker`], [`Mover`];
+//! design in `parking`).
 //!
 //! The invariant this crate owns (CONTRACT §5): an input offset is committed
 //! only after the job's result or dead letter was acknowledged by Kafka.
@@ -27,16 +29,22 @@ mod finished;
 mod ingest;
 mod lost;
 mod output;
+mod parking;
 mod reader;
 mod settings;
 mod tracker;
 
-pub use admin::{create_topics, topic_record_count};
+pub use admin::{create_topic_specs, create_topics, topic_partition_count, topic_record_count, TopicSpec};
 pub use embedded::EmbeddedKafka;
 pub use error::{KafkaError, Refusal};
 pub use features::{client_build, ClientBuild};
 pub use ingest::{Assignment, CommitListener, Ingest, Lease, Record, COMMIT_FLOOR};
 pub use output::{JobWriter, Output};
+pub use parking::{
+    create_parking_topics, tier_retention, LatenessListener, Mover, MoverStats, Parker, ParkerStats,
+    ParkingSettings, TierLag, TierStats, DEFAULT_TIERS, PARKED_DUE_HEADER, PARKED_HOPS_HEADER,
+    PARKED_REASON_HEADER, PARKED_RELEASE_HEADER, PARKED_UNREADABLE_HEADER,
+};
 pub use reader::TopicReader;
 pub use settings::{is_secret_property, masked_properties, KafkaSettings};
 pub use tracker::OffsetTracker;

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -39,14 +41,7 @@ impl Output {
     /// Creates the producer (librdkafka's own thread serves it; no Tokio
     /// runtime needed until the futures are awaited).
     pub fn connect(settings: &KafkaSettings) -> Result<Output, KafkaError> {
-        let config = client_config(
-            &settings.brokers,
-            // Batches results under load; adds at most 5 ms to an acknowledgement.
-            &[&[("linger.ms", "5")][..], &crate::settings::PRODUCER_MEMORY_DEFAULTS[..]].concat(),
-            &settings.extra,
-            &[("enable.idempotence", "true"), ("acks", "all")],
-        );
-        let producer = config
+        let producer = idempotent_config(settings)
             .create_with_context(Logging)
             .map_err(|source| KafkaError::Client { role: "results producer", source })?;
         Ok(Output {
@@ -60,14 +55,14 @@ impl Output {
     /// it. Waits for room when librdkafka's local queue is full. Dropping the
     /// future does not withdraw the record.
     pub async fn result(&self, job_id: &str, json: Vec<u8>) -> Result<(), KafkaError> {
-        send(&self.producer, &self.results_topic, Some(job_id.as_bytes()), &json).await?;
+        send(&self.producer, &self.results_topic, Some(job_id.as_bytes()), &json, None).await?;
         Ok(())
     }
 
     /// Writes a dead letter keyed by the original key; resolves when Kafka
     /// acknowledged it.
     pub async fn dead_letter(&self, key: Option<&[u8]>, json: Vec<u8>) -> Result<(), KafkaError> {
-        send(&self.producer, &self.dlq_topic, key, &json).await?;
+        send(&self.producer, &self.dlq_topic, key, &json, None).await?;
         Ok(())
     }
 
@@ -111,7 +106,7 @@ impl JobWriter {
         key: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(i32, i64), KafkaError> {
-        send(&self.producer, topic, key, payload).await
+        send(&self.producer, topic, key, payload, None).await
     }
 
     /// Waits until every record sent so far is acknowledged, or `timeout`.
@@ -120,15 +115,32 @@ impl JobWriter {
     }
 }
 
-async fn send(
+/// The configuration of every producer whose acknowledgement something
+/// waits for (results, dead letters, parked jobs): idempotent with
+/// `acks=all`, enforced (see [`Output`]), and a bounded local queue.
+pub(crate) fn idempotent_config(settings: &KafkaSettings) -> ClientConfig {
+    client_config(
+        &settings.brokers,
+        // Batches records under load; adds at most 5 ms to an acknowledgement.
+        &[&[("linger.ms", "5")][..], &crate::settings::PRODUCER_MEMORY_DEFAULTS[..]].concat(),
+        &settings.extra,
+        &[("enable.idempotence", "true"), ("acks", "all")],
+    )
+}
+
+pub(crate) async fn send(
     producer: &FutureProducer<Logging>,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
+    headers: Option<OwnedHeaders>,
 ) -> Result<(i32, i64), KafkaError> {
     let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
     if let Some(key) = key {
         record = record.key(key);
+    }
+    if let Some(headers) = headers {
+        record = record.headers(headers);
     }
     // `Never`: while the local queue is full, wait for room (backpressure)
     // rather than fail; the delivery itself is bounded by message.timeout.ms.

@@ -2,8 +2,9 @@
 //! the offset watermark and the finished offsets above it (in the commit
 //! metadata) across a consumer restart, backpressure without
 //! leaving the group, a cooperative revocation that waits for the engine's
-//! leases, and the producer's acknowledgements across a broker outage. Each test starts
-//! its own cluster, so they run in parallel without sharing state.
+//! leases, and the producer's acknowledgements across a broker outage;
+//! parking (`parking.rs`). Each test starts its own cluster, so they run in
+//! parallel without sharing state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use tokio::time::timeout;
 use wabulk_kafka::{
     Assignment, EmbeddedKafka, Ingest, JobWriter, KafkaSettings, Lease, Output, Record, TopicReader,
 };
+
+mod parking;
 
 const SESSION_TIMEOUT_MS: u64 = 6_000;
 
@@ -598,6 +601,8 @@ fn handles_can_be_shared_between_tasks() {
     send_sync::<JobWriter>();
     send_sync::<TopicReader>();
     send_sync::<EmbeddedKafka>();
+    send_sync::<wabulk_kafka::Parker>();
+    send_sync::<wabulk_kafka::Mover>();
     fn send_static<T: Send + 'static>() {}
     send_static::<Lease>();
 }
