@@ -4,12 +4,14 @@
 //! acknowledgements come back to that thread over a channel.
 //!
 //! Per assigned tier partition the thread holds the records it polled and
-//! could not move yet (normally one: the head); while it holds any, the
-//! partition is paused, which also drops what librdkafka had prefetched of
-//! it. At the head's release it writes the record on (re-parked, or back
-//! to the jobs topic), resumes the partition, and goes on with the next
-//! record. A record due within the smallest tier is kept in memory until it
-//! is due (at most `max_in_flight` records held or written and not yet
+//! could not move yet: normally the head only, at most [`MAX_WAITING`].
+//! While the head's release is more than [`PREFETCH`] away the partition
+//! is paused, which also drops what librdkafka had prefetched of it; it is
+//! resumed [`PREFETCH`] before, so that the records behind the head are
+//! there when it goes. At the head's release the thread writes the record
+//! on (re-parked, or back to the jobs topic) and goes on with the next
+//! record. A record due within the smallest tier is kept in memory until
+//! it is due (at most `max_in_flight` records held or written and not yet
 //! acknowledged), so the partition moves on meanwhile.
 //!
 //! Commits: each tier partition's offsets are tracked as the jobs
@@ -58,6 +60,15 @@ const BUSY_POLL: Duration = Duration::from_millis(10);
 /// The longest poll otherwise: the latency of noticing `stop`.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// A partition resumes this long before its head's time, so that the
+/// records behind the head are fetched by then (a fetch after a resume
+/// waits for the one in flight, up to `fetch.wait.max.ms`).
+const PREFETCH: Duration = Duration::from_millis(50);
+
+/// At most this many polled records wait per partition; more, and it is
+/// paused until they have moved on.
+const MAX_WAITING: usize = 64;
+
 /// Records taken from one poll before the timers and acknowledgements are
 /// looked at again.
 const POLL_BATCH: usize = 256;
@@ -88,10 +99,10 @@ const CONSUMER_DEFAULTS: [(&str, &str); 9] = [
     // At least `message.max.bytes` (librdkafka's rule).
     ("fetch.max.bytes", "1048576"),
     ("max.partition.fetch.bytes", "65536"),
-    // How long an empty fetch waits. A broker answers as soon as a record
-    // arrives; librdkafka's mock cluster waits it out, which would delay a
-    // record written to an idle tier that long.
-    ("fetch.wait.max.ms", "100"),
+    // How long an empty fetch waits: a resumed partition's first fetch
+    // waits for the one in flight (see `PREFETCH`); the mock cluster also
+    // holds an empty fetch that long when a record arrives meanwhile.
+    ("fetch.wait.max.ms", "50"),
     ("fetch.queue.backoff.ms", "20"),
 ];
 
@@ -482,6 +493,14 @@ impl Core {
             }
             wake
         });
+        tracing::trace!(
+            topic = message.topic(),
+            partition = tp.1,
+            offset,
+            wake_in_ms = wake_ms as i64 - now_ms as i64,
+            readable = parked.is_some(),
+            "took a parked record"
+        );
         part.waiting.push_back(Waiting {
             offset,
             key: message.key().map(<[u8]>::to_vec),
@@ -493,19 +512,21 @@ impl Core {
     }
 
     /// Moves the partition's waiting records whose time has come, while
-    /// there is room; pauses the partition while any is left, resumes it
-    /// when none is.
+    /// there is room; then pauses the partition while its head is more than
+    /// [`PREFETCH`] away, waits for room, or [`MAX_WAITING`] records wait,
+    /// and resumes it otherwise: [`PREFETCH`] before the head's time, so
+    /// the records behind it are fetched by then.
     fn advance(&mut self, consumer: &BaseConsumer<MoverContext>, tp: Tp, now_ms: u64) {
+        let mut blocked = false;
         loop {
             let Some(part) = self.parts.get(&tp) else { return };
             let Some(head) = part.waiting.front() else { break };
             // An unreadable record goes at once.
             if head.parked.is_some() && head.wake_ms > now_ms {
-                self.next_wake_ms = self.next_wake_ms.min(head.wake_ms);
                 break;
             }
             if !self.room() {
-                self.room_blocked = true;
+                blocked = true;
                 break;
             }
             let Some(part) = self.parts.get_mut(&tp) else { return };
@@ -516,12 +537,23 @@ impl Core {
                 if let Some(part) = self.parts.get_mut(&tp) {
                     part.waiting.push_front(head);
                 }
-                self.room_blocked = true;
+                blocked = true;
                 break;
             }
         }
+        self.room_blocked |= blocked;
         let Some(part) = self.parts.get(&tp) else { return };
-        let hold = !part.waiting.is_empty();
+        let prefetch_ms = PREFETCH.as_millis() as u64;
+        let hold = match part.waiting.front() {
+            None => false,
+            Some(_) if blocked => true,
+            Some(head) => {
+                let near = head.wake_ms <= now_ms.saturating_add(prefetch_ms);
+                let at = if near { head.wake_ms } else { head.wake_ms - prefetch_ms };
+                self.next_wake_ms = self.next_wake_ms.min(at);
+                !near || part.waiting.len() >= MAX_WAITING
+            }
+        };
         if hold != part.paused {
             let tpl = self.tpl(&[tp]);
             let Some(part) = self.parts.get_mut(&tp) else { return };

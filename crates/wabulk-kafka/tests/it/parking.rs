@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
@@ -68,8 +68,9 @@ fn setup(name: &str, partitions: i32) -> Setup {
     Setup { kafka, settings, parking }
 }
 
-/// Waits until `mover` owns every tier partition: the bounds apply to a
-/// mover at work, not to one still joining its group.
+/// Waits until `mover` owns every tier partition and has started reading
+/// them: the bounds apply to a mover at work, not to one still joining its
+/// group.
 async fn joined(mover: &Mover, partitions: i32) {
     let started = Instant::now();
     let all = TIERS.len() * partitions as usize;
@@ -77,6 +78,9 @@ async fn joined(mover: &Mover, partitions: i32) {
         assert!(started.elapsed() < Duration::from_secs(30), "the mover did not join its group");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // librdkafka looks up where to start a newly assigned partition before
+    // its first fetch (about half a second against the mock).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     println!("the mover joined in {:?}", started.elapsed());
 }
 
@@ -98,55 +102,76 @@ impl Seen {
     }
 }
 
-/// Reads every partition of `topic` from the beginning, without a group.
-fn topic_reader(kafka: &EmbeddedKafka, topic: &str, partitions: i32) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", "parking-test-reader")
-        .set("enable.auto.commit", "false")
-        // The mock holds an empty fetch for this long.
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for partition in 0..partitions {
-        tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    consumer
+/// Reads every partition of a topic from the beginning, without a group,
+/// on a task of its own from the moment it is created, so that when a
+/// record was seen does not depend on what the test is doing meanwhile.
+struct Collector {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// Reads until `enough` says so or `limit` has passed.
-async fn read_until(
-    consumer: &StreamConsumer,
-    limit: Duration,
-    enough: impl Fn(&[Seen]) -> bool,
-) -> Vec<Seen> {
-    let deadline = Instant::now() + limit;
-    let mut seen = Vec::new();
-    while !enough(&seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(message) = timeout(left, consumer.recv()).await else { break };
-        let message = message.unwrap();
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        seen.push(Seen {
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            written_ms: message.timestamp().to_millis().unwrap() as u64,
-            seen_ms: now_ms(),
-            headers,
-        });
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
     }
-    seen
+}
+
+impl Collector {
+    fn start(kafka: &EmbeddedKafka, topic: &str, partitions: i32) -> Collector {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .set("group.id", "parking-test-reader")
+            .set("enable.auto.commit", "false")
+            // The mock holds an empty fetch for this long.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..partitions {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                loop {
+                    let message = consumer.recv().await.unwrap();
+                    let headers = message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                                    (h.key.to_owned(), value.into_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(Seen {
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                        written_ms: message.timestamp().to_millis().unwrap() as u64,
+                        seen_ms: now_ms(),
+                        headers,
+                    });
+                }
+            }
+        });
+        Collector { seen, task }
+    }
+
+    /// Everything seen so far, once `enough` says so or `limit` has passed.
+    async fn wait(&self, limit: Duration, enough: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            if enough(&seen) || Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// A parked job as the test knows it.
@@ -199,10 +224,20 @@ fn check_returns(jobs: &[Job], back: &[Seen], late: Duration) -> BTreeMap<String
     let latest = back.iter().map(|seen| {
         let job = by_payload[seen.payload().as_str()];
         let from = job.due_ms.max(job.parked_ms);
-        (seen.written_ms.saturating_sub(from), seen.seen_ms.saturating_sub(from))
+        (seen.written_ms.saturating_sub(from), seen.seen_ms.saturating_sub(from), seen.payload())
     });
-    let (written, seen) = latest.fold((0, 0), |(w, s), (a, b)| (w.max(a), s.max(b)));
-    println!("{} back, at most {written} ms late when written, {seen} ms when read", back.len());
+    let (written, read, which) =
+        latest.fold(
+            (0, 0, String::new()),
+            |(w, r, p), (a, b, q)| {
+                if a > w {
+                    (a, r.max(b), q)
+                } else {
+                    (w, r.max(b), p)
+                }
+            },
+        );
+    println!("{} back, at most {written} ms late when written ({which}), {read} ms when read", back.len());
     counts
 }
 
@@ -223,6 +258,10 @@ fn latest_due(jobs: &[Job]) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_jobs_come_back_when_due_and_not_before() {
     let s = setup("due", 2);
+    // Before anything is written: a new reader takes a moment to fetch.
+    let reader = Collector::start(&s.kafka, &s.settings.jobs_topic, 2);
+    // Connected early: its producer id is ready when the test starts.
+    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let mover = Mover::start(&s.settings, &s.parking).unwrap();
     joined(&mover, 2).await;
     let lateness_reports = Arc::new(AtomicUsize::new(0));
@@ -232,34 +271,30 @@ async fn parked_jobs_come_back_when_due_and_not_before() {
             reports.fetch_add(1, Ordering::Relaxed);
         }
     }));
-    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
-    let reader = topic_reader(&s.kafka, &s.settings.jobs_topic, 2);
+    let start = now_ms();
+    // Already due: written straight back (and the parker warmed up).
+    let mut jobs = vec![Job::new("106540352242929", "{\"id\":\"past\"}", start - 1_000)];
+    jobs.extend((0..24).map(|i| {
+        Job::new(
+            format!("10654035224292{}", i % 4),
+            format!("{{\"id\":\"spread-{i}\"}}"),
+            start + 400 + i * 150,
+        )
+    }));
+    park(&parker, &mut jobs).await;
     // Due sooner than the smallest tier: parked in it, released at its due time.
     let mut soon = Job::new("106540352242929", "{\"id\":\"soon\"}", now_ms() + 150);
     park(&parker, std::slice::from_mut(&mut soon)).await;
-    let start = now_ms();
-    let mut jobs: Vec<Job> = (0..24)
-        .map(|i| {
-            Job::new(
-                format!("10654035224292{}", i % 4),
-                format!("{{\"id\":\"spread-{i}\"}}"),
-                start + 400 + i * 150,
-            )
-        })
-        .collect();
-    jobs.push(Job::new("106540352242929", "{\"id\":\"past\"}", start - 1_000));
-    park(&parker, &mut jobs).await;
     jobs.push(soon);
     let parked = parker.stats();
-    // The one due sooner too, if the machine was slow enough.
-    assert!((1..=2).contains(&parked.written_back), "the job already due went straight back");
+    // And any other already due when parked, if the machine was slow enough.
+    assert!(parked.written_back >= 1, "the job already due went straight back");
     let in_tiers = parked.parked.iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(in_tiers + parked.written_back, 26);
 
-    let back = read_until(&reader, latest_due(&jobs) + Duration::from_secs(10), all_back(&jobs)).await;
+    reader.wait(latest_due(&jobs) + Duration::from_secs(10), all_back(&jobs)).await;
     // Anything coming back twice would be here by now.
-    let more = read_until(&reader, Duration::from_secs(1), |_| false).await;
-    let back: Vec<Seen> = back.into_iter().chain(more).collect();
+    let back = reader.wait(Duration::from_secs(1), |_| false).await;
     let counts = check_returns(&jobs, &back, LATE);
     assert!(counts.values().all(|&n| n == 1), "each job once: {counts:?}");
 
@@ -287,15 +322,17 @@ async fn parked_jobs_come_back_when_due_and_not_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_due_beyond_the_largest_tier_chains_through_the_tiers() {
     let s = setup("chain", 1);
+    // Before anything is written: a new reader takes a moment to fetch.
+    let reader = Collector::start(&s.kafka, &s.settings.jobs_topic, 1);
+    // Connected early: its producer id is ready when the test starts.
+    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let mover = Mover::start(&s.settings, &s.parking).unwrap();
     joined(&mover, 1).await;
-    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let mut job = Job::new("106540352242922", "{\"id\":\"long\"}", now_ms() + 10_500);
     park(&parker, std::slice::from_mut(&mut job)).await;
 
-    let reader = topic_reader(&s.kafka, &s.settings.jobs_topic, 1);
     let wait = latest_due(std::slice::from_ref(&job)) + Duration::from_secs(10);
-    let back = read_until(&reader, wait, |seen| !seen.is_empty()).await;
+    let back = reader.wait(wait, |seen| !seen.is_empty()).await;
     let counts = check_returns(std::slice::from_ref(&job), &back, LATE);
     assert_eq!(counts[&job.payload], 1);
 
@@ -303,8 +340,8 @@ async fn a_job_due_beyond_the_largest_tier_chains_through_the_tiers() {
     let topics = s.parking.tier_topics();
     let mut hops = BTreeMap::new();
     for (topic, delay) in topics.iter().zip(TIERS) {
-        let tier = topic_reader(&s.kafka, topic, 1);
-        let copies = read_until(&tier, Duration::from_millis(1_500), |_| false).await;
+        let tier = Collector::start(&s.kafka, topic, 1);
+        let copies = tier.wait(Duration::from_millis(1_500), |_| false).await;
         for copy in &copies {
             assert_eq!(copy.payload(), job.payload);
             assert_eq!(copy.key.as_deref(), Some(job.key.as_bytes()));
@@ -329,11 +366,14 @@ async fn a_job_due_beyond_the_largest_tier_chains_through_the_tiers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_mover_loses_nothing_and_duplicates_only_what_was_in_flight() {
     let s = setup("crash", 2);
+    // Before anything is written: a new reader takes a moment to fetch.
+    let reader = Collector::start(&s.kafka, &s.settings.jobs_topic, 2);
+    // Connected early: its producer id is ready when the test starts.
+    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let max_in_flight = 8;
     let first = ParkingSettings { max_in_flight, ..s.parking.clone() };
     let mover = Mover::start(&s.settings, &first).unwrap();
     joined(&mover, 2).await;
-    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let start = now_ms();
     let mut jobs: Vec<Job> = (0..40)
         .map(|i| {
@@ -345,15 +385,14 @@ async fn a_stopped_mover_loses_nothing_and_duplicates_only_what_was_in_flight() 
         })
         .collect();
     park(&parker, &mut jobs).await;
-    let reader = topic_reader(&s.kafka, &s.settings.jobs_topic, 2);
     // Some are back, some held or being written, the rest parked.
-    let mut back = read_until(&reader, Duration::from_millis(2_500), |_| false).await;
+    reader.wait(Duration::from_millis(2_500), |_| false).await;
     let stopped_ms = now_ms();
     tokio::task::spawn_blocking(move || mover.shutdown(Duration::ZERO)).await.unwrap();
     let second = Mover::start(&s.settings, &s.parking).unwrap();
 
-    back.extend(read_until(&reader, latest_due(&jobs) + Duration::from_secs(20), all_back(&jobs)).await);
-    back.extend(read_until(&reader, Duration::from_secs(2), |_| false).await);
+    reader.wait(latest_due(&jobs) + Duration::from_secs(20), all_back(&jobs)).await;
+    let back = reader.wait(Duration::from_secs(2), |_| false).await;
     // Jobs due well after the handover are on time; those due around it
     // may be as late as the handover (the second mover joining the group).
     let settled = stopped_ms + 5_000;
@@ -375,9 +414,12 @@ async fn a_stopped_mover_loses_nothing_and_duplicates_only_what_was_in_flight() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_handover_moves_each_job_exactly_once() {
     let s = setup("handover", 2);
+    // Before anything is written: a new reader takes a moment to fetch.
+    let reader = Collector::start(&s.kafka, &s.settings.jobs_topic, 2);
+    // Connected early: its producer id is ready when the test starts.
+    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let mover = Mover::start(&s.settings, &s.parking).unwrap();
     joined(&mover, 2).await;
-    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let start = now_ms();
     let mut jobs: Vec<Job> = (0..30)
         .map(|i| {
@@ -389,12 +431,11 @@ async fn a_graceful_handover_moves_each_job_exactly_once() {
         })
         .collect();
     park(&parker, &mut jobs).await;
-    let reader = topic_reader(&s.kafka, &s.settings.jobs_topic, 2);
-    let mut back = read_until(&reader, Duration::from_millis(2_000), |_| false).await;
+    reader.wait(Duration::from_millis(2_000), |_| false).await;
     tokio::task::spawn_blocking(move || mover.shutdown(Duration::from_secs(10))).await.unwrap();
     let second = Mover::start(&s.settings, &s.parking).unwrap();
-    back.extend(read_until(&reader, latest_due(&jobs) + Duration::from_secs(20), all_back(&jobs)).await);
-    back.extend(read_until(&reader, Duration::from_secs(2), |_| false).await);
+    reader.wait(latest_due(&jobs) + Duration::from_secs(20), all_back(&jobs)).await;
+    let back = reader.wait(Duration::from_secs(2), |_| false).await;
     let counts = check_returns(&jobs, &back, Duration::from_secs(30));
     assert!(counts.values().all(|&n| n == 1), "exactly once: {counts:?}");
     second.shutdown(Duration::from_secs(5));
@@ -407,9 +448,12 @@ async fn a_graceful_handover_moves_each_job_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_that_are_not_parked_jobs_do_not_stall_the_tier() {
     let s = setup("hostile", 1);
+    // Before anything is written: a new reader takes a moment to fetch.
+    let reader = Collector::start(&s.kafka, &s.settings.jobs_topic, 1);
+    // Connected early: its producer id is ready when the test starts.
+    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let mover = Mover::start(&s.settings, &s.parking).unwrap();
     joined(&mover, 1).await;
-    let reader = topic_reader(&s.kafka, &s.settings.jobs_topic, 1);
     let largest = s.parking.tier_topics()[2].clone();
     let producer: FutureProducer =
         ClientConfig::new().set("bootstrap.servers", s.kafka.bootstrap_servers()).create().unwrap();
@@ -434,14 +478,13 @@ async fn records_that_are_not_parked_jobs_do_not_stall_the_tier() {
     let far_at = write("released in a year", Some(far)).await;
 
     // Behind them in the same (only) partition of the 3 s tier.
-    let parker = Parker::connect(&s.settings, &s.parking).unwrap();
     let start = now_ms();
     let mut jobs: Vec<Job> = (0..5)
         .map(|i| Job::new("106540352242922", format!("{{\"id\":\"behind-{i}\"}}"), start + 3_200 + i * 150))
         .collect();
     park(&parker, &mut jobs).await;
 
-    let back = read_until(&reader, latest_due(&jobs) + Duration::from_secs(10), |seen| seen.len() >= 8).await;
+    let back = reader.wait(latest_due(&jobs) + Duration::from_secs(10), |seen| seen.len() >= 8).await;
     let find = |payload: &str| {
         back.iter().find(|seen| seen.payload() == payload).unwrap_or_else(|| panic!("{payload} not back"))
     };
