@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use wabulk_kafka::KafkaSettings;
+use wabulk_kafka::{KafkaSettings, ParkingSettings};
 use wabulk_limits::PairRule;
 use wabulk_model::{NumericId, ParseOptions};
 use wabulk_scheduler::{SchedulerConfig, TokenGroup};
@@ -31,6 +31,15 @@ pub struct Waba {
     pub token_group: TokenGroup,
 }
 
+/// Parking: jobs that must wait long wait in Kafka (`wabulk-kafka`'s
+/// `parking`).
+#[derive(Debug, Clone)]
+pub struct Parking {
+    pub settings: ParkingSettings,
+    /// A job whose `not_before` is further away than this is parked.
+    pub park_after: Duration,
+}
+
 /// How many retries a job may have: attempts that reached the Graph API
 /// (`RetryReason::spends_attempt`), and waits that did not.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +54,10 @@ pub struct EngineSetup {
     pub sender: SenderConfig,
     pub scheduler: SchedulerConfig,
     pub retries: RetryBudget,
+    /// `None`: parking is off and every job waits in memory.
+    pub parking: Option<Parking>,
+    /// A `not_before` further ahead than this is rejected.
+    pub max_wait: Duration,
     pub parse: ParseOptions,
     pub phones: HashMap<u64, Phone>,
     pub wabas: HashMap<u64, Waba>,
@@ -140,6 +153,14 @@ impl EngineSetup {
                 ..SchedulerConfig::default()
             },
             retries: RetryBudget { max_attempts: graph.max_attempts, max_waits: graph.max_waits },
+            parking: config.parking.enabled.then(|| Parking {
+                settings: ParkingSettings {
+                    topic_prefix: config.parking.topic_prefix.clone(),
+                    ..ParkingSettings::default()
+                },
+                park_after: Duration::from_millis(config.parking.park_after_ms),
+            }),
+            max_wait: Duration::from_secs(u64::from(config.parking.max_wait_days) * 86_400),
             parse: ParseOptions { max_bytes: config.kafka.max_job_bytes },
             phones,
             wabas,

@@ -37,6 +37,9 @@ pub const THROTTLE_LIMITS: [&str; 3] = ["phone", "pair", "waba"];
 pub const RESULT_STATUSES: [&str; 4] =
     [Status::Sent.label(), Status::Failed.label(), Status::Expired.label(), Status::Rejected.label()];
 
+/// The `reason` values of `wabulk_jobs_parked_total`.
+pub const PARK_REASONS: [&str; 1] = ["not_before"];
+
 /// The `reason` values of `wabulk_produce_refusals_total`: the labels of
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
 pub const PRODUCE_REFUSALS: [&str; 4] = ["too_large", "unknown_topic", "not_authorised", "invalid_record"];
@@ -194,6 +197,10 @@ pub struct Metrics {
     pub jobs_in_memory: IntGauge,
     /// `wabulk_partitions_paused`: partitions paused for backpressure.
     pub partitions_paused: IntGauge,
+    /// `wabulk_jobs_parked_total{reason}`: jobs written to the parking
+    /// topics (acknowledged), their input offsets released; `reason` is one
+    /// of [`PARK_REASONS`].
+    pub jobs_parked: IntCounterVec,
     /// `wabulk_uncommitted_jobs`: jobs whose result or dead letter Kafka
     /// acknowledged and whose input offset no acknowledged commit covers
     /// yet; with `wabulk_inflight_requests`, what a crash would send again.
@@ -395,6 +402,12 @@ impl Metrics {
                 "wabulk_jobs_in_memory",
                 "Kafka records read and not yet resolved.",
             ),
+            jobs_parked: counter_vec(
+                &r,
+                "wabulk_jobs_parked_total",
+                "Jobs parked in Kafka until due, by reason.",
+                &["reason"],
+            ),
             partitions_paused: gauge(
                 &r,
                 "wabulk_partitions_paused",
@@ -466,7 +479,10 @@ impl Metrics {
         for outcome in WEBHOOK_OUTCOMES {
             m.webhook_requests.with_label_values(&[outcome]);
         }
-        for topic in ["results", "dlq"] {
+        for reason in PARK_REASONS {
+            m.jobs_parked.with_label_values(&[reason]);
+        }
+        for topic in ["results", "dlq", "parked"] {
             for reason in PRODUCE_REFUSALS {
                 m.produce_refusals.with_label_values(&[topic, reason]);
             }

@@ -38,6 +38,7 @@ const ADDED_METRICS: &[(&str, &str)] = &[
     ("wabulk_unknown_outcome_retries_total", "counter"),
     ("wabulk_jobs_in_memory", "gauge"),
     ("wabulk_partitions_paused", "gauge"),
+    ("wabulk_jobs_parked_total", "counter"),
     ("wabulk_uncommitted_jobs", "gauge"),
     ("wabulk_commit_lag_seconds", "histogram"),
     ("wabulk_scheduling_delay_seconds", "gauge"),

@@ -41,6 +41,8 @@ const SMALLER_CUTS: [usize; 3] = [64 * 1024, 1024, 0];
 pub(crate) enum Topic {
     Results,
     Dlq,
+    /// The parking tier topics (and the jobs topic, for a job due at once).
+    Parked,
 }
 
 impl Topic {
@@ -48,6 +50,7 @@ impl Topic {
         match self {
             Topic::Results => "results",
             Topic::Dlq => "dlq",
+            Topic::Parked => "parked",
         }
     }
 }

@@ -82,11 +82,21 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         std::iter::empty(),
     )
     .context("the scenario's [engine] table is not a valid engine configuration")?;
-    let topics = [
+    // The parking tiers too: the embedded cluster cannot create topics on
+    // request, and the engine expects them there.
+    let parking = wabulk_kafka::ParkingSettings {
+        topic_prefix: engine_base.parking.topic_prefix.clone(),
+        ..wabulk_kafka::ParkingSettings::default()
+    };
+    let tiers = parking.tier_topics();
+    let mut topics = vec![
         (engine_base.kafka.jobs_topic.as_str(), scenario.broker.jobs_partitions),
         (engine_base.kafka.results_topic.as_str(), scenario.broker.results_partitions),
         (engine_base.kafka.dlq_topic.as_str(), 1),
     ];
+    if engine_base.parking.enabled {
+        topics.extend(tiers.iter().map(|tier| (tier.as_str(), scenario.broker.jobs_partitions)));
+    }
     let broker = Broker::start(&scenario.broker, &topics, &options.work_dir).await?;
     let brokers = broker.bootstrap_servers();
     say(format!("Kafka: {} on {brokers}", broker.describe()));

@@ -1,5 +1,6 @@
 //! The ingest stage: Kafka record → parse (bad input → dead letter) → route
-//! (not acceptable → `rejected`) → scheduler.
+//! (not acceptable → `rejected`) → park (a `not_before` far ahead) or
+//! scheduler.
 
 use std::sync::Arc;
 
@@ -63,25 +64,67 @@ impl IngestStage {
                 return;
             }
         };
-        let pending = Pending { job, lease, received_at, attempts_spent: 0, waits: 0 };
-        match route(&self.setup, &pending.job) {
-            Err(reason) => self.settle.exit(writes, pending, Exit::Rejected(reason), 0),
-            Ok((waba, mps)) => {
-                let now = self.clock.now();
-                let envelope = Envelope {
-                    phone: pending.job.phone_number_id.get(),
-                    recipient: pending.job.to.get(),
-                    waba,
-                    mps,
-                    not_before: pending.job.not_before.map(|at| moment_of(now, at)),
-                    expires_at: pending.job.expires_at.map(|at| moment_of(now, at)),
-                    job: pending,
-                };
-                // Fails only while shutting down; the record is then read again.
-                let _ = self.scheduler.send(Command::Enqueue(envelope));
+        let now = Utc::now();
+        let routed = match route(&self.setup, &job) {
+            Ok(_) if job.not_before.is_some_and(|at| at - now > max_wait(&self.setup)) => {
+                Err(RejectReason::NotBeforeTooFar)
             }
+            routed => routed,
+        };
+        let (waba, mps) = match routed {
+            Ok(routed) => routed,
+            Err(reason) => {
+                let pending = Pending { job, lease, received_at, attempts_spent: 0, waits: 0 };
+                self.settle.exit(writes, pending, Exit::Rejected(reason), 0);
+                return;
+            }
+        };
+        let Some((job, lease)) = self.park_if_far(writes, job, record, lease, now) else { return };
+        let pending = Pending { job, lease, received_at, attempts_spent: 0, waits: 0 };
+        let now = self.clock.now();
+        let envelope = Envelope {
+            phone: pending.job.phone_number_id.get(),
+            recipient: pending.job.to.get(),
+            waba,
+            mps,
+            not_before: pending.job.not_before.map(|at| moment_of(now, at)),
+            expires_at: pending.job.expires_at.map(|at| moment_of(now, at)),
+            job: pending,
+        };
+        // Fails only while shutting down; the record is then read again.
+        let _ = self.scheduler.send(Command::Enqueue(envelope));
+    }
+
+    /// Parks a job whose `not_before` is further than `park_after` away, until
+    /// then (or its `expires_at`, if sooner: it then comes back to expire on
+    /// time); hands the job back when it is to wait in memory.
+    fn park_if_far(
+        &self,
+        writes: &mut JoinSet<()>,
+        job: Job,
+        record: Record,
+        lease: Lease,
+        now: DateTime<Utc>,
+    ) -> Option<(Job, Lease)> {
+        let (Some(parking), Some(not_before)) = (&self.setup.parking, job.not_before) else {
+            return Some((job, lease));
+        };
+        let expired = job.expires_at.is_some_and(|at| at <= now);
+        let park_after = chrono::Duration::from_std(parking.park_after).unwrap_or(chrono::Duration::MAX);
+        if expired || not_before - now <= park_after {
+            return Some((job, lease));
+        }
+        let due = job.expires_at.map_or(not_before, |expires| expires.min(not_before));
+        match self.settle.park(writes, record, lease, due, "not_before") {
+            Ok(()) => None,
+            Err((_, lease)) => Some((job, lease)),
         }
     }
+}
+
+/// The furthest `not_before` accepted.
+fn max_wait(setup: &EngineSetup) -> chrono::Duration {
+    chrono::Duration::from_std(setup.max_wait).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Which WABA sends this job and at what rate, or why it is not accepted.

@@ -24,17 +24,18 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use wabulk_kafka::{Ingest, Lease, Output};
+use wabulk_kafka::{create_parking_topics, topic_partition_count, Ingest, Lease, Mover, Output, Parker};
 use wabulk_model::Job;
 use wabulk_scheduler::{Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::{SchedulingDelay, Sender};
 use wabulk_telemetry::{Health, Metrics};
 
-use crate::setup::EngineSetup;
+use crate::setup::{EngineSetup, Parking};
 use crate::writes::Refusals;
 
 mod ingest;
@@ -47,6 +48,57 @@ pub use shutdown::Shutdown;
 use ingest::IngestStage;
 use send::SendStage;
 use settle::Settle;
+
+/// How long the parking mover may take to finish its writes at a stop.
+const PARKING_STOP: Duration = Duration::from_secs(5);
+
+/// Creates the parking topics (as many partitions as the jobs topic; the
+/// existing ones are left as they are), connects the parker and starts the
+/// mover.
+async fn start_parking(
+    setup: &EngineSetup,
+    parking: &Parking,
+) -> anyhow::Result<(Option<Arc<Parker>>, Option<Mover>)> {
+    let kafka = &setup.kafka;
+    let partitions = partition_count(kafka, &kafka.jobs_topic).await?;
+    let mut missing = Vec::new();
+    for topic in parking.settings.tier_topics() {
+        if partition_count(kafka, &topic).await.is_err() {
+            missing.push(topic);
+        }
+    }
+    if !missing.is_empty() {
+        tracing::info!(topics = ?missing, "creating the parking topics");
+        create_parking_topics(kafka, &parking.settings, partitions, Duration::from_secs(10))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create the parking topics {missing:?}; create them (as many partitions as \
+                     {}) or set parking.enabled = false",
+                    kafka.jobs_topic
+                )
+            })?;
+    }
+    let parker = Parker::connect(kafka, &parking.settings).context("cannot start the parking producer")?;
+    let mover = Mover::start(kafka, &parking.settings).context("cannot start the parking mover")?;
+    tracing::info!(
+        prefix = %parking.settings.topic_prefix,
+        park_after = ?parking.park_after,
+        "parking: jobs due later than park_after wait in Kafka"
+    );
+    Ok((Some(Arc::new(parker)), Some(mover)))
+}
+
+/// How many partitions `topic` has (asks the broker: blocks a thread).
+async fn partition_count(kafka: &wabulk_kafka::KafkaSettings, topic: &str) -> anyhow::Result<i32> {
+    let (brokers, extra, name) = (kafka.brokers.clone(), kafka.extra.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        topic_partition_count(&brokers, &extra, &name, Duration::from_secs(10))
+    })
+    .await
+    .context("topic metadata")?
+    .with_context(|| format!("cannot read the partitions of {topic}"))
+}
 
 /// A job inside the engine, from its record to its exit.
 #[derive(Debug)]
@@ -109,9 +161,14 @@ pub async fn run(
     let phones: Vec<String> = setup.phones.keys().map(ToString::to_string).collect();
     let wabas: Vec<String> = setup.wabas.keys().map(ToString::to_string).collect();
     metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
+    let (parker, mover) = match &setup.parking {
+        Some(parking) => start_parking(&setup, parking).await?,
+        None => (None, None),
+    };
     let settle = Settle {
         setup: Arc::clone(&setup),
         output,
+        parker,
         metrics: Arc::clone(&metrics),
         refusals: Arc::new(Refusals::new(Arc::clone(&metrics), Arc::clone(&health), &setup.kafka.extra)),
         jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
@@ -173,6 +230,10 @@ pub async fn run(
     };
     for task in shard_tasks {
         task.abort();
+    }
+    if let Some(mover) = mover {
+        // What it holds past this is moved again by the tiers' next owner.
+        tokio::task::spawn_blocking(move || mover.shutdown(PARKING_STOP)).await.context("parking stop")?;
     }
     // The final commit blocks on librdkafka.
     tokio::task::spawn_blocking(move || {

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
-use wabulk_kafka::{Lease, Output, Record};
+use wabulk_kafka::{Lease, Output, Parker, Record};
 use wabulk_model::{DlqRecord, Exit, JobResult};
 use wabulk_telemetry::Metrics;
 
@@ -21,6 +21,8 @@ use crate::writes::{Refusals, Topic};
 pub(super) struct Settle {
     pub(super) setup: Arc<EngineSetup>,
     pub(super) output: Arc<Output>,
+    /// `None` when parking is off.
+    pub(super) parker: Option<Arc<Parker>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<Refusals>,
     pub(super) jobs_topic: Arc<str>,
@@ -61,6 +63,33 @@ impl Settle {
             this.metrics.count_result(status);
             lease.done();
         });
+    }
+
+    /// The job leaves this instance until `due`: its record, key and bytes
+    /// as read, goes to the parking topics, and once Kafka has it the lease
+    /// is released as done; the record comes back on the jobs topic when due
+    /// (to whichever instance then owns its number). Not an exit: the job
+    /// is not finished. Without parking, the job is handed back.
+    pub(super) fn park(
+        &self,
+        writes: &mut JoinSet<()>,
+        record: Record,
+        lease: Lease,
+        due: DateTime<Utc>,
+        reason: &'static str,
+    ) -> Result<(), (Record, Lease)> {
+        let Some(parker) = self.parker.clone() else {
+            return Err((record, lease));
+        };
+        let this = self.clone();
+        writes.spawn(async move {
+            let key = record.key.as_deref();
+            let write = || parker.park(key, &record.payload, due.into(), reason);
+            let _ = this.refusals.write(Topic::Parked, false, write).await;
+            this.metrics.jobs_parked.with_label_values(&[reason]).inc();
+            lease.done();
+        });
+        Ok(())
     }
 
     /// The record's dead letter: its original bytes, cut only if Kafka

@@ -108,6 +108,10 @@ impl Stack {
         kafka.create_topic(JOBS, jobs_partitions).expect("jobs topic");
         kafka.create_topic(RESULTS, 4).expect("results topic");
         kafka.create_topic(DLQ, 1).expect("dlq topic");
+        // The mock cluster has no CreateTopics: the engine finds them made.
+        for topic in wabulk_kafka::ParkingSettings::default().tier_topics() {
+            kafka.create_topic(&topic, jobs_partitions).expect("parking topic");
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("simulator port");
         let sim = Simulator::start(sim, listener).await.expect("simulator");
         Stack { kafka, sim }
@@ -144,6 +148,8 @@ pub(crate) struct EngineToml {
     pub(crate) kafka_properties: Vec<(String, String)>,
     /// `http.listen`; the default port 0 serves on any free port.
     pub(crate) http_listen: String,
+    /// Extra `key = value` lines of `[parking]`.
+    pub(crate) parking: Vec<String>,
 }
 
 /// A WABA other than [`WABA`] in an engine configuration: its numbers and
@@ -168,6 +174,7 @@ impl EngineToml {
             other_wabas: Vec::new(),
             kafka_properties: Vec::new(),
             http_listen: "127.0.0.1:0".into(),
+            parking: Vec::new(),
         }
     }
 
@@ -218,7 +225,11 @@ impl EngineToml {
             }
             let _ = writeln!(text, "[[wabas]]\nid = {:?}\ntoken_env = {:?}\n", waba.id, waba.token_env);
         }
-        let _ = writeln!(text, "[http]\nlisten = {:?}", self.http_listen);
+        let _ = writeln!(text, "[http]\nlisten = {:?}\n", self.http_listen);
+        let _ = writeln!(text, "[parking]");
+        for line in &self.parking {
+            let _ = writeln!(text, "{line}");
+        }
         text
     }
 

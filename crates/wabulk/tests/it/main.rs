@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod order;
 mod pacing;
+mod parking;
 mod scale;
 mod secrets;
 mod webhooks;
