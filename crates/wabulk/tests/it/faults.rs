@@ -210,6 +210,18 @@ async fn scrape(port: u16, series: &str) -> (String, Option<f64>) {
     }
 }
 
+/// The simulator with WABA A (one 80 msg/s number, the test token) and WABA
+/// B (one 80 msg/s number, token [`TOKEN_B`]), on a cluster of two jobs
+/// partitions.
+async fn two_wabas() -> (Stack, [Number; 1], [Number; 1]) {
+    let numbers_a = [Number::new(PHONE_A, 80)];
+    let numbers_b = [Number::new(PHONE_B, 80)];
+    let mut sim = sim_config(&numbers_a, Latency::Meta { scale: 0.02 });
+    sim.numbers.push(SimNumber { id: PHONE_B.into(), mps: 80, waba_id: WABA_B.into() });
+    sim.wabas.push(SimWaba { id: WABA_B.into(), token: TOKEN_B.into(), hourly_cap: 1_800_000 });
+    (Stack::start(sim, 2).await, numbers_a, numbers_b)
+}
+
 fn halted_series(waba: &str) -> String {
     format!("wabulk_waba_halted{{waba_id=\"{waba}\"}}")
 }
@@ -219,12 +231,7 @@ async fn token_error_halts_the_waba_and_keeps_its_jobs() {
     const A_JOBS: usize = 200;
     const B_JOBS: usize = 100;
     init_logs();
-    let numbers_a = [Number::new(PHONE_A, 80)];
-    let numbers_b = [Number::new(PHONE_B, 80)];
-    let mut sim = sim_config(&numbers_a, Latency::Meta { scale: 0.02 });
-    sim.numbers.push(SimNumber { id: PHONE_B.into(), mps: 80, waba_id: WABA_B.into() });
-    sim.wabas.push(SimWaba { id: WABA_B.into(), token: TOKEN_B.into(), hourly_cap: 1_800_000 });
-    let stack = Stack::start(sim, 2).await;
+    let (stack, numbers_a, numbers_b) = two_wabas().await;
     let dir = TempDir::new("token");
     let port = free_port();
     let mut toml = EngineToml::new(&stack, "it-token", &numbers_a);
@@ -370,13 +377,8 @@ async fn a_halted_waba_resumes_once_its_token_is_accepted_again() {
     const CHECK_EVERY_MS: u64 = 500;
     const ENGINE_TOKEN_B: &str = "the-token-the-engine-has";
     init_logs();
-    let numbers_a = [Number::new(PHONE_A, 80)];
-    let numbers_b = [Number::new(PHONE_B, 80)];
-    let mut sim = sim_config(&numbers_a, Latency::Meta { scale: 0.02 });
-    sim.numbers.push(SimNumber { id: PHONE_B.into(), mps: 80, waba_id: WABA_B.into() });
     // Meta does not accept the engine's token for B, yet.
-    sim.wabas.push(SimWaba { id: WABA_B.into(), token: TOKEN_B.into(), hourly_cap: 1_800_000 });
-    let stack = Stack::start(sim, 2).await;
+    let (stack, numbers_a, numbers_b) = two_wabas().await;
     let mut toml = EngineToml::new(&stack, "it-token-resume", &numbers_a);
     toml.other_wabas.push(OtherWaba {
         id: WABA_B.into(),
