@@ -71,8 +71,13 @@ pub enum Command<J> {
     },
     /// A halted WABA was resumed in the registry; numbers may send again.
     Resume,
-    /// Drop the queued jobs this predicate selects (partitions revoked).
-    Purge(Arc<dyn Fn(&J) -> bool + Send + Sync>),
+    /// Take the queued jobs `matching` selects out of every shard: each
+    /// shard's batch goes to `to` (pairs in order), or is dropped without it
+    /// (partitions revoked: their records are read again by the next owner).
+    Purge {
+        matching: Arc<dyn Fn(&J) -> bool + Send + Sync>,
+        to: Option<mpsc::UnboundedSender<Vec<J>>>,
+    },
 }
 
 impl<J> std::fmt::Debug for Command<J> {
@@ -83,7 +88,7 @@ impl<J> std::fmt::Debug for Command<J> {
             Command::Retry { .. } => "Retry",
             Command::Halt { .. } => "Halt",
             Command::Resume => "Resume",
-            Command::Purge(_) => "Purge",
+            Command::Purge { .. } => "Purge",
         };
         f.write_str(name)
     }
@@ -207,7 +212,9 @@ impl<J: Send + 'static> Scheduler<J> {
                 ticket.phone
             }
             Command::Resume => return self.broadcast(|| Command::Resume),
-            Command::Purge(drop) => return self.broadcast(|| Command::Purge(Arc::clone(drop))),
+            Command::Purge { matching, to } => {
+                return self.broadcast(|| Command::Purge { matching: Arc::clone(matching), to: to.clone() })
+            }
         };
         self.shards[self.shard_of(phone)].send(command).map_err(|_| Stopped)
     }
@@ -326,8 +333,11 @@ fn apply<J>(shard: &mut Shard<J>, command: Command<J>, now: Moment) {
         }
         Command::Halt { ticket, job } => shard.halt(ticket, job, now),
         Command::Resume => shard.wake_halted(),
-        Command::Purge(drop) => {
-            shard.purge(drop.as_ref());
+        Command::Purge { matching, to } => {
+            let taken = shard.purge(matching.as_ref());
+            if let Some(to) = to.filter(|_| !taken.is_empty()) {
+                let _ = to.send(taken);
+            }
         }
     }
 }

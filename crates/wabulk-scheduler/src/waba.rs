@@ -106,6 +106,11 @@ impl WabaRegistry {
         self.read().get(&waba).map(|cell| cell.token_group)
     }
 
+    /// Whether the WABA is halted (a WABA not met yet is not).
+    pub fn is_halted(&self, waba: u64) -> bool {
+        self.read().get(&waba).is_some_and(|cell| cell.is_halted())
+    }
+
     pub fn halt(&self, waba: u64) {
         self.get_or_insert(waba).halted.store(true, Ordering::Release);
     }

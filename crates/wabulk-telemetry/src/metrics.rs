@@ -38,7 +38,7 @@ pub const RESULT_STATUSES: [&str; 4] =
     [Status::Sent.label(), Status::Failed.label(), Status::Expired.label(), Status::Rejected.label()];
 
 /// The `reason` values of `wabulk_jobs_parked_total`.
-pub const PARK_REASONS: [&str; 1] = ["not_before"];
+pub const PARK_REASONS: [&str; 2] = ["not_before", "halted"];
 
 /// The `reason` values of `wabulk_produce_refusals_total`: the labels of
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).

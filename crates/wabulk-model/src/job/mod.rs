@@ -196,6 +196,13 @@ impl Job {
         })
     }
 
+    /// The job as a Job JSON record again (what [`Job::parse`] reads), for a
+    /// job that must be written back to Kafka (parked) after it was parsed.
+    /// Fields the model does not keep are not in it.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a job always serialises")
+    }
+
     /// The JSON body POSTed to `{base}/{phone_number_id}/messages`: the message
     /// with `messaging_product` and `to` added, and `biz_opaque_callback_data`
     /// set to the job id unless the job set its own.

@@ -194,3 +194,13 @@ proptest! {
         prop_assert_eq!(parsed.to.to_string(), job["to"].as_str().unwrap().trim_start_matches('+'));
     }
 }
+
+#[test]
+fn a_job_written_back_reads_the_same() {
+    let text = br#"{"id":"j-1","phone_number_id":"106540352242922","waba_id":"102290129340398",
+        "to":"+15551234567","message":{"type":"text","text":{"body":"hi"}},
+        "not_before":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00.250Z",
+        "metadata":{"campaign":"c"}}"#;
+    let job = Job::parse(text, &ParseOptions::default()).unwrap();
+    assert_eq!(Job::parse(&job.to_json(), &ParseOptions::default()).unwrap(), job);
+}

@@ -264,16 +264,18 @@ impl<J> Shard<J> {
         self.numbers.iter().map(move |(&phone, number)| (phone, number.limiter.effective_limit(now)))
     }
 
-    /// Drops every queued job (not those in flight) for which `drop` is true,
-    /// e.g. the jobs of partitions this instance no longer owns; returns how
-    /// many. Their offsets were never stored, so the next owner reads them again.
-    pub fn purge(&mut self, drop: &dyn Fn(&J) -> bool) -> usize {
-        let mut purged = 0;
+    /// Takes every queued job (not those in flight) for which `take` is true,
+    /// e.g. the jobs of partitions this instance no longer owns (dropped:
+    /// their offsets were never stored, so the next owner reads them again)
+    /// or of a halted WABA (parked). Each pair's jobs come out in its order.
+    pub fn purge(&mut self, take: &dyn Fn(&J) -> bool) -> Vec<J> {
+        let mut taken = Vec::new();
         for (&phone, number) in &mut self.numbers {
             number.queues.retain(|_, queue| {
-                let before = queue.jobs.len();
-                queue.jobs.retain(|entry| !drop(&entry.job));
-                purged += before - queue.jobs.len();
+                let (out, kept): (VecDeque<_>, VecDeque<_>) =
+                    std::mem::take(&mut queue.jobs).into_iter().partition(|entry| take(&entry.job));
+                queue.jobs = kept;
+                taken.extend(out.into_iter().map(|entry| entry.job));
                 !queue.jobs.is_empty() || queue.in_flight.is_some()
             });
             let queues = &number.queues;
@@ -284,8 +286,8 @@ impl<J> Shard<J> {
                 arm_forget(phone, number, &mut self.timers, self.forget_after);
             }
         }
-        self.held -= purged;
-        purged
+        self.held -= taken.len();
+        taken
     }
 
     /// Jobs queued or in flight.

@@ -307,7 +307,9 @@ fn purge_drops_queued_jobs_but_not_those_in_flight() {
     let in_flight: Vec<u64> = h.sends.iter().map(|(_, d)| d.job).collect();
     assert_eq!(in_flight, vec![0, 3], "one in flight per pair");
     // Drop even-numbered jobs: 0 is in flight and stays; 2 and 4 go.
-    assert_eq!(h.shard.purge(&|job| job % 2 == 0), 2);
+    let mut taken = h.shard.purge(&|job| job % 2 == 0);
+    taken.sort_unstable();
+    assert_eq!(taken, vec![2, 4]);
     assert_eq!(h.shard.held(), 4);
     h.run_until(ms(2 * SEC));
     for (_, dispatch) in h.sends.drain(..2).collect::<Vec<_>>() {
@@ -424,7 +426,7 @@ fn a_halted_number_is_kept_until_resumed() {
     h.poll(ms(SEC));
     // Number 1's job is purged (its partition went away): both hold nothing,
     // number 1 stopped by the halt, number 2 idle but of the halted WABA.
-    assert_eq!(h.shard.purge(&|_| true), 1);
+    assert_eq!(h.shard.purge(&|_| true).len(), 1);
     for hour in 1..4 {
         h.poll(ms(hour * HOUR + 2 * SEC));
         assert_eq!(h.shard.numbers(), 2, "hour {hour}");
@@ -473,7 +475,7 @@ fn a_pause_or_slow_down_keeps_its_number_until_it_ends() {
         h.shard.retry(dispatch.ticket, dispatch.job, Scope::Number, reason, after, ms(SEC)).unwrap();
     }
     // Their jobs leave (purged), the pause and the slow-down stay.
-    assert_eq!(h.shard.purge(&|_| true), 2);
+    assert_eq!(h.shard.purge(&|_| true).len(), 2);
     h.poll(ms(SEC));
     h.poll(ms(2 * HOUR));
     assert!(h.shard.numbers.contains_key(&1) && h.shard.numbers.contains_key(&2));

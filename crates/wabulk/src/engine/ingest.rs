@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use wabulk_kafka::{Ingest, Lease, Record};
 use wabulk_limits::{Clock, Moment};
 use wabulk_model::{Exit, Job, RejectReason};
-use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock};
+use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
 
@@ -20,6 +20,8 @@ use crate::setup::EngineSetup;
 
 pub(super) struct IngestStage {
     pub(super) setup: Arc<EngineSetup>,
+    /// Which WABAs are halted: their new jobs are parked at once.
+    pub(super) registry: Arc<WabaRegistry>,
     pub(super) clock: TokioClock,
     pub(super) ingest: Arc<Ingest>,
     pub(super) scheduler: Scheduler<Pending>,
@@ -74,13 +76,17 @@ impl IngestStage {
         let (waba, mps) = match routed {
             Ok(routed) => routed,
             Err(reason) => {
-                let pending = Pending { job, lease, received_at, attempts_spent: 0, waits: 0 };
+                let pending = Pending { job, lease, waba: 0, received_at, attempts_spent: 0, waits: 0 };
                 self.settle.exit(writes, pending, Exit::Rejected(reason), 0);
                 return;
             }
         };
-        let Some((job, lease)) = self.park_if_far(writes, job, record, lease, now) else { return };
-        let pending = Pending { job, lease, received_at, attempts_spent: 0, waits: 0 };
+        let Some((job, lease, record)) = self.park_if_far(writes, job, record, lease, now) else { return };
+        let (job, lease) = match self.park_if_halted(writes, job, record, lease, waba, now) {
+            Some(kept) => kept,
+            None => return,
+        };
+        let pending = Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0 };
         let now = self.clock.now();
         let envelope = Envelope {
             phone: pending.job.phone_number_id.get(),
@@ -105,21 +111,50 @@ impl IngestStage {
         record: Record,
         lease: Lease,
         now: DateTime<Utc>,
-    ) -> Option<(Job, Lease)> {
+    ) -> Option<(Job, Lease, Record)> {
         let (Some(parking), Some(not_before)) = (&self.setup.parking, job.not_before) else {
-            return Some((job, lease));
+            return Some((job, lease, record));
         };
+        if !self.settle.can_park() {
+            return Some((job, lease, record));
+        }
         let expired = job.expires_at.is_some_and(|at| at <= now);
         let park_after = chrono::Duration::from_std(parking.park_after).unwrap_or(chrono::Duration::MAX);
         if expired || not_before - now <= park_after {
-            return Some((job, lease));
+            return Some((job, lease, record));
         }
         let due = job.expires_at.map_or(not_before, |expires| expires.min(not_before));
-        match self.settle.park(writes, record, lease, due, "not_before") {
-            Ok(()) => None,
-            Err((_, lease)) => Some((job, lease)),
-        }
+        self.settle.park(writes, record, lease, due, "not_before");
+        None
     }
+
+    /// Parks a job of a halted WABA until its token is checked again (or
+    /// its `expires_at`, if sooner); hands it back when it is to be queued.
+    fn park_if_halted(
+        &self,
+        writes: &mut JoinSet<()>,
+        job: Job,
+        record: Record,
+        lease: Lease,
+        waba: u64,
+        now: DateTime<Utc>,
+    ) -> Option<(Job, Lease)> {
+        let expired = job.expires_at.is_some_and(|at| at <= now);
+        if !self.settle.can_park() || expired || !self.registry.is_halted(waba) {
+            return Some((job, lease));
+        }
+        let due = halted_until(&self.setup, &job, now);
+        self.settle.park(writes, record, lease, due, "halted");
+        None
+    }
+}
+
+/// When a job of a halted WABA comes back to look again: after the next
+/// token check, or at its `expires_at` if sooner.
+pub(super) fn halted_until(setup: &EngineSetup, job: &Job, now: DateTime<Utc>) -> DateTime<Utc> {
+    let recheck =
+        now + chrono::Duration::from_std(setup.token_check_interval).unwrap_or(chrono::Duration::MAX);
+    job.expires_at.map_or(recheck, |expires| expires.min(recheck))
 }
 
 /// The furthest `not_before` accepted.

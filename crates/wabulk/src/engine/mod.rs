@@ -107,6 +107,8 @@ pub struct Pending {
     /// The record's hold on its offset: done once the job's exit is
     /// acknowledged by Kafka, dropped with the job otherwise.
     lease: Lease,
+    /// The WABA it is sent for (`route`).
+    waba: u64,
     received_at: DateTime<Utc>,
     /// Retries that spent an attempt, and those that did not (`RetryBudget`).
     attempts_spent: u32,
@@ -176,6 +178,7 @@ pub async fn run(
 
     let ingest_stage = IngestStage {
         setup: Arc::clone(&setup),
+        registry: Arc::clone(&registry),
         clock,
         ingest: Arc::clone(&ingest),
         scheduler: scheduler.clone(),
@@ -185,6 +188,7 @@ pub async fn run(
     let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone()));
 
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let (taken_tx, taken_rx) = mpsc::unbounded_channel();
     let send_stage = SendStage {
         setup: Arc::clone(&setup),
         clock,
@@ -197,6 +201,7 @@ pub async fn run(
         health: Arc::clone(&health),
         shutdown: shutdown.clone(),
         answers_tx,
+        taken_tx,
         halted: HashMap::new(),
         token_checks: tokio::task::JoinSet::new(),
         gates: HashMap::new(),
@@ -206,7 +211,7 @@ pub async fn run(
     health.set_consuming(true);
     health.set_sending(true);
     tracing::info!(shards = setup.shards, "engine started");
-    let send_task = tokio::spawn(send_stage.run(ready_rx, answers_rx, assignments));
+    let send_task = tokio::spawn(send_stage.run(ready_rx, answers_rx, assignments, taken_rx));
     tokio::select! {
         () = stop => shutdown.begin(),
         () = shutdown.begun() => {}

@@ -56,6 +56,9 @@ pub(super) struct SendStage {
     pub(super) shutdown: Shutdown,
     /// Where request tasks report back.
     pub(super) answers_tx: mpsc::UnboundedSender<Answered>,
+    /// Where the scheduler hands back the queued jobs of a halted WABA, to
+    /// be parked.
+    pub(super) taken_tx: mpsc::UnboundedSender<Vec<Pending>>,
     /// WABAs halted for a refused token, each with a number to check the
     /// token with and when to check it next.
     pub(super) halted: HashMap<u64, Halted>,
@@ -77,6 +80,7 @@ impl SendStage {
         mut ready: mpsc::Receiver<Vec<Ready<Pending>>>,
         mut answers: mpsc::UnboundedReceiver<Answered>,
         mut assignments: mpsc::UnboundedReceiver<Assignment>,
+        mut taken: mpsc::UnboundedReceiver<Vec<Pending>>,
     ) {
         let mut sample = tokio::time::interval(SAMPLE_EVERY);
         let mut writes = JoinSet::new();
@@ -110,6 +114,7 @@ impl SendStage {
                     self.on_token_check(waba, check);
                 }
                 Some(assignment) = assignments.recv() => self.on_assignment(assignment),
+                Some(jobs) = taken.recv() => self.park_halted(&mut writes, jobs),
                 Some(batch) = ready.recv() => in_flight += self.on_ready(&mut writes, batch),
                 _ = sample.tick() => {
                     self.sample();
@@ -225,25 +230,52 @@ impl SendStage {
                         waba_id = waba,
                         code = %error.code,
                         check_every = ?self.setup.token_check_interval,
-                        "the access token of this WABA was refused; sending for it has stopped and its jobs are kept. \
-                         The token is checked periodically and sending resumes once it is accepted again"
+                        "the access token of this WABA was refused; sending for it has stopped and its jobs are kept \
+                         (parked in Kafka when parking is on). The token is checked periodically and sending resumes \
+                         once it is accepted again"
                     );
                     let label = waba.to_string();
                     self.metrics.waba_halted.with_label_values(&[self.metrics.waba_label(&label)]).set(1);
                     let next_check = tokio::time::Instant::now() + self.setup.token_check_interval;
                     self.halted.insert(waba, Halted { phone: pending.job.phone_number_id, next_check });
+                    self.registry.halt(waba);
+                    self.take_halted_jobs(waba);
                 }
                 if pending.lease.is_revoked() {
                     // Not kept: the record is its next owner's, and a job
                     // kept here would hold its lease, and so the revocation,
                     // until the revocation's timeout.
-                    self.registry.halt(waba);
                     let _ = self.scheduler.send(Command::Finish(ticket));
+                } else if self.settle.can_park() {
+                    let _ = self.scheduler.send(Command::Finish(ticket));
+                    self.park_halted(writes, vec![pending]);
                 } else {
                     let _ = self.scheduler.send(Command::Halt { ticket, job: pending });
                 }
             }
         }
+    }
+
+    /// Asks the scheduler for the queued jobs of a halted WABA, to park them
+    /// (they come back on `taken`); without parking they stay queued.
+    fn take_halted_jobs(&self, waba: u64) {
+        if self.settle.can_park() {
+            let matching = Arc::new(move |p: &Pending| p.waba == waba);
+            let _ = self.scheduler.send(Command::Purge { matching, to: Some(self.taken_tx.clone()) });
+        }
+    }
+
+    /// Parks jobs of halted WABAs until their next token check.
+    fn park_halted(&self, writes: &mut JoinSet<()>, jobs: Vec<Pending>) {
+        let now = chrono::Utc::now();
+        let jobs = jobs
+            .into_iter()
+            .map(|pending| {
+                let due = super::ingest::halted_until(&self.setup, &pending.job, now);
+                (pending, due)
+            })
+            .collect();
+        self.settle.park_jobs(writes, jobs, "halted");
     }
 
     /// Starts a check of each halted WABA's token that is due (one at a time
@@ -282,6 +314,8 @@ impl SendStage {
                 if let Some(halted) = self.halted.get_mut(&waba) {
                     halted.next_check = tokio::time::Instant::now() + self.setup.token_check_interval;
                 }
+                // Jobs queued after the halt began (read before it) are parked too.
+                self.take_halted_jobs(waba);
             }
         }
     }
@@ -302,7 +336,8 @@ impl SendStage {
                 // Their leases say so already (a later assignment of the same
                 // partitions has new ones); dropping the jobs releases them,
                 // which the revocation waits for.
-                let _ = self.scheduler.send(Command::Purge(Arc::new(|p: &Pending| p.lease.is_revoked())));
+                let matching = Arc::new(|p: &Pending| p.lease.is_revoked());
+                let _ = self.scheduler.send(Command::Purge { matching, to: None });
             }
         }
     }

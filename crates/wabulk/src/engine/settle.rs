@@ -15,8 +15,11 @@ use super::Pending;
 use crate::setup::EngineSetup;
 use crate::writes::{Refusals, Topic};
 
-/// Writes results and dead letters, each on its own task, and marks the
-/// job's lease as done once Kafka has acknowledged it.
+/// A record to park: its key, its bytes, its lease and when it is due.
+type ToPark = (Option<Vec<u8>>, Vec<u8>, Lease, DateTime<Utc>);
+
+/// Writes results, parked copies and dead letters, each on its own task,
+/// and releases the job's lease as done once Kafka has acknowledged it.
 #[derive(Clone)]
 pub(super) struct Settle {
     pub(super) setup: Arc<EngineSetup>,
@@ -65,11 +68,11 @@ impl Settle {
         });
     }
 
-    /// The job leaves this instance until `due`: its record, key and bytes
-    /// as read, goes to the parking topics, and once Kafka has it the lease
-    /// is released as done; the record comes back on the jobs topic when due
-    /// (to whichever instance then owns its number). Not an exit: the job
-    /// is not finished. Without parking, the job is handed back.
+    /// The job leaves this instance until `due`: its record (key and bytes as
+    /// read) goes to the parking topics, and once Kafka has it the lease is
+    /// released as done; the record comes back on the jobs topic when due
+    /// (to whichever instance then owns its number). Not an exit: the job is
+    /// not finished. Call only when [`Settle::can_park`].
     pub(super) fn park(
         &self,
         writes: &mut JoinSet<()>,
@@ -77,19 +80,60 @@ impl Settle {
         lease: Lease,
         due: DateTime<Utc>,
         reason: &'static str,
-    ) -> Result<(), (Record, Lease)> {
-        let Some(parker) = self.parker.clone() else {
-            return Err((record, lease));
-        };
+    ) {
+        self.park_all(writes, vec![(record.key, record.payload, lease, due)], reason);
+    }
+
+    /// Whether parking is on.
+    pub(super) fn can_park(&self) -> bool {
+        self.parker.is_some()
+    }
+
+    /// Parks jobs already parsed (taken back from the scheduler) until
+    /// `due`, written again as Job JSON, keyed by their number, in the order
+    /// given (so that each pair keeps its order). Each comes back at its
+    /// `due`. Call only when [`Settle::can_park`].
+    pub(super) fn park_jobs(
+        &self,
+        writes: &mut JoinSet<()>,
+        jobs: Vec<(Pending, DateTime<Utc>)>,
+        reason: &'static str,
+    ) {
+        let records = jobs
+            .into_iter()
+            .map(|(p, due)| {
+                let key = p.job.phone_number_id.to_string().into_bytes();
+                (Some(key), p.job.to_json(), p.lease, due)
+            })
+            .collect();
+        self.park_all(writes, records, reason);
+    }
+
+    /// One task writes the batch: each write is queued in the order given
+    /// (the parker's producer keeps it per partition), then each lease is
+    /// released once its copy is acknowledged.
+    fn park_all(
+        &self,
+        writes: &mut JoinSet<()>,
+        records: Vec<ToPark>,
+        reason: &'static str,
+    ) {
+        let Some(parker) = self.parker.clone() else { return };
         let this = self.clone();
         writes.spawn(async move {
-            let key = record.key.as_deref();
-            let write = || parker.park(key, &record.payload, due.into(), reason);
-            let _ = this.refusals.write(Topic::Parked, false, write).await;
-            this.metrics.jobs_parked.with_label_values(&[reason]).inc();
-            lease.done();
+            let parks = records.iter().map(|(key, payload, _, due)| {
+                let (parker, refusals) = (&parker, &this.refusals);
+                async move {
+                    let write = || parker.park(key.as_deref(), payload, (*due).into(), reason);
+                    let _ = refusals.write(Topic::Parked, false, write).await;
+                }
+            });
+            futures::future::join_all(parks).await;
+            this.metrics.jobs_parked.with_label_values(&[reason]).inc_by(records.len() as u64);
+            for (_, _, lease, _) in records {
+                lease.done();
+            }
         });
-        Ok(())
     }
 
     /// The record's dead letter: its original bytes, cut only if Kafka

@@ -241,6 +241,9 @@ async fn token_error_halts_the_waba_and_keeps_its_jobs() {
         numbers: numbers_b.to_vec(),
     });
     toml.http_listen = format!("127.0.0.1:{port}");
+    // B's jobs are parked until the next check of its token: soon, so that
+    // after the restart they come back within the test's wait.
+    toml.graph.push("token_check_interval_ms = 5000".into());
     // A short session, so that the restarted engine gets the partitions
     // back in seconds (see harness::SHORT_SESSION_TIMEOUT_MS).
     toml.kafka_properties.extend([
@@ -424,8 +427,14 @@ async fn a_halted_waba_resumes_once_its_token_is_accepted_again() {
     // Several checks' worth of time: the token is refused, so B stays halted.
     tokio::time::sleep(Duration::from_millis(4 * CHECK_EVERY_MS)).await;
     let refused = stack.sim.stats();
+    let text = engine.metrics.render();
+    let parked = sample(&text, "wabulk_jobs_parked_total{reason=\"halted\"}").unwrap_or(0.0);
+    let in_memory = sample(&text, "wabulk_jobs_in_memory").unwrap_or(f64::NAN);
     assert_eq!(b_count(&results.records()), 0, "B's jobs are kept while its token is refused");
-    assert_eq!(sample(&engine.metrics.render(), &halted_series(WABA_B)), Some(1.0));
+    assert_eq!(sample(&text, &halted_series(WABA_B)), Some(1.0));
+    // Kept in Kafka, not in memory: each parked at least once.
+    assert!(parked >= B_JOBS as f64, "{parked} parkings of B's {B_JOBS} jobs");
+    assert!(in_memory < B_JOBS as f64, "{in_memory} jobs in memory while B is halted");
     assert!(refused.token_checks_refused >= 2, "the token is checked while halted: {refused:?}");
 
     // Meta accepts the engine's token again.
