@@ -112,12 +112,7 @@ impl Settle {
     /// One task writes the batch: each write is queued in the order given
     /// (the parker's producer keeps it per partition), then each lease is
     /// released once its copy is acknowledged.
-    fn park_all(
-        &self,
-        writes: &mut JoinSet<()>,
-        records: Vec<ToPark>,
-        reason: &'static str,
-    ) {
+    fn park_all(&self, writes: &mut JoinSet<()>, records: Vec<ToPark>, reason: &'static str) {
         let Some(parker) = self.parker.clone() else { return };
         let this = self.clone();
         writes.spawn(async move {

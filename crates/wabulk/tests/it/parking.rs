@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use wabulk_graph_sim::Latency;
+use wabulk_graph_sim::{Latency, SimNumber, SimWaba};
 use wabulk_kafka::JobWriter;
 use wabulk_model::{JobResult, Status};
 
 use crate::harness::{
     init_logs, sample, sim_config, status_counts, violations, Collector, EngineToml, InProcessEngine, Number,
-    Stack, JOBS, RESULTS,
+    OtherWaba, Stack, JOBS, RESULTS, TOKEN, TOKEN_ENV,
 };
 
 const LATER: &str = "106540352242922";
@@ -195,5 +195,95 @@ async fn parked_jobs_come_back_on_time_and_expire_on_time() {
     let too_far = all.iter().find(|r| r.id == "too-far").expect("a result for the far job");
     assert_eq!(too_far.status, Status::Rejected);
     assert_eq!(too_far.error.as_ref().map(|e| e.code.to_string()), Some("not_before_too_far".to_owned()));
+    assert_eq!(violations(&stats), 0);
+}
+
+/// 60,000 jobs for a WABA whose token Meta refuses, then 500 for a healthy
+/// WABA: the halted WABA's jobs are parked, not held, so the 500 go out at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_waba_holds_back_nothing() {
+    const HALTED_JOBS: usize = 60_000;
+    const HEALTHY_JOBS: usize = 500;
+    const HALTED_WABA: &str = "102290129340399";
+    const HALTED_TOKEN_ENV: &str = "WABULK_IT_PARKING_HALTED_TOKEN";
+    init_logs();
+    let halted: Vec<Number> =
+        (0..8).map(|i| Number::new(&format!("10654035224{:04}", 3000 + i), 80)).collect();
+    let healthy = [Number::new(URGENT, 1000)];
+    let mut sim = sim_config(&healthy, Latency::Fixed(Duration::from_millis(20)));
+    for number in &halted {
+        sim.numbers.push(SimNumber { id: number.id.clone(), mps: number.mps, waba_id: HALTED_WABA.into() });
+    }
+    sim.wabas.push(SimWaba {
+        id: HALTED_WABA.into(),
+        token: "meta-expects-this".into(),
+        hourly_cap: 1_800_000,
+    });
+    let stack = Stack::start(sim, 8).await;
+    let mut toml = EngineToml::new(&stack, "it-parking-halted", &healthy);
+    toml.other_wabas.push(OtherWaba {
+        id: HALTED_WABA.into(),
+        token_env: HALTED_TOKEN_ENV.into(),
+        numbers: halted.clone(),
+    });
+    let env = |var: &str| match var {
+        TOKEN_ENV => Some(TOKEN.to_owned()),
+        HALTED_TOKEN_ENV => Some("an-expired-token".to_owned()),
+        _ => None,
+    };
+    let engine = InProcessEngine::start(toml.setup_with_env(&env));
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    engine_reading(&writer, &results, URGENT).await;
+
+    let started = Instant::now();
+    let jobs: Vec<(&str, Vec<u8>)> = (0..HALTED_JOBS)
+        .map(|n| {
+            let phone = halted[n % halted.len()].id.as_str();
+            (phone, job(&format!("halted-{n:05}"), phone, n as u64, None, None))
+        })
+        .collect();
+    write_all(&writer, &jobs).await;
+    let parked_all = crate::harness::wait_for(Duration::from_secs(120), || {
+        sample(&engine.metrics.render(), "wabulk_jobs_parked_total{reason=\"halted\"}")
+            .is_some_and(|n| n >= HALTED_JOBS as f64)
+    })
+    .await;
+    let parking_took = started.elapsed();
+    let healthy_jobs: Vec<(&str, Vec<u8>)> = (0..HEALTHY_JOBS)
+        .map(|n| (URGENT, job(&format!("healthy-{n:03}"), URGENT, 5_000_000 + n as u64, None, None)))
+        .collect();
+    let written = Instant::now();
+    write_all(&writer, &healthy_jobs).await;
+    let all_healthy = results
+        .wait_until(Duration::from_secs(10), |records| {
+            records.iter().filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"healthy-"))).count()
+                >= HEALTHY_JOBS
+        })
+        .await;
+    let healthy_took = written.elapsed();
+    let text = engine.metrics.render();
+    let in_memory = sample(&text, "wabulk_jobs_in_memory").unwrap_or(f64::NAN);
+    let parked = sample(&text, "wabulk_jobs_parked_total{reason=\"halted\"}").unwrap_or(0.0);
+    engine.stop().await;
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+    println!(
+        "parking: {HALTED_JOBS} jobs of a halted WABA parked in {:.1} s ({parked} parkings); {HEALTHY_JOBS} \
+         jobs of a healthy WABA answered {:.1} s after being written; {in_memory} in memory; results {:?}",
+        parking_took.as_secs_f64(),
+        healthy_took.as_secs_f64(),
+        status_counts(&all)
+    );
+    assert!(parked_all, "{parked} of {HALTED_JOBS} halted jobs parked within 120 s");
+    assert!(
+        all_healthy,
+        "only {} of {HEALTHY_JOBS} healthy jobs sent within 10 s",
+        of(&all, "healthy-").len()
+    );
+    assert!(of(&all, "halted-").is_empty(), "a halted WABA's job got a result");
+    assert!(in_memory < 1_000.0, "{in_memory} jobs in memory while the WABA is halted");
     assert_eq!(violations(&stats), 0);
 }
