@@ -12,10 +12,15 @@
 //! is. `v1:` alone means nothing above `W` is finished.
 //!
 //! The text is capped at [`MAX_METADATA_BYTES`], under Kafka's default
-//! `offset.metadata.max.bytes` (4096): ranges that do not fit are left out,
-//! highest first. That costs only duplicates (the offsets left out are read
-//! and sent again), never a lost job, since a range is written only for
-//! offsets that are finished.
+//! `offset.metadata.max.bytes` (4096). The jobs consumer keeps every
+//! partition's finished set within it: it stops reading a partition whose
+//! metadata passes [`WINDOW_PAUSE_BYTES`] (its out-of-order window is full)
+//! until it is back under [`WINDOW_RESUME_BYTES`]; the margin up to the cap
+//! is for the jobs already read when it stopped. Should ranges still not
+//! fit, they are left out, highest first, and [`Encoded::left_out_from`]
+//! says so: the offsets left out are not committed (they would be read and
+//! sent again), never lost, since a range is written only for offsets that
+//! are finished.
 
 use std::fmt::Write as _;
 use std::ops::RangeInclusive;
@@ -25,11 +30,31 @@ pub(crate) const MAX_METADATA_BYTES: usize = 3_500;
 
 const PREFIX: &str = "v1:";
 
+/// Past this size a partition's metadata has too little room left for the
+/// jobs still in flight: the jobs consumer stops reading the partition (its
+/// out-of-order window is full).
+pub const WINDOW_PAUSE_BYTES: usize = 3_000;
+
+/// A partition stopped for its window is read again once its metadata is
+/// back at or under this size (the watermark moved, or gaps filled): well
+/// under [`WINDOW_PAUSE_BYTES`], so that it does not stop and start on every
+/// job.
+pub const WINDOW_RESUME_BYTES: usize = 2_000;
+
+/// Encoded metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    pub(crate) text: String,
+    /// The lowest finished offset left out for want of room, if any: every
+    /// finished offset from it on is missing from `text`.
+    pub(crate) left_out_from: Option<i64>,
+}
+
 /// The metadata for position `watermark` and the `finished` ranges above it
 /// (ascending, disjoint, all above `watermark`, as
 /// [`OffsetTracker::finished_above`](crate::OffsetTracker::finished_above)
 /// yields them), cut at [`MAX_METADATA_BYTES`].
-pub(crate) fn encode(watermark: i64, finished: impl IntoIterator<Item = RangeInclusive<i64>>) -> String {
+pub(crate) fn encode(watermark: i64, finished: impl IntoIterator<Item = RangeInclusive<i64>>) -> Encoded {
     let mut text = String::from(PREFIX);
     let mut item = String::new();
     for range in finished {
@@ -45,11 +70,11 @@ pub(crate) fn encode(watermark: i64, finished: impl IntoIterator<Item = RangeInc
         // Writing to a String cannot fail.
         let _ = if start == end { write!(item, "{start}") } else { write!(item, "{start}-{end}") };
         if text.len() + item.len() > MAX_METADATA_BYTES {
-            break;
+            return Encoded { text, left_out_from: Some(*range.start()) };
         }
         text.push_str(&item);
     }
-    text
+    Encoded { text, left_out_from: None }
 }
 
 /// Why committed metadata was not understood.

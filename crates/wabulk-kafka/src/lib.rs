@@ -15,8 +15,10 @@
 //! never an offset beyond one that is still unresolved. Offsets above the
 //! watermark that are finished travel in the offset commit metadata, and
 //! whoever reads the partition next skips them: a job whose result was
-//! acknowledged is not sent again after a restart or a rebalance (short of
-//! what the metadata's size cap leaves out).
+//! acknowledged is not sent again after a restart or a rebalance. To keep
+//! them within the metadata's size cap, a partition whose finished offsets
+//! above a slow job would soon not fit is not read further until they fit
+//! again (its out-of-order window).
 //!
 //! Nothing here knows what a job is: records are bytes, results are bytes.
 
@@ -38,7 +40,8 @@ pub use admin::{create_topic_specs, create_topics, topic_partition_count, topic_
 pub use embedded::EmbeddedKafka;
 pub use error::{KafkaError, Refusal};
 pub use features::{client_build, ClientBuild};
-pub use ingest::{Assignment, CommitListener, Ingest, Lease, Record, COMMIT_FLOOR};
+pub use finished::{WINDOW_PAUSE_BYTES, WINDOW_RESUME_BYTES};
+pub use ingest::{Assignment, CommitListener, Ingest, Lease, PausedCounts, Record, COMMIT_FLOOR};
 pub use output::{JobWriter, Output};
 pub use parking::{
     create_parking_topics, tier_retention, LatenessListener, Mover, MoverStats, Parker, ParkerStats,

@@ -2,14 +2,14 @@ use std::ops::RangeInclusive;
 
 use proptest::prelude::*;
 
-use super::{decode, encode, MetadataError, MAX_METADATA_BYTES};
+use super::{decode, encode, Encoded, MetadataError, MAX_METADATA_BYTES};
 
 #[test]
 fn ranges_are_relative_to_the_watermark() {
-    let text = encode(100, [103..=105, 109..=109, 112..=140]);
+    let text = encode(100, [103..=105, 109..=109, 112..=140]).text;
     assert_eq!(text, "v1:3-5,9,12-40");
     assert_eq!(decode(100, &text).unwrap(), vec![103..=105, 109..=109, 112..=140]);
-    assert_eq!(encode(7, []), "v1:");
+    assert_eq!(encode(7, []), Encoded { text: "v1:".into(), left_out_from: None });
     assert_eq!(decode(7, "v1:").unwrap(), Vec::<RangeInclusive<i64>>::new());
     assert_eq!(decode(7, "").unwrap(), Vec::<RangeInclusive<i64>>::new(), "no metadata: nothing finished");
 }
@@ -33,12 +33,13 @@ fn an_adversarial_set_is_cut_to_its_lowest_ranges() {
     let watermark = 1_000_000_000_000;
     let finished: Vec<RangeInclusive<i64>> =
         (0..100_000).map(|i| watermark + 1_000_000 + 2 * i).map(|o| o..=o).collect();
-    let text = encode(watermark, finished.clone());
+    let Encoded { text, left_out_from } = encode(watermark, finished.clone());
     assert!(text.len() <= MAX_METADATA_BYTES, "{} bytes", text.len());
     assert!(text.len() > MAX_METADATA_BYTES - 20, "the cap is used: {} bytes", text.len());
     let kept = decode(watermark, &text).unwrap();
     assert!(kept.len() > 400, "{} ranges kept", kept.len());
     assert_eq!(kept[..], finished[..kept.len()], "the lowest ranges are kept");
+    assert_eq!(left_out_from, Some(*finished[kept.len()].start()), "what is left out is said");
 }
 
 /// Ascending, disjoint, non-adjacent ranges above `watermark`.
@@ -64,12 +65,13 @@ proptest! {
     /// whole.
     #[test]
     fn round_trips_up_to_the_cap((watermark, finished) in ranges()) {
-        let text = encode(watermark, finished.clone());
+        let Encoded { text, left_out_from } = encode(watermark, finished.clone());
         prop_assert!(text.len() <= MAX_METADATA_BYTES);
         prop_assert!(text.is_ascii());
         let decoded = decode(watermark, &text).unwrap();
         prop_assert!(decoded.len() <= finished.len());
         prop_assert_eq!(&decoded[..], &finished[..decoded.len()]);
+        prop_assert_eq!(left_out_from, finished.get(decoded.len()).map(|r| *r.start()));
         if decoded.len() < finished.len() {
             // The next range would not have fitted (it takes at most 2 * 13 + 2 bytes).
             prop_assert!(text.len() + 28 > MAX_METADATA_BYTES);

@@ -19,6 +19,14 @@
 //! stop or a crash some offsets above the watermark are already finished,
 //! and whoever owns the partition next skips them (see `rebalance`).
 //!
+//! The out-of-order window: each position taken measures its metadata, and
+//! a partition whose metadata passes `finished::WINDOW_PAUSE_BYTES` is not
+//! read any further (see `backpressure`) until it is back at or under
+//! `finished::WINDOW_RESUME_BYTES`, so that its finished set keeps fitting
+//! while the jobs already read finish. Should ranges still be left out, the
+//! partition is warned about once, and the jobs in them are not reported
+//! committed: they stay in `done_at` until a later commit lists them.
+//!
 //! Commits are taken under the `commit_order` lock, in the order of the data
 //! they carry, so a later commit is never overtaken by an earlier one. A
 //! failed commit marks its partitions to be committed again. A revocation
@@ -33,6 +41,7 @@
 //! between, are reported to the [`CommitListener`] (the engine's
 //! `wabulk_commit_lag_seconds` and `wabulk_uncommitted_jobs`).
 
+use std::collections::VecDeque;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -80,6 +89,8 @@ pub(super) struct Commits {
     /// The consumer is stopping: the committer exits.
     pub(super) stop: bool,
     pub(super) listener: Option<CommitListener>,
+    /// Positions taken whose metadata had to leave finished ranges out.
+    pub(super) overflows: u64,
 }
 
 impl Commits {
@@ -95,15 +106,18 @@ impl Commits {
 /// One partition's position in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Position {
-    partition: i32,
+    pub(super) partition: i32,
     /// The ownership epoch it was taken in: an answer for an older epoch
     /// does not touch the partition's new assignment.
-    epoch: u64,
-    offset: i64,
-    metadata: String,
+    pub(super) epoch: u64,
+    pub(super) offset: i64,
+    pub(super) metadata: String,
     /// How many of the partition's jobs were done (its `done_at`) when the
-    /// position was taken: those the commit covers.
-    covers: usize,
+    /// position was taken: those the commit covers, but for the offsets
+    /// from `left_out_from` on.
+    pub(super) covers: usize,
+    /// The lowest finished offset the metadata had no room for, if any.
+    pub(super) left_out_from: Option<i64>,
 }
 
 /// Which partitions a commit takes positions of.
@@ -136,9 +150,43 @@ impl State {
                 continue;
             }
             owned.dirty = false;
-            let Some((offset, metadata)) = owned.position() else {
+            let Some((offset, encoded)) = owned.position() else {
                 continue;
             };
+            if owned.measure_window(&encoded) {
+                let (bytes, pending) = (encoded.text.len(), owned.tracker.pending());
+                if owned.window_full {
+                    tracing::info!(
+                        partition,
+                        reason = "out-of-order window full",
+                        watermark = offset,
+                        bytes,
+                        pending,
+                        "pausing a jobs partition"
+                    );
+                } else {
+                    tracing::info!(
+                        partition,
+                        reason = "out-of-order window full",
+                        watermark = offset,
+                        bytes,
+                        "out-of-order window no longer full: resuming a jobs partition (unless the memory budget holds it)"
+                    );
+                }
+            }
+            if let Some(from) = encoded.left_out_from {
+                self.commits.overflows += 1;
+                if !std::mem::replace(&mut owned.overflow_warned, true) {
+                    tracing::warn!(
+                        partition,
+                        watermark = offset,
+                        left_out_from = from,
+                        "finished offsets do not fit in the commit metadata; they stay uncommitted \
+                         (sent again after a restart or a rebalance) until the watermark moves"
+                    );
+                }
+            }
+            let (metadata, left_out_from) = (encoded.text, encoded.left_out_from);
             let unchanged_from = match scope {
                 CommitScope::Changed => owned.issued.as_ref(),
                 CommitScope::Revoked(_) => owned.committed.as_ref(),
@@ -149,7 +197,14 @@ impl State {
             }
             owned.issued = Some((offset, metadata.clone()));
             let covers = owned.done_at.len();
-            positions.push(Position { partition, epoch: owned.epoch(), offset, metadata, covers });
+            positions.push(Position {
+                partition,
+                epoch: owned.epoch(),
+                offset,
+                metadata,
+                covers,
+                left_out_from,
+            });
         }
         positions
     }
@@ -184,7 +239,10 @@ pub(super) fn commit_loop(consumer: &BaseConsumer<IngestContext>, shared: &Share
         let positions = {
             let mut state = shared.lock();
             state.commits.wanted = false;
-            state.take_positions(CommitScope::Changed)
+            let positions = state.take_positions(CommitScope::Changed);
+            // The positions measured the windows.
+            shared.apply_pauses(&mut state);
+            positions
         };
         if positions.is_empty() {
             continue;
@@ -228,27 +286,43 @@ impl Shared {
             Ok(()) | Err(RdKafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(KafkaError::Commit(error)),
         };
-        let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
+        self.lock().record_commit(positions, result.is_ok(), Instant::now());
+        result
+    }
+}
+
+impl State {
+    /// The broker's answer to the commit of `positions` (`committed` or
+    /// not); see `Shared::commit_sync`.
+    pub(super) fn record_commit(&mut self, positions: &[Position], committed: bool, now: Instant) {
         let mut lags = Vec::new();
         for position in positions {
-            let Some(owned) =
-                state.owned.get_mut(&position.partition).filter(|o| o.epoch() == position.epoch)
+            let Some(owned) = self.owned.get_mut(&position.partition).filter(|o| o.epoch() == position.epoch)
             else {
                 continue;
             };
-            if result.is_ok() {
+            if committed {
                 let covered = position.covers.min(owned.done_at.len());
-                lags.extend(owned.done_at.drain(..covered).map(|at| now.saturating_duration_since(at)));
+                let mut kept = VecDeque::new();
+                for (at, offset) in owned.done_at.drain(..covered) {
+                    if position.left_out_from.is_some_and(|from| offset >= from) {
+                        // Not in the metadata: still what a crash sends again.
+                        kept.push_back((at, offset));
+                    } else {
+                        lags.push(now.saturating_duration_since(at));
+                    }
+                }
+                // Older than the rest: back in front, in order.
+                while let Some(entry) = kept.pop_back() {
+                    owned.done_at.push_front(entry);
+                }
                 owned.committed = Some((position.offset, position.metadata.clone()));
             } else {
                 owned.issued = owned.committed.clone();
                 owned.dirty = true;
-                state.commits.wanted = true;
+                self.commits.wanted = true;
             }
         }
-        state.commits.report(-(lags.len() as i64), &lags);
-        result
+        self.commits.report(-(lags.len() as i64), &lags);
     }
 }

@@ -194,7 +194,7 @@ impl Shared {
         // the watermark or the finished offsets above it.
         if resolved > 0 {
             owned.dirty = true;
-            owned.done_at.push_back(Instant::now());
+            owned.done_at.push_back((Instant::now(), offset));
             state.commits.report(1, &[]);
             state.commits.wanted = true;
             self.commit_wanted.notify_one();

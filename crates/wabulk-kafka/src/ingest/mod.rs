@@ -3,7 +3,9 @@
 //! once the job's outcome is acknowledged, or dropped), commits each
 //! partition's contiguous watermark promptly (with the finished offsets
 //! above it in the commit metadata), pauses and resumes partitions for
-//! backpressure, and holds a revocation until every lease of the revoked
+//! backpressure (the memory budget, and each partition's out-of-order
+//! window, so that its finished offsets always fit in the metadata), and
+//! holds a revocation until every lease of the revoked
 //! partitions is released.
 //!
 //! The parts, each described in its module:
@@ -18,7 +20,9 @@
 //!   (finished offsets to skip) and a revocation gives up; lost assignments;
 //! - `partition`: one partition's ownership (tracker, leases out, offsets to
 //!   skip, positions issued and committed);
-//! - `backpressure`: pausing and resuming at the water marks.
+//! - `backpressure`: pausing and resuming partitions at the memory water
+//!   marks and, one partition at a time, at the bounds of its out-of-order
+//!   window (what its commit metadata can list).
 //!
 //! State shared by `Ingest`, both threads, the callbacks and the leases is
 //! one `State` behind a std mutex (held briefly, never across a round trip
@@ -51,6 +55,7 @@ use crate::context::client_config;
 use crate::lost::LostPartition;
 use crate::{KafkaError, KafkaSettings};
 
+pub use self::backpressure::PausedCounts;
 pub use self::commit::{CommitListener, COMMIT_FLOOR};
 pub use self::lease::Lease;
 
@@ -152,7 +157,8 @@ struct State {
     buffered: usize,
     /// Records handed out and not yet resolved, over all owned partitions.
     tracked: usize,
-    /// Whether backpressure has paused the owned partitions.
+    /// Whether the memory budget has paused the owned partitions (each
+    /// partition's own reason is `Owned::window_full`).
     paused: bool,
     /// The consumer is closing: a revocation then does not wait for the
     /// engine, which is shutting down.
@@ -367,6 +373,24 @@ impl Ingest {
             + state.lost.values().map(|l| l.uncommitted).sum::<usize>()
     }
 
+    /// How many owned partitions are paused, per reason: the memory budget
+    /// (every partition, at `max_in_memory`) and a full out-of-order window
+    /// (one partition whose finished offsets above its watermark would soon
+    /// not fit in the commit metadata: a job below them is slow). For a
+    /// gauge.
+    pub fn paused(&self) -> PausedCounts {
+        self.shared.lock().paused_counts()
+    }
+
+    /// How many positions were taken for a commit whose metadata had no room
+    /// for every finished offset (their jobs are then left uncommitted, and
+    /// sent again after a restart or a rebalance). The out-of-order window
+    /// keeps this at 0 but for a partition whose jobs already read finish
+    /// in a pathological order. Cumulative.
+    pub fn metadata_overflows(&self) -> u64 {
+        self.shared.lock().commits.overflows
+    }
+
     /// Sets the listener told of commit progress (see [`CommitListener`]),
     /// replacing any earlier one. Set it before the first lease is done:
     /// changes before it are not reported.
@@ -380,7 +404,12 @@ impl Ingest {
     /// under way, if any, and one round trip.
     pub fn commit_now(&self) -> Result<(), KafkaError> {
         let _order = self.shared.commit_order();
-        let positions = self.shared.lock().take_positions(CommitScope::All);
+        let positions = {
+            let mut state = self.shared.lock();
+            let positions = state.take_positions(CommitScope::All);
+            self.shared.apply_pauses(&mut state);
+            positions
+        };
         if positions.is_empty() {
             return Ok(());
         }

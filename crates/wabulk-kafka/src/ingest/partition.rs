@@ -41,9 +41,21 @@ pub(super) struct Owned {
     pub(super) issued: Option<(i64, String)>,
     /// The position and metadata of the last commit the broker acknowledged.
     pub(super) committed: Option<(i64, String)>,
-    /// When each job done since the last acknowledged commit was done,
-    /// oldest first: what a crash would send again.
-    pub(super) done_at: VecDeque<Instant>,
+    /// When each job done since the last acknowledged commit that covers
+    /// it was done, with its offset, oldest first: what a crash would send
+    /// again.
+    pub(super) done_at: VecDeque<(Instant, i64)>,
+    /// The out-of-order window is full: the finished offsets above the
+    /// watermark took more than `finished::WINDOW_PAUSE_BYTES` at the last
+    /// measure, and not yet back to `WINDOW_RESUME_BYTES`. The partition is
+    /// not read meanwhile.
+    pub(super) window_full: bool,
+    /// Whether the consumer has the partition paused (for any reason): what
+    /// was last asked of it, so that each pause and resume is issued once.
+    pub(super) paused: bool,
+    /// A commit of this assignment had to leave finished ranges out of its
+    /// metadata; warned once.
+    pub(super) overflow_warned: bool,
 }
 
 impl Owned {
@@ -63,6 +75,9 @@ impl Owned {
             issued: None,
             committed: None,
             done_at: VecDeque::new(),
+            window_full: false,
+            paused: false,
+            overflow_warned: false,
         }
     }
 
@@ -106,8 +121,22 @@ impl Owned {
     }
 
     /// The position to commit and its metadata; `None` before any record.
-    pub(super) fn position(&self) -> Option<(i64, String)> {
+    pub(super) fn position(&self) -> Option<(i64, finished::Encoded)> {
         let watermark = self.tracker.watermark()?;
         Some((watermark, finished::encode(watermark, self.tracker.finished_above())))
+    }
+
+    /// Updates `window_full` from the metadata just encoded; whether it
+    /// changed. Hysteresis between the two sizes.
+    pub(super) fn measure_window(&mut self, metadata: &finished::Encoded) -> bool {
+        let bytes = metadata.text.len();
+        let full = if self.window_full {
+            metadata.left_out_from.is_some() || bytes > finished::WINDOW_RESUME_BYTES
+        } else {
+            metadata.left_out_from.is_some() || bytes > finished::WINDOW_PAUSE_BYTES
+        };
+        let changed = full != self.window_full;
+        self.window_full = full;
+        changed
     }
 }

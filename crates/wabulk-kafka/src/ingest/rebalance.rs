@@ -424,21 +424,23 @@ impl ConsumerContext for IngestContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.shared.partitions_of(tpl);
                 if partitions.is_empty() {
                     return;
                 }
-                let state = self.shared.lock();
-                // Newly assigned partitions start unpaused; hold them back too
-                // while backpressure is on.
-                if state.paused {
-                    if let Err(error) = consumer.pause(tpl) {
-                        tracing::warn!(%error, "could not pause newly assigned partitions");
+                let mut state = self.shared.lock();
+                // Newly assigned partitions start unpaused (whatever was asked
+                // before librdkafka assigned them); hold them back too while
+                // backpressure is on.
+                for partition in &partitions {
+                    if let Some(owned) = state.owned.get_mut(partition) {
+                        owned.paused = false;
                     }
                 }
+                self.shared.apply_pauses(&mut state);
                 drop(state);
                 tracing::info!(?partitions, "partitions assigned");
                 let _ = self.shared.assignments.send(Assignment::Assigned(partitions));

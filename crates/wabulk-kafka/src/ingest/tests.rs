@@ -136,3 +136,142 @@ fn a_lost_ownership_is_settled_by_its_leases_and_its_late_dones_are_skipped() {
     assert_eq!(owned_leases(&state, 0), 2, "the old lease did not count for the new ownership");
     assert!(state.lost.is_empty());
 }
+
+/// As the committer thread takes positions (acknowledged at once).
+fn commit(shared: &Shared) -> Vec<super::commit::Position> {
+    let mut state = shared.lock();
+    let positions = state.take_positions(super::commit::CommitScope::Changed);
+    shared.apply_pauses(&mut state);
+    state.record_commit(&positions, true, Instant::now());
+    positions
+}
+
+fn paused(shared: &Shared, partition: i32) -> bool {
+    shared.lock().owned[&partition].paused
+}
+
+/// How many offsets read from 0 on, the odd ones done and the even ones
+/// not, make the metadata pass `bytes` (what `encode` writes for them).
+fn odd_done_until_past(bytes: usize) -> i64 {
+    (1..)
+        .step_by(2)
+        .map(|last: i64| last + 1)
+        .find(|&read| {
+            let odd = (1..read).step_by(2).map(|o| o..=o);
+            crate::finished::encode(0, odd).text.len() > bytes
+        })
+        .unwrap()
+}
+
+/// Offset 0 of partition 0 is never done while the odd offsets above it
+/// are, and the even ones wait: partition 0 stops being read exactly once
+/// its metadata passes `WINDOW_PAUSE_BYTES`, partition 1 keeps being read,
+/// and partition 0 resumes only once the watermark has swept enough of the
+/// window back under `WINDOW_RESUME_BYTES`. No commit ever leaves a range
+/// out, and every job done is reported committed.
+#[test]
+fn a_full_window_pauses_its_partition_only_and_nothing_is_left_out() {
+    let (shared, _events) = shared(Duration::from_secs(10));
+    let uncommitted = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    shared.lock().commits.listener = Some(Box::new({
+        let uncommitted = uncommitted.clone();
+        move |delta, _| {
+            uncommitted.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
+    shared.assign(&[0, 1], Default::default());
+    let bound = odd_done_until_past(crate::finished::WINDOW_PAUSE_BYTES);
+    // 3,000 bytes of ",1,3,5,...": over 700 ranges.
+    assert!(bound > 1_400, "{bound}");
+
+    let (mut held, mut read0, mut read1) = (Vec::new(), 0i64, 0i64);
+    // As the polling thread: a paused partition is not read.
+    while read1 < 4 * bound {
+        if !paused(&shared, 0) {
+            let lease = hand_out(&shared, 0, read0).expect("handed out");
+            if read0 % 2 == 1 {
+                lease.done();
+            } else {
+                held.push(lease);
+            }
+            read0 += 1;
+        }
+        assert!(!paused(&shared, 1));
+        hand_out(&shared, 1, read1).expect("handed out").done();
+        read1 += 1;
+        commit(&shared);
+    }
+    assert_eq!(read0, bound, "partition 0 stops at the bound derived from the encoder");
+    assert_eq!(shared.lock().paused_counts(), super::PausedCounts { memory: 0, window: 1 });
+
+    // The lowest offset done: the watermark moves to 2, the window is still
+    // full.
+    held.remove(0).done();
+    commit(&shared);
+    assert!(paused(&shared, 0), "hysteresis: not resumed while above the resume size");
+    // Sweep the waiting jobs in order until the partition resumes.
+    let mut swept = 0;
+    while paused(&shared, 0) {
+        held.remove(0).done();
+        commit(&shared);
+        swept += 1;
+    }
+    let state = shared.lock();
+    let (watermark, encoded) = state.owned[&0].position().unwrap();
+    assert!(encoded.text.len() <= crate::finished::WINDOW_RESUME_BYTES);
+    assert_eq!(watermark, 2 * (swept + 1));
+    drop(state);
+
+    // The rest of the run, all done: nothing was ever left out.
+    for lease in held.drain(..) {
+        lease.done();
+    }
+    for offset in read0..read0 + 5_000 {
+        hand_out(&shared, 0, offset).unwrap().done();
+    }
+    let positions = commit(&shared);
+    assert_eq!(positions.iter().find(|p| p.partition == 0).map(|p| p.offset), Some(read0 + 5_000));
+    let state = shared.lock();
+    assert_eq!(state.commits.overflows, 0, "no metadata ever left a range out");
+    assert_eq!(state.paused_counts(), super::PausedCounts::default());
+    assert!(state.owned.values().all(|o| o.done_at.is_empty()));
+    assert_eq!(uncommitted.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// The defensive path: jobs already read finish in an order whose ranges
+/// pass the cap. The commit leaves the highest out, counts it, and those
+/// jobs are not reported committed until a commit lists them.
+#[test]
+fn ranges_left_out_of_the_metadata_stay_uncommitted() {
+    let (shared, _events) = shared(Duration::from_secs(10));
+    let uncommitted = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    shared.lock().commits.listener = Some(Box::new({
+        let uncommitted = uncommitted.clone();
+        move |delta, _| {
+            uncommitted.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
+    shared.assign(&[0], Default::default());
+    // All read before any commit measures the window.
+    let mut leases = leases(&shared, 0, 0..4_000);
+    let odd: Vec<Lease> = {
+        let (odd, even): (Vec<Lease>, Vec<Lease>) = leases.drain(..).partition(|l| l.offset() % 2 == 1);
+        leases = even;
+        odd
+    };
+    let done = odd.len() as i64;
+    odd.into_iter().for_each(Lease::done);
+    let positions = commit(&shared);
+    let from = positions[0].left_out_from.expect("left out");
+    let listed = (1..from).step_by(2).count() as i64;
+    assert!(listed > 0 && listed < done);
+    assert_eq!(shared.lock().commits.overflows, 1);
+    assert!(paused(&shared, 0), "the window is full");
+    assert_eq!(uncommitted.load(std::sync::atomic::Ordering::Relaxed), done - listed);
+    assert_eq!(shared.lock().owned[&0].done_at.len() as i64, done - listed);
+    // The waiting jobs done: everything is committed.
+    leases.drain(..).for_each(Lease::done);
+    commit(&shared);
+    assert_eq!(uncommitted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(!paused(&shared, 0));
+}

@@ -386,7 +386,7 @@ impl Part {
 
     fn position(&self) -> Option<(i64, String)> {
         let watermark = self.tracker.watermark()?;
-        Some((watermark, finished::encode(watermark, self.tracker.finished_above())))
+        Some((watermark, finished::encode(watermark, self.tracker.finished_above()).text))
     }
 
     /// Written and not yet acknowledged, held, or waiting to be tried again.

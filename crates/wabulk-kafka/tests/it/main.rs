@@ -615,3 +615,85 @@ fn settings_reject_water_marks_that_cannot_work() {
     assert_eq!(defaults.resume_below, 40_000);
     assert_eq!(defaults.jobs_topic, "wabulk.jobs");
 }
+
+/// The bytes of `v1:1,3,5,...` listing the odd offsets below `read`: the
+/// metadata of a partition whose offset 0 and even offsets wait.
+fn odd_metadata_bytes(read: i64) -> usize {
+    3 + (1..read).step_by(2).map(|o| o.to_string().len() + 1).sum::<usize>() - 1
+}
+
+/// Partition 0's offset 0 (and its even offsets) wait while the odd ones
+/// above finish: once its metadata passes `WINDOW_PAUSE_BYTES` it is not
+/// read further (within the records already read), partition 1 is read to
+/// its end; once the waiting jobs are done it resumes, no commit ever left
+/// a range out, and a restart hands out exactly the jobs not done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_job_pauses_its_partition_at_the_window_and_nothing_done_is_sent_again() {
+    init_logs();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let topic = "window.jobs";
+    kafka.create_topic(topic, 2).unwrap();
+    let positions = produce(&kafka, topic, 8_000).await;
+    let total = |p: i32| positions.iter().filter(|(q, _)| *q == p).count() as i64;
+    let max_in_memory = 1_500;
+    let settings = KafkaSettings { max_in_memory, resume_below: 1_000, ..settings(&kafka, topic) };
+    // The first read count whose metadata passes the window.
+    let pause_at = (2..).find(|&n| odd_metadata_bytes(n) > wabulk_kafka::WINDOW_PAUSE_BYTES).unwrap();
+    assert!(total(0) > pause_at + max_in_memory as i64 + 500, "partition 0 holds {}", total(0));
+
+    let (ingest, _events) = Ingest::connect(&settings).unwrap();
+    let (mut held, mut read) = (Leases::default(), BTreeMap::<i32, i64>::new());
+    // The first record waits for the group to form.
+    let idle = |read: &BTreeMap<i32, i64>| Duration::from_secs(if read.is_empty() { 20 } else { 3 });
+    while let Some((record, lease)) = next_within(&ingest, idle(&read)).await {
+        *read.entry(record.partition).or_default() += 1;
+        // Above the window, all done: the waiting jobs stay under the
+        // memory budget's resume mark.
+        if record.partition == 0 && record.offset % 2 == 0 && record.offset < pause_at {
+            held.0.insert((0, record.offset), lease);
+        } else {
+            lease.done();
+        }
+    }
+    assert_eq!(read[&1], total(1), "partition 1 is read to its end");
+    let read0 = read[&0];
+    println!("partition 0: {read0} of {} read, paused at {pause_at}", total(0));
+    assert!(read0 >= pause_at, "not paused before the window is full");
+    assert!(read0 <= pause_at + max_in_memory as i64, "paused within the records already read: {read0}");
+    assert_eq!(ingest.paused().window, 1);
+    assert_eq!(ingest.metadata_overflows(), 0);
+
+    // The slow job done, then the others waiting: partition 0 resumes.
+    let waiting: Vec<i64> = held.0.keys().map(|&(_, o)| o).collect();
+    for offset in waiting {
+        held.done(0, offset);
+    }
+    // The rest of partition 0, all done but a few scattered ones.
+    let not_done: BTreeSet<i64> = [read0 + 3, read0 + 100, total(0) - 2].into();
+    let mut kept = Leases::default();
+    while let Some((record, lease)) = next_within(&ingest, Duration::from_secs(3)).await {
+        assert_eq!(record.partition, 0);
+        *read.entry(0).or_default() += 1;
+        if not_done.contains(&record.offset) {
+            kept.0.insert((0, record.offset), lease);
+        } else {
+            lease.done();
+        }
+    }
+    assert_eq!(read[&0], total(0), "partition 0 resumed and was read to its end");
+    assert_eq!(ingest.paused(), wabulk_kafka::PausedCounts::default());
+    ingest.commit_now().unwrap();
+    assert_eq!(ingest.metadata_overflows(), 0, "no range was ever left out");
+    drop(ingest);
+    drop(kept);
+
+    let (ingest, _events) = Ingest::connect(&settings).unwrap();
+    let (again, _leases) = read_all(&ingest, not_done.len()).await;
+    assert_eq!(again, not_done.iter().map(|&o| (0, o)).collect::<Vec<_>>());
+}
+
+async fn read_all(ingest: &Ingest, count: usize) -> (Vec<(i32, i64)>, Leases) {
+    let (records, leases) = read(ingest, count).await;
+    assert!(next_within(ingest, Duration::from_secs(1)).await.is_none(), "nothing done is read again");
+    (records.iter().map(|r| (r.partition, r.offset)).collect(), leases)
+}
