@@ -163,6 +163,18 @@ fn odd_done_until_past(bytes: usize) -> i64 {
         .unwrap()
 }
 
+/// The sum of the commit listener's deltas: jobs done and not yet committed.
+fn count_uncommitted(shared: &Shared) -> Arc<std::sync::atomic::AtomicI64> {
+    let uncommitted = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    shared.lock().commits.listener = Some(Box::new({
+        let uncommitted = uncommitted.clone();
+        move |delta, _| {
+            uncommitted.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
+    uncommitted
+}
+
 /// Offset 0 of partition 0 is never done while the odd offsets above it
 /// are, and the even ones wait: partition 0 stops being read exactly once
 /// its metadata passes `WINDOW_PAUSE_BYTES`, partition 1 keeps being read,
@@ -172,13 +184,7 @@ fn odd_done_until_past(bytes: usize) -> i64 {
 #[test]
 fn a_full_window_pauses_its_partition_only_and_nothing_is_left_out() {
     let (shared, _events) = shared(Duration::from_secs(10));
-    let uncommitted = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    shared.lock().commits.listener = Some(Box::new({
-        let uncommitted = uncommitted.clone();
-        move |delta, _| {
-            uncommitted.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
-        }
-    }));
+    let uncommitted = count_uncommitted(&shared);
     shared.assign(&[0, 1], Default::default());
     let bound = odd_done_until_past(crate::finished::WINDOW_PAUSE_BYTES);
     // 3,000 bytes of ",1,3,5,...": over 700 ranges.
@@ -244,13 +250,7 @@ fn a_full_window_pauses_its_partition_only_and_nothing_is_left_out() {
 #[test]
 fn ranges_left_out_of_the_metadata_stay_uncommitted() {
     let (shared, _events) = shared(Duration::from_secs(10));
-    let uncommitted = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    shared.lock().commits.listener = Some(Box::new({
-        let uncommitted = uncommitted.clone();
-        move |delta, _| {
-            uncommitted.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
-        }
-    }));
+    let uncommitted = count_uncommitted(&shared);
     shared.assign(&[0], Default::default());
     // All read before any commit measures the window.
     let mut leases = leases(&shared, 0, 0..4_000);
