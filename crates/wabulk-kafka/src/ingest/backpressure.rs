@@ -30,6 +30,8 @@ pub struct PausedCounts {
     /// offsets above the watermark would soon not fit in the commit
     /// metadata.
     pub window: usize,
+    /// Paused for either reason: each partition once.
+    pub any: usize,
 }
 
 impl State {
@@ -40,12 +42,13 @@ impl State {
 
     pub(super) fn paused_counts(&self) -> PausedCounts {
         let owned = self.owned.values().filter(|o| !o.revoking());
-        let (mut memory, mut window) = (0, 0);
+        let (mut memory, mut window, mut any) = (0, 0, 0);
         for o in owned {
             memory += usize::from(self.paused);
             window += usize::from(o.window_full);
+            any += usize::from(self.paused || o.window_full);
         }
-        PausedCounts { memory, window }
+        PausedCounts { memory, window, any }
     }
 }
 

@@ -208,7 +208,7 @@ fn a_full_window_pauses_its_partition_only_and_nothing_is_left_out() {
         commit(&shared);
     }
     assert_eq!(read0, bound, "partition 0 stops at the bound derived from the encoder");
-    assert_eq!(shared.lock().paused_counts(), super::PausedCounts { memory: 0, window: 1 });
+    assert_eq!(shared.lock().paused_counts(), super::PausedCounts { memory: 0, window: 1, any: 1 });
 
     // The lowest offset done: the watermark moves to 2, the window is still
     // full.

@@ -373,6 +373,7 @@ impl SendStage {
             metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
         metrics.jobs_in_memory.set(self.ingest.in_memory() as i64);
+        metrics.partitions_paused.set(self.ingest.paused().any as i64);
         metrics.scheduling_delay.set(self.scheduling_delay.peak().as_secs_f64());
         let held: u64 = self.gates.values().map(|g| g.held_total()).sum();
         metrics.departures_held.inc_by(held.saturating_sub(metrics.departures_held.get()));
