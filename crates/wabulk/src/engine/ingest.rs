@@ -66,9 +66,8 @@ impl IngestStage {
                 return;
             }
         };
-        let now = Utc::now();
         let routed = match route(&self.setup, &job) {
-            Ok(_) if job.not_before.is_some_and(|at| at - now > max_wait(&self.setup)) => {
+            Ok(_) if job.not_before.is_some_and(|at| at - received_at > max_wait(&self.setup)) => {
                 Err(RejectReason::NotBeforeTooFar)
             }
             routed => routed,
@@ -81,11 +80,10 @@ impl IngestStage {
                 return;
             }
         };
-        let Some((job, lease, record)) = self.park_if_far(writes, job, record, lease, now) else { return };
-        let (job, lease) = match self.park_if_halted(writes, job, record, lease, waba, now) {
-            Some(kept) => kept,
-            None => return,
-        };
+        if let Some((due, reason)) = self.parking_of(&job, waba, received_at) {
+            self.settle.park(writes, record, lease, due, reason);
+            return;
+        }
         let pending = Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0 };
         let now = self.clock.now();
         let envelope = Envelope {
@@ -101,51 +99,26 @@ impl IngestStage {
         let _ = self.scheduler.send(Command::Enqueue(envelope));
     }
 
-    /// Parks a job whose `not_before` is further than `park_after` away, until
-    /// then (or its `expires_at`, if sooner: it then comes back to expire on
-    /// time); hands the job back when it is to wait in memory.
-    fn park_if_far(
-        &self,
-        writes: &mut JoinSet<()>,
-        job: Job,
-        record: Record,
-        lease: Lease,
-        now: DateTime<Utc>,
-    ) -> Option<(Job, Lease, Record)> {
-        let (Some(parking), Some(not_before)) = (&self.setup.parking, job.not_before) else {
-            return Some((job, lease, record));
-        };
-        if !self.settle.can_park() {
-            return Some((job, lease, record));
+    /// Whether the job waits in Kafka rather than in memory, until when and
+    /// why: a `not_before` further than `park_after` away (until then, or its
+    /// `expires_at` if sooner, so that it comes back to expire on time), or a
+    /// halted WABA (until the next check of its token). A job already
+    /// expired is never parked: the scheduler expires it at once.
+    fn parking_of(&self, job: &Job, waba: u64, now: DateTime<Utc>) -> Option<(DateTime<Utc>, &'static str)> {
+        let parking = self.setup.parking.as_ref().filter(|_| self.settle.can_park())?;
+        if job.expires_at.is_some_and(|at| at <= now) {
+            return None;
         }
-        let expired = job.expires_at.is_some_and(|at| at <= now);
-        let park_after = chrono::Duration::from_std(parking.park_after).unwrap_or(chrono::Duration::MAX);
-        if expired || not_before - now <= park_after {
-            return Some((job, lease, record));
+        if let Some(not_before) = job.not_before {
+            let park_after = chrono::Duration::from_std(parking.park_after).unwrap_or(chrono::Duration::MAX);
+            if not_before - now > park_after {
+                return Some((
+                    job.expires_at.map_or(not_before, |expires| expires.min(not_before)),
+                    "not_before",
+                ));
+            }
         }
-        let due = job.expires_at.map_or(not_before, |expires| expires.min(not_before));
-        self.settle.park(writes, record, lease, due, "not_before");
-        None
-    }
-
-    /// Parks a job of a halted WABA until its token is checked again (or
-    /// its `expires_at`, if sooner); hands it back when it is to be queued.
-    fn park_if_halted(
-        &self,
-        writes: &mut JoinSet<()>,
-        job: Job,
-        record: Record,
-        lease: Lease,
-        waba: u64,
-        now: DateTime<Utc>,
-    ) -> Option<(Job, Lease)> {
-        let expired = job.expires_at.is_some_and(|at| at <= now);
-        if !self.settle.can_park() || expired || !self.registry.is_halted(waba) {
-            return Some((job, lease));
-        }
-        let due = halted_until(&self.setup, &job, now);
-        self.settle.park(writes, record, lease, due, "halted");
-        None
+        self.registry.is_halted(waba).then(|| (halted_until(&self.setup, job, now), "halted"))
     }
 }
 
