@@ -55,10 +55,7 @@ const PARKING_STOP: Duration = Duration::from_secs(5);
 /// Creates the parking topics (as many partitions as the jobs topic; the
 /// existing ones are left as they are), connects the parker and starts the
 /// mover.
-async fn start_parking(
-    setup: &EngineSetup,
-    parking: &Parking,
-) -> anyhow::Result<(Option<Arc<Parker>>, Option<Mover>)> {
+async fn start_parking(setup: &EngineSetup, parking: &Parking) -> anyhow::Result<(Arc<Parker>, Mover)> {
     let kafka = &setup.kafka;
     let partitions = partition_count(kafka, &kafka.jobs_topic).await?;
     let mut missing = Vec::new();
@@ -86,7 +83,7 @@ async fn start_parking(
         park_after = ?parking.park_after,
         "parking: jobs due later than park_after wait in Kafka"
     );
-    Ok((Some(Arc::new(parker)), Some(mover)))
+    Ok((Arc::new(parker), mover))
 }
 
 /// How many partitions `topic` has (asks the broker: blocks a thread).
@@ -164,7 +161,10 @@ pub async fn run(
     let wabas: Vec<String> = setup.wabas.keys().map(ToString::to_string).collect();
     metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
     let (parker, mover) = match &setup.parking {
-        Some(parking) => start_parking(&setup, parking).await?,
+        Some(parking) => {
+            let (parker, mover) = start_parking(&setup, parking).await?;
+            (Some(parker), Some(mover))
+        }
         None => (None, None),
     };
     let settle = Settle {
