@@ -77,6 +77,9 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Jobs larger than this go to the DLQ unread.
     pub max_job_bytes: usize,
+    /// The memory budget for jobs read and not yet resolved, in bytes (each
+    /// job costs its record plus about 1 KiB); see docs/reliability.md.
+    pub max_in_memory_bytes: usize,
     /// Extra librdkafka properties for every client (e.g. `session.timeout.ms`,
     /// `security.protocol`). They cannot switch off what delivery rests on:
     /// manual offset storing, idempotence and `acks=all`.
@@ -205,6 +208,7 @@ impl Default for KafkaConfig {
             results_topic: kafka.results_topic,
             dlq_topic: kafka.dlq_topic,
             max_job_bytes: wabulk_model::DEFAULT_MAX_JOB_BYTES,
+            max_in_memory_bytes: kafka.max_in_memory_bytes,
             properties: kafka.extra,
         }
     }
@@ -339,6 +343,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if self.kafka.max_in_memory_bytes < wabulk_kafka::MIN_IN_MEMORY_BYTES {
+            return Err(invalid(
+                "kafka.max_in_memory_bytes",
+                format!("must be at least {}", wabulk_kafka::MIN_IN_MEMORY_BYTES),
+            ));
         }
         if self.kafka.max_job_bytes == 0 {
             return Err(invalid("kafka.max_job_bytes", "must be at least 1"));

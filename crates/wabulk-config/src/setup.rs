@@ -133,6 +133,7 @@ impl EngineSetup {
                 jobs_topic: config.kafka.jobs_topic.clone(),
                 results_topic: config.kafka.results_topic.clone(),
                 dlq_topic: config.kafka.dlq_topic.clone(),
+                max_in_memory_bytes: config.kafka.max_in_memory_bytes,
                 extra: config.kafka.properties.clone(),
                 ..KafkaSettings::default()
             },

@@ -45,11 +45,14 @@ pub use ingest::{Assignment, CommitListener, Ingest, Lease, PausedCounts, Record
 pub use output::{JobWriter, Output};
 pub use parking::{
     create_parking_topics, tier_retention, LatenessListener, Mover, MoverStats, Parker, ParkerStats,
-    ParkingSettings, TierLag, TierStats, DEFAULT_TIERS, PARKED_DUE_HEADER, PARKED_HOPS_HEADER,
+    ParkingSettings, Returned, TierLag, TierStats, DEFAULT_TIERS, PARKED_DUE_HEADER, PARKED_HOPS_HEADER,
     PARKED_REASON_HEADER, PARKED_RELEASE_HEADER, PARKED_UNREADABLE_HEADER,
 };
 pub use reader::TopicReader;
-pub use settings::{is_secret_property, masked_properties, KafkaSettings};
+pub use settings::{
+    is_secret_property, masked_properties, KafkaSettings, DEFAULT_MAX_IN_MEMORY_BYTES, MIN_IN_MEMORY_BYTES,
+    RECORD_OVERHEAD,
+};
 pub use tracker::OffsetTracker;
 
 /// The librdkafka error type and its codes, for callers that match on them.

@@ -67,6 +67,7 @@ impl TopicReader {
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().unwrap_or_default().to_vec(),
+            returned: crate::Returned::read(message.headers()),
         })
     }
 }

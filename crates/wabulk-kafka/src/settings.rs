@@ -25,6 +25,13 @@ pub struct KafkaSettings {
     /// below it. 1..=`max_in_memory`; a gap between the two marks avoids
     /// pausing and resuming on every job.
     pub resume_below: usize,
+    /// The memory budget in bytes: each record held (polled and not yet
+    /// handed out, or leased) costs its key and value plus
+    /// [`RECORD_OVERHEAD`]. At or above it every partition is paused, and
+    /// resumed below four fifths of it. Each partition also has a share of
+    /// it (see `ingest::backpressure`), so that no partition holding slow
+    /// jobs takes it all. At least 64 KiB.
+    pub max_in_memory_bytes: usize,
     /// How long a revocation waits for the revoked partitions' jobs in flight
     /// to finish before giving the partitions up anyway (their unfinished jobs
     /// are then re-read by the next owner). Longer means fewer duplicates
@@ -39,6 +46,20 @@ pub struct KafkaSettings {
     /// rests on them.
     pub extra: BTreeMap<String, String>,
 }
+
+/// What a record held in memory costs besides its key and value: the parsed
+/// job (its fields as owned strings), its place in the scheduler's queues
+/// and its lease. An estimate on the generous side, so that the budget in
+/// bytes bounds the engine's memory rather than only the payloads'.
+pub const RECORD_OVERHEAD: usize = 1024;
+
+/// 64 MiB: about 48,000 jobs of 400 bytes, as many as the count bound
+/// (`max_in_memory`) allows by default.
+pub const DEFAULT_MAX_IN_MEMORY_BYTES: usize = 64 << 20;
+
+/// The smallest budget accepted: room for a few dozen jobs at the largest
+/// default job size.
+pub const MIN_IN_MEMORY_BYTES: usize = 64 << 10;
 
 /// librdkafka properties that bound the engine consumer's prefetch, so that
 /// its memory does not grow with the backlog. librdkafka's own defaults keep
@@ -101,6 +122,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("dlq_topic", &self.dlq_topic)
             .field("max_in_memory", &self.max_in_memory)
             .field("resume_below", &self.resume_below)
+            .field("max_in_memory_bytes", &self.max_in_memory_bytes)
             .field("revoke_timeout", &self.revoke_timeout)
             .field("extra", &masked_properties(&self.extra))
             .finish()
@@ -118,6 +140,7 @@ impl Default for KafkaSettings {
             dlq_topic: "wabulk.dlq".into(),
             max_in_memory,
             resume_below: max_in_memory / 5 * 4,
+            max_in_memory_bytes: DEFAULT_MAX_IN_MEMORY_BYTES,
             revoke_timeout: Duration::from_secs(10),
             extra: BTreeMap::new(),
         }
@@ -133,6 +156,12 @@ impl KafkaSettings {
             return Err(KafkaError::Settings(format!(
                 "resume_below must be in 1..={} (max_in_memory), not {}",
                 self.max_in_memory, self.resume_below
+            )));
+        }
+        if self.max_in_memory_bytes < MIN_IN_MEMORY_BYTES {
+            return Err(KafkaError::Settings(format!(
+                "max_in_memory_bytes must be at least {MIN_IN_MEMORY_BYTES}, not {}",
+                self.max_in_memory_bytes
             )));
         }
         Ok(())

@@ -37,8 +37,11 @@ pub const THROTTLE_LIMITS: [&str; 3] = ["phone", "pair", "waba"];
 pub const RESULT_STATUSES: [&str; 4] =
     [Status::Sent.label(), Status::Failed.label(), Status::Expired.label(), Status::Rejected.label()];
 
+/// The `reason` values of `wabulk_partitions_paused_by_reason`.
+pub const PAUSE_REASONS: [&str; 3] = ["memory", "partition_share", "window"];
+
 /// The `reason` values of `wabulk_jobs_parked_total`.
-pub const PARK_REASONS: [&str; 2] = ["not_before", "halted"];
+pub const PARK_REASONS: [&str; 3] = ["not_before", "halted", "backlog"];
 
 /// The `reason` values of `wabulk_produce_refusals_total`: the labels of
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
@@ -195,8 +198,15 @@ pub struct Metrics {
     /// `wabulk_jobs_in_memory`: Kafka records read and not yet resolved
     /// (result or DLQ record not yet acknowledged).
     pub jobs_in_memory: IntGauge,
+    /// `wabulk_jobs_in_memory_bytes`: what those records cost against the
+    /// memory budget in bytes.
+    pub jobs_in_memory_bytes: IntGauge,
     /// `wabulk_partitions_paused`: partitions paused for backpressure.
     pub partitions_paused: IntGauge,
+    /// `wabulk_partitions_paused_by_reason{reason}`: the same, per reason
+    /// (one of [`PAUSE_REASONS`]); a partition paused for several counts in
+    /// each.
+    pub partitions_paused_by_reason: IntGaugeVec,
     /// `wabulk_jobs_parked_total{reason}`: jobs written to the parking
     /// topics (acknowledged), their input offsets released; `reason` is one
     /// of [`PARK_REASONS`].
@@ -408,10 +418,21 @@ impl Metrics {
                 "Jobs parked in Kafka until due, by reason.",
                 &["reason"],
             ),
+            jobs_in_memory_bytes: gauge(
+                &r,
+                "wabulk_jobs_in_memory_bytes",
+                "What the Kafka records read and not yet resolved cost against the memory budget, in bytes.",
+            ),
             partitions_paused: gauge(
                 &r,
                 "wabulk_partitions_paused",
                 "Partitions of the jobs topic paused for backpressure.",
+            ),
+            partitions_paused_by_reason: gauge_vec(
+                &r,
+                "wabulk_partitions_paused_by_reason",
+                "Partitions of the jobs topic paused for backpressure, by reason.",
+                &["reason"],
             ),
             uncommitted_jobs: gauge(
                 &r,
@@ -481,6 +502,9 @@ impl Metrics {
         }
         for reason in PARK_REASONS {
             m.jobs_parked.with_label_values(&[reason]);
+        }
+        for reason in PAUSE_REASONS {
+            m.partitions_paused_by_reason.with_label_values(&[reason]);
         }
         for topic in ["results", "dlq", "parked"] {
             for reason in PRODUCE_REFUSALS {

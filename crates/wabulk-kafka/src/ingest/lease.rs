@@ -66,13 +66,15 @@ impl Ownership {
 pub struct Lease {
     ownership: Arc<Ownership>,
     offset: i64,
+    /// What its record costs against the memory budget in bytes.
+    bytes: usize,
     /// Released by [`Lease::done`] rather than dropped.
     done: bool,
 }
 
 impl Lease {
-    pub(super) fn new(ownership: Arc<Ownership>, offset: i64) -> Self {
-        Lease { ownership, offset, done: false }
+    pub(super) fn new(ownership: Arc<Ownership>, offset: i64, bytes: usize) -> Self {
+        Lease { ownership, offset, bytes, done: false }
     }
 
     /// The job's outcome (its result or dead letter) was acknowledged by
@@ -106,7 +108,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(shared) = self.ownership.shared.upgrade() {
-            shared.release(&self.ownership, self.offset, self.done);
+            shared.release(&self.ownership, self.offset, self.bytes, self.done);
         }
     }
 }
@@ -128,7 +130,13 @@ impl Shared {
     /// ownership was revoked since (the record is dropped) or the offset is
     /// one to skip (resolved at once, and committed promptly, so that the
     /// group's position passes it without waiting for a `done`).
-    pub(super) fn hand_out(&self, ownership: Arc<Ownership>, partition: i32, offset: i64) -> Option<Lease> {
+    pub(super) fn hand_out(
+        &self,
+        ownership: Arc<Ownership>,
+        partition: i32,
+        offset: i64,
+        bytes: usize,
+    ) -> Option<Lease> {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.buffered -= 1;
@@ -140,7 +148,7 @@ impl Shared {
             // Also notes the offset as read.
             if !owned.finished_before(offset) {
                 let before = owned.tracker.pending();
-                let lease = owned.lease(ownership, offset);
+                let lease = owned.lease(ownership, offset, bytes);
                 state.tracked += owned.tracker.pending() - before;
                 return Some(lease);
             }
@@ -152,14 +160,17 @@ impl Shared {
             self.commit_wanted.notify_one();
             tracing::trace!(partition, offset, "skipping a finished job");
         }
+        self.refund(state, partition, ownership.epoch, bytes);
         self.resume_if_drained(state);
         None
     }
 
-    /// Releases a lease of `ownership` on `offset`, done or not.
-    fn release(&self, ownership: &Ownership, offset: i64, done: bool) {
+    /// Releases a lease of `ownership` on `offset` costing `bytes`, done or
+    /// not.
+    fn release(&self, ownership: &Ownership, offset: i64, bytes: usize, done: bool) {
         let mut guard = self.lock();
         let state = &mut *guard;
+        self.refund(state, ownership.partition, ownership.epoch, bytes);
         if done {
             self.done(state, ownership.partition, offset);
         }
@@ -167,9 +178,8 @@ impl Shared {
             // The revocation, or the next assignment, may wait for it.
             self.settled.notify_all();
         }
-        if done {
-            self.resume_if_drained(state);
-        }
+        // A dropped lease leaves its offset counted, but frees its bytes.
+        self.resume_if_drained(state);
     }
 
     /// The job at (`partition`, `offset`) is finished, whichever ownership

@@ -67,6 +67,9 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// The value; empty for a tombstone.
     pub payload: Vec<u8>,
+    /// For a job the parking mover wrote back: why it was parked and when
+    /// it was due (its headers).
+    pub returned: Option<crate::Returned>,
 }
 
 /// What the engine learns about partition ownership, in the order it happens.
@@ -120,6 +123,7 @@ struct Shared {
     topic: String,
     max_in_memory: usize,
     resume_below: usize,
+    max_in_memory_bytes: usize,
     revoke_timeout: Duration,
     /// A std mutex: nothing awaits under it, and the rebalance callback must
     /// wait on it synchronously anyway. Held briefly, per record.
@@ -157,6 +161,9 @@ struct State {
     buffered: usize,
     /// Records handed out and not yet resolved, over all owned partitions.
     tracked: usize,
+    /// Bytes held for buffered and leased records of the owned partitions
+    /// (the sum of their `Owned::bytes`).
+    bytes: usize,
     /// Whether the memory budget has paused the owned partitions (each
     /// partition's own reason is `Owned::window_full`).
     paused: bool,
@@ -178,11 +185,13 @@ impl Shared {
             topic: settings.jobs_topic.clone(),
             max_in_memory: settings.max_in_memory,
             resume_below: settings.resume_below,
+            max_in_memory_bytes: settings.max_in_memory_bytes,
             revoke_timeout: settings.revoke_timeout,
             state: Mutex::new(State {
                 owned: BTreeMap::new(),
                 buffered: 0,
                 tracked: 0,
+                bytes: 0,
                 paused: false,
                 closing: false,
                 next_epoch: 0,
@@ -320,7 +329,8 @@ impl Ingest {
                 Some(Polled::Fatal(error)) => return Err(KafkaError::Consume(error)),
                 Some(Polled::Record { ownership, record }) => (ownership, record),
             };
-            if let Some(lease) = self.shared.hand_out(ownership, record.partition, record.offset) {
+            let bytes = record_bytes(&record);
+            if let Some(lease) = self.shared.hand_out(ownership, record.partition, record.offset, bytes) {
                 return Ok((record, lease));
             }
         }
@@ -331,6 +341,12 @@ impl Ingest {
     /// still owned: what backpressure compares with the water marks.
     pub fn in_memory(&self) -> usize {
         self.shared.lock().in_memory()
+    }
+
+    /// What the records counted by [`Ingest::in_memory`] cost against
+    /// `max_in_memory_bytes`.
+    pub fn in_memory_bytes(&self) -> usize {
+        self.shared.lock().bytes
     }
 
     /// The partitions currently owned (not being revoked), ascending.
@@ -416,6 +432,11 @@ impl Ingest {
         // Explicit offsets (the offset store is not used), with their metadata.
         self.shared.commit_sync(&self.consumer, &positions)
     }
+}
+
+/// What a record costs against the memory budget in bytes.
+fn record_bytes(record: &Record) -> usize {
+    record.payload.len() + record.key.as_ref().map_or(0, Vec::len) + crate::RECORD_OVERHEAD
 }
 
 impl Drop for Ingest {

@@ -50,6 +50,13 @@ pub(super) struct Owned {
     /// measure, and not yet back to `WINDOW_RESUME_BYTES`. The partition is
     /// not read meanwhile.
     pub(super) window_full: bool,
+    /// Bytes held for this assignment's records (see `backpressure`).
+    pub(super) bytes: usize,
+    /// Over its share of the memory budget, and not yet back to four fifths
+    /// of it: not read meanwhile.
+    pub(super) over_share: bool,
+    /// A pause for its share was logged at info in this assignment.
+    pub(super) share_logged: bool,
     /// Whether the consumer has the partition paused (for any reason): what
     /// was last asked of it, so that each pause and resume is issued once.
     pub(super) paused: bool,
@@ -76,6 +83,9 @@ impl Owned {
             committed: None,
             done_at: VecDeque::new(),
             window_full: false,
+            bytes: 0,
+            over_share: false,
+            share_logged: false,
             paused: false,
             overflow_warned: false,
         }
@@ -90,13 +100,14 @@ impl Owned {
         self.ownership.is_revoked()
     }
 
-    /// Tracks the record at `offset` as handed out, under a lease of
-    /// `ownership` (this assignment's, as the record was polled under it).
-    pub(super) fn lease(&mut self, ownership: Arc<Ownership>, offset: i64) -> Lease {
+    /// Tracks the record at `offset` (costing `bytes`) as handed out, under a
+    /// lease of `ownership` (this assignment's, as the record was polled
+    /// under it).
+    pub(super) fn lease(&mut self, ownership: Arc<Ownership>, offset: i64, bytes: usize) -> Lease {
         debug_assert!(Arc::ptr_eq(&ownership, &self.ownership));
         self.tracker.track(offset);
         self.leases += 1;
-        Lease::new(ownership, offset)
+        Lease::new(ownership, offset, bytes)
     }
 
     /// Whether the record at `offset` was finished before this assignment.

@@ -46,15 +46,16 @@ pub(super) enum Polled {
 }
 
 impl Shared {
-    /// A record of `partition` was polled: its ownership, and the record
-    /// counts as in memory (pausing at the high-water mark). `None` when the
-    /// partition is not owned: fetched before a revocation that has
-    /// completed since.
-    pub(super) fn buffer(&self, partition: i32) -> Option<Arc<Ownership>> {
-        let mut state = self.lock();
+    /// A record of `partition` costing `bytes` was polled: its ownership,
+    /// and the record counts as in memory (pausing at the high-water marks
+    /// and at the partition's share). `None` when the partition is not
+    /// owned: fetched before a revocation that has completed since.
+    pub(super) fn buffer(&self, partition: i32, bytes: usize) -> Option<Arc<Ownership>> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let ownership = Arc::clone(&state.owned.get(&partition)?.ownership);
         state.buffered += 1;
-        self.pause_if_full(&mut state);
+        self.charge(state, partition, bytes);
         Some(ownership)
     }
 }
@@ -83,15 +84,15 @@ pub(super) fn poll_loop(
                 continue;
             }
         };
-        let partition = message.partition();
-        let Some(ownership) = shared.buffer(partition) else {
-            continue;
-        };
         let record = Record {
-            partition,
+            partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().unwrap_or_default().to_vec(),
+            returned: crate::Returned::read(message.headers()),
+        };
+        let Some(ownership) = shared.buffer(record.partition, super::record_bytes(&record)) else {
+            continue;
         };
         if records.send(Polled::Record { ownership, record }).is_err() {
             break;

@@ -196,6 +196,7 @@ impl Shared {
                 // the old ownership's jobs are not to be sent any more.
                 old.ownership.revoke();
                 state.tracked -= old.tracker.pending();
+                state.bytes -= old.bytes;
                 state.commits.report(-(old.done_at.len() as i64), &[]);
             }
         }
@@ -327,6 +328,7 @@ impl State {
                 continue;
             };
             self.tracked -= owned.tracker.pending();
+            self.bytes -= owned.bytes;
             let uncommitted = owned.done_at.len();
             // A lost assignment committed nothing: what it finished is kept
             // for the partition's next assignment here, and so are its jobs

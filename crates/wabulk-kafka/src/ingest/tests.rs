@@ -12,16 +12,22 @@ use super::{Assignment, Shared, State};
 use crate::KafkaSettings;
 
 fn shared(revoke_timeout: Duration) -> (Arc<Shared>, mpsc::UnboundedReceiver<Assignment>) {
-    let settings = KafkaSettings { revoke_timeout, ..KafkaSettings::default() };
+    with_settings(KafkaSettings { revoke_timeout, ..KafkaSettings::default() })
+}
+
+fn with_settings(settings: KafkaSettings) -> (Arc<Shared>, mpsc::UnboundedReceiver<Assignment>) {
     let (assignments, events) = mpsc::unbounded_channel();
     (Arc::new(Shared::new(&settings, assignments)), events)
 }
 
+/// What each record of these tests costs against the budget in bytes.
+const RECORD_BYTES: usize = 1_000;
+
 /// As the polling thread and `next` hand the record out: a lease, or `None`
 /// when the record is skipped or dropped.
 fn hand_out(shared: &Shared, partition: i32, offset: i64) -> Option<Lease> {
-    let ownership = shared.buffer(partition)?;
-    shared.hand_out(ownership, partition, offset)
+    let ownership = shared.buffer(partition, RECORD_BYTES)?;
+    shared.hand_out(ownership, partition, offset, RECORD_BYTES)
 }
 
 fn leases(shared: &Shared, partition: i32, offsets: std::ops::Range<i64>) -> Vec<Lease> {
@@ -208,7 +214,7 @@ fn a_full_window_pauses_its_partition_only_and_nothing_is_left_out() {
         commit(&shared);
     }
     assert_eq!(read0, bound, "partition 0 stops at the bound derived from the encoder");
-    assert_eq!(shared.lock().paused_counts(), super::PausedCounts { memory: 0, window: 1, any: 1 });
+    assert_eq!(shared.lock().paused_counts(), super::PausedCounts { memory: 0, share: 0, window: 1, any: 1 });
 
     // The lowest offset done: the watermark moves to 2, the window is still
     // full.
@@ -274,4 +280,74 @@ fn ranges_left_out_of_the_metadata_stay_uncommitted() {
     commit(&shared);
     assert_eq!(uncommitted.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(!paused(&shared, 0));
+}
+
+/// Bytes held come back to 0 whichever way a record leaves: done, dropped,
+/// skipped, or its partition revoked with leases out (their late release
+/// then changes nothing).
+#[test]
+fn the_bytes_held_return_to_zero_however_records_leave() {
+    let (shared, _events) = shared(Duration::from_secs(10));
+    shared.assign(&[0, 1], Default::default());
+    let mut zero = leases(&shared, 0, 0..3);
+    let one = leases(&shared, 1, 0..2);
+    assert_eq!(shared.lock().bytes, 5 * RECORD_BYTES);
+    zero.remove(0).done();
+    drop(zero.remove(0));
+    assert_eq!(shared.lock().bytes, 3 * RECORD_BYTES);
+    {
+        let mut state = shared.lock();
+        state.mark_revoked(&[1]);
+        state.give_up(&[1], false, Instant::now());
+        assert_eq!(state.bytes, RECORD_BYTES, "partition 1's bytes left with it");
+    }
+    drop(one);
+    assert_eq!(shared.lock().bytes, RECORD_BYTES);
+    // A record of a revoked partition polled before its revocation: dropped
+    // at hand-out, and its bytes with it.
+    let ownership = shared.buffer(0, RECORD_BYTES).unwrap();
+    shared.lock().mark_revoked(&[0]);
+    assert!(shared.hand_out(ownership, 0, 3, RECORD_BYTES).is_none());
+    drop(zero);
+    assert_eq!(shared.lock().bytes, 0);
+}
+
+/// With four partitions, one holding slow jobs is paused alone at twice its
+/// even share of the bytes, and resumed below four fifths of it; the budget
+/// in bytes pauses all of them, whatever the record count.
+#[test]
+fn a_partition_over_its_share_is_paused_alone() {
+    let budget = 40 * RECORD_BYTES;
+    let settings = KafkaSettings { max_in_memory_bytes: budget, ..KafkaSettings::default() };
+    let (shared, _events) = with_settings(settings);
+    shared.assign(&[0, 1, 2, 3], Default::default());
+    // Share: 2 × 40 / 4 = 20 records.
+    let mut slow = leases(&shared, 0, 0..19);
+    assert_eq!(shared.lock().paused_counts().share, 0);
+    slow.extend(leases(&shared, 0, 19..20));
+    let counts = shared.lock().paused_counts();
+    assert_eq!((counts.share, counts.memory, counts.any), (1, 0, 1), "{counts:?}");
+    assert!(shared.lock().owned[&0].paused && !shared.lock().owned[&1].paused);
+
+    // The others are read up to the budget, then all pause.
+    let mut others = leases(&shared, 1, 0..19);
+    assert_eq!(shared.lock().paused_counts().memory, 0);
+    others.extend(leases(&shared, 2, 0..1));
+    let counts = shared.lock().paused_counts();
+    assert_eq!((counts.memory, counts.any), (4, 4), "{counts:?}");
+
+    // Below four fifths of the share is 15 records: the fifth release
+    // resumes it, while the budget still holds everyone (35 of 40 is over
+    // 32).
+    for _ in 0..4 {
+        slow.pop().unwrap().done();
+    }
+    assert!(shared.lock().owned[&0].over_share);
+    slow.pop().unwrap().done();
+    assert!(!shared.lock().owned[&0].over_share);
+    assert!(shared.lock().owned[&0].paused, "still paused for the budget");
+    drop(others);
+    let state = shared.lock();
+    assert_eq!(state.paused_counts().any, 0, "{:?}", state.paused_counts());
+    assert!(state.owned.values().all(|o| !o.paused));
 }

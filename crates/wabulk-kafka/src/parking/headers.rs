@@ -77,6 +77,39 @@ impl Parked {
     }
 }
 
+/// What a job written back to the jobs topic by the mover says of its
+/// parking: why it was parked and when it was due. A record without a
+/// readable due header was not parked (or not by wabulk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    /// The reason the engine gave (`not_before`, `halted`, `backlog`).
+    pub reason: String,
+    /// When it was due, in unix milliseconds.
+    pub due_ms: u64,
+}
+
+impl Returned {
+    /// Reads the headers of a record of the jobs topic.
+    pub(crate) fn read(headers: Option<&impl Headers>) -> Option<Returned> {
+        let headers = headers?;
+        catch_unwind(AssertUnwindSafe(|| {
+            let (mut due_ms, mut reason) = (None, String::new());
+            for index in 0..headers.count() {
+                let header = headers.try_get(index)?;
+                let value = header.value.unwrap_or_default();
+                match header.key {
+                    PARKED_DUE_HEADER => due_ms = Some(decimal(value)?),
+                    PARKED_REASON_HEADER => reason = String::from_utf8_lossy(value).into_owned(),
+                    _ => {}
+                }
+            }
+            Some(Returned { reason, due_ms: due_ms? })
+        }))
+        .ok()
+        .flatten()
+    }
+}
+
 /// A plain decimal of at most 15 digits up to [`MAX_MS`].
 fn decimal(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
@@ -96,6 +129,14 @@ mod tests {
             reason: b"not_before".to_vec(),
             hops: 3,
         }
+    }
+
+    #[test]
+    fn a_returned_job_says_why_and_when_it_was_due() {
+        let returned = Returned::read(Some(&parked().jobs_headers()));
+        assert_eq!(returned, Some(Returned { reason: "not_before".into(), due_ms: 1_700_000_005_000 }));
+        assert_eq!(Returned::read(Some(&OwnedHeaders::new())), None);
+        assert_eq!(Returned::read(None::<&OwnedHeaders>), None);
     }
 
     #[test]

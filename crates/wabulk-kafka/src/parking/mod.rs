@@ -146,7 +146,7 @@ mod tiers;
 use std::time::Duration;
 
 pub use headers::{
-    PARKED_DUE_HEADER, PARKED_HOPS_HEADER, PARKED_REASON_HEADER, PARKED_RELEASE_HEADER,
+    Returned, PARKED_DUE_HEADER, PARKED_HOPS_HEADER, PARKED_REASON_HEADER, PARKED_RELEASE_HEADER,
     PARKED_UNREADABLE_HEADER,
 };
 pub use mover::{LatenessListener, Mover, MoverStats, TierLag, TierStats};

@@ -42,6 +42,7 @@ fn settings(kafka: &EmbeddedKafka, topic: &str) -> KafkaSettings {
         dlq_topic: "dlq".into(),
         max_in_memory: 10_000,
         resume_below: 8_000,
+        max_in_memory_bytes: wabulk_kafka::DEFAULT_MAX_IN_MEMORY_BYTES,
         revoke_timeout: Duration::from_secs(20),
         extra: BTreeMap::from([
             ("session.timeout.ms".into(), SESSION_TIMEOUT_MS.to_string()),

@@ -13,6 +13,7 @@ use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
 
+use super::backlog::{Arrival, Backlogs, Decision, BACKLOG};
 use super::settle::Settle;
 use super::shutdown::Shutdown;
 use super::Pending;
@@ -27,13 +28,16 @@ pub(super) struct IngestStage {
     pub(super) scheduler: Scheduler<Pending>,
     pub(super) settle: Settle,
     pub(super) metrics: Arc<Metrics>,
+    /// What each number holds in memory, and which of its pairs have a job
+    /// parked behind its backlog.
+    pub(super) backlogs: Backlogs,
 }
 
 impl IngestStage {
     /// Reads until the stop begins or the consumer ends (which begins the
     /// stop); returns the consumer's error, if that was it, and the writes
     /// still under way, which the caller waits for within the deadline.
-    pub(super) async fn run(self, shutdown: Shutdown) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
+    pub(super) async fn run(mut self, shutdown: Shutdown) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
         let mut writes = JoinSet::new();
         let failure = loop {
             tokio::select! {
@@ -54,7 +58,7 @@ impl IngestStage {
         (failure, writes)
     }
 
-    fn on_record(&self, writes: &mut JoinSet<()>, record: Record, lease: Lease) {
+    fn on_record(&mut self, writes: &mut JoinSet<()>, record: Record, lease: Lease) {
         self.metrics.jobs_consumed.inc();
         let received_at = Utc::now();
         let job = match Job::parse(&record.payload, &self.setup.parse) {
@@ -75,16 +79,20 @@ impl IngestStage {
         let (waba, mps) = match routed {
             Ok(routed) => routed,
             Err(reason) => {
-                let pending = Pending { job, lease, waba: 0, received_at, attempts_spent: 0, waits: 0 };
+                let pending =
+                    Pending { job, lease, waba: 0, received_at, attempts_spent: 0, waits: 0, _hold: None };
                 self.settle.exit(writes, pending, Exit::Rejected(reason), 0);
                 return;
             }
         };
-        if let Some((due, reason)) = self.parking_of(&job, waba, received_at) {
+        let bytes =
+            record.payload.len() + record.key.as_ref().map_or(0, Vec::len) + wabulk_kafka::RECORD_OVERHEAD;
+        if let Some((due, reason)) = self.parking_of(&job, (waba, mps), &record, bytes, received_at) {
             self.settle.park(writes, record, lease, due, reason);
             return;
         }
-        let pending = Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0 };
+        let hold = Some(self.backlogs.hold(job.phone_number_id.get(), bytes));
+        let pending = Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0, _hold: hold };
         let now = self.clock.now();
         let envelope = Envelope {
             phone: pending.job.phone_number_id.get(),
@@ -100,25 +108,46 @@ impl IngestStage {
     }
 
     /// Whether the job waits in Kafka rather than in memory, until when and
-    /// why: a `not_before` further than `park_after` away (until then, or its
-    /// `expires_at` if sooner, so that it comes back to expire on time), or a
-    /// halted WABA (until the next check of its token). A job already
+    /// why: a `not_before` further than `park_after` away (until then), a
+    /// halted WABA (until the next check of its token), or a number over its
+    /// share of memory (`backlog`: until its jobs in memory have gone; or
+    /// behind a job of its pair parked for that). Never later than its
+    /// `expires_at`, so that it comes back to expire on time; a job already
     /// expired is never parked: the scheduler expires it at once.
-    fn parking_of(&self, job: &Job, waba: u64, now: DateTime<Utc>) -> Option<(DateTime<Utc>, &'static str)> {
+    fn parking_of(
+        &mut self,
+        job: &Job,
+        (waba, mps): (u64, u32),
+        record: &Record,
+        bytes: usize,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, &'static str)> {
         let parking = self.setup.parking.as_ref().filter(|_| self.settle.can_park())?;
         if job.expires_at.is_some_and(|at| at <= now) {
             return None;
         }
+        let until = |due: DateTime<Utc>| job.expires_at.map_or(due, |expires| expires.min(due));
         if let Some(not_before) = job.not_before {
             let park_after = chrono::Duration::from_std(parking.park_after).unwrap_or(chrono::Duration::MAX);
             if not_before - now > park_after {
-                return Some((
-                    job.expires_at.map_or(not_before, |expires| expires.min(not_before)),
-                    "not_before",
-                ));
+                return Some((until(not_before), "not_before"));
             }
         }
-        self.registry.is_halted(waba).then(|| (halted_until(&self.setup, job, now), "halted"))
+        if self.registry.is_halted(waba) {
+            return Some((halted_until(&self.setup, job, now), "halted"));
+        }
+        let arrival = Arrival {
+            returned_due_ms: record
+                .returned
+                .as_ref()
+                .filter(|returned| returned.reason == BACKLOG)
+                .and_then(|returned| i64::try_from(returned.due_ms).ok()),
+            ..Arrival::new(job.phone_number_id.get(), job.to.get(), mps, bytes, now)
+        };
+        match self.backlogs.decide(&arrival) {
+            Decision::Admit => None,
+            Decision::Park(due) => Some((until(due), BACKLOG)),
+        }
     }
 }
 

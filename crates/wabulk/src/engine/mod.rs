@@ -38,6 +38,7 @@ use wabulk_telemetry::{Health, Metrics};
 use crate::setup::{EngineSetup, Parking};
 use crate::writes::Refusals;
 
+mod backlog;
 mod ingest;
 mod send;
 mod settle;
@@ -110,6 +111,9 @@ pub struct Pending {
     /// Retries that spent an attempt, and those that did not (`RetryBudget`).
     attempts_spent: u32,
     waits: u32,
+    /// Its share of its number's load (`backlog`); `None` for a job that
+    /// never reached the scheduler.
+    _hold: Option<backlog::Hold>,
 }
 
 /// Runs the engine until `stop` resolves (or the Kafka consumer fails), then
@@ -184,6 +188,10 @@ pub async fn run(
         scheduler: scheduler.clone(),
         settle: settle.clone(),
         metrics: Arc::clone(&metrics),
+        backlogs: backlog::Backlogs::new(
+            setup.parking.as_ref().map_or(Duration::MAX, |parking| parking.park_after),
+            setup.kafka.max_in_memory_bytes,
+        ),
     };
     let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone()));
 

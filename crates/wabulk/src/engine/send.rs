@@ -373,7 +373,14 @@ impl SendStage {
             metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
         metrics.jobs_in_memory.set(self.ingest.in_memory() as i64);
-        metrics.partitions_paused.set(self.ingest.paused().any as i64);
+        metrics.jobs_in_memory_bytes.set(self.ingest.in_memory_bytes() as i64);
+        let paused = self.ingest.paused();
+        metrics.partitions_paused.set(paused.any as i64);
+        let by_reason =
+            [("memory", paused.memory), ("partition_share", paused.share), ("window", paused.window)];
+        for (reason, count) in by_reason {
+            metrics.partitions_paused_by_reason.with_label_values(&[reason]).set(count as i64);
+        }
         metrics.scheduling_delay.set(self.scheduling_delay.peak().as_secs_f64());
         let held: u64 = self.gates.values().map(|g| g.held_total()).sum();
         metrics.departures_held.inc_by(held.saturating_sub(metrics.departures_held.get()));

@@ -150,6 +150,8 @@ pub(crate) struct EngineToml {
     pub(crate) http_listen: String,
     /// Extra `key = value` lines of `[parking]`.
     pub(crate) parking: Vec<String>,
+    /// Extra `key = value` lines of `[kafka]`.
+    pub(crate) kafka: Vec<String>,
 }
 
 /// A WABA other than [`WABA`] in an engine configuration: its numbers and
@@ -175,6 +177,7 @@ impl EngineToml {
             kafka_properties: Vec::new(),
             http_listen: "127.0.0.1:0".into(),
             parking: Vec::new(),
+            kafka: Vec::new(),
         }
     }
 
@@ -183,9 +186,13 @@ impl EngineToml {
         let _ = writeln!(
             text,
             "[kafka]\nbrokers = {:?}\ngroup_id = {:?}\njobs_topic = {JOBS:?}\nresults_topic = {RESULTS:?}\n\
-             dlq_topic = {DLQ:?}\n",
+             dlq_topic = {DLQ:?}",
             self.brokers, self.group_id
         );
+        for line in &self.kafka {
+            let _ = writeln!(text, "{line}");
+        }
+        let _ = writeln!(text);
         if !self.kafka_properties.is_empty() {
             let _ = writeln!(text, "[kafka.properties]");
             for (key, value) in &self.kafka_properties {

@@ -1,6 +1,7 @@
 //! Jobs that must wait long wait in Kafka, not in memory: a campaign
-//! scheduled for later holds back neither the instance nor other numbers,
-//! parked jobs come back on time, and `expires_at` holds while parked.
+//! scheduled for later, a halted WABA or a slow number's backlog holds back
+//! neither the instance nor other numbers, parked jobs come back on time
+//! (a backlog's in its pairs' order), and `expires_at` holds while parked.
 
 use std::time::{Duration, Instant};
 
@@ -285,5 +286,87 @@ async fn a_halted_waba_holds_back_nothing() {
     );
     assert!(of(&all, "halted-").is_empty(), "a halted WABA's job got a result");
     assert!(in_memory < 1_000.0, "{in_memory} jobs in memory while the WABA is halted");
+    assert_eq!(violations(&stats), 0);
+}
+
+/// A slow number's backlog waits in Kafka: 2,400 jobs for a 40 msg/s
+/// number (60 s of sending), then 200 for an 80 msg/s number, on one
+/// partition with a memory budget of about 370 jobs. Held in memory, the
+/// slow jobs would fill the budget and pause the partition, and the fast
+/// number's jobs would wait about 50 s behind them; with the slow number's
+/// share (2 s of sending) in memory and the rest parked, the fast jobs go
+/// out in a few seconds, and the slow ones still go out at their tier, each
+/// pair in the order written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_numbers_backlog_holds_back_nothing() {
+    const SLOW: &str = "106540352244001";
+    const FAST: &str = "106540352244002";
+    const SLOW_MPS: u32 = 40;
+    const FAST_MPS: u32 = 80;
+    const RECIPIENTS: u64 = 480;
+    const PER_RECIPIENT: u64 = 5;
+    const SLOW_JOBS: u64 = RECIPIENTS * PER_RECIPIENT;
+    const FAST_JOBS: u64 = 200;
+    init_logs();
+    let numbers = [Number::new(SLOW, SLOW_MPS), Number::new(FAST, FAST_MPS)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(20))), 1).await;
+    let mut toml = EngineToml::new(&stack, "it-parking-backlog", &numbers);
+    toml.parking.push("park_after_ms = 2000".into());
+    toml.kafka.push("max_in_memory_bytes = 524288".into());
+    let engine = InProcessEngine::start(toml.setup());
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    engine_reading(&writer, &results, FAST).await;
+
+    // Recipient n % 480 gets its (n / 480)-th job: five rounds of 480.
+    let slow: Vec<(&str, Vec<u8>)> = (0..SLOW_JOBS)
+        .map(|n| (SLOW, job(&format!("slow-{n:04}"), SLOW, n % RECIPIENTS, None, None)))
+        .collect();
+    let fast: Vec<(&str, Vec<u8>)> = (0..FAST_JOBS)
+        .map(|n| (FAST, job(&format!("fast-{n:03}"), FAST, 1_000_000 + n, None, None)))
+        .collect();
+    let started = Instant::now();
+    write_all(&writer, &slow).await;
+    write_all(&writer, &fast).await;
+    let count = |records: &[wabulk_kafka::Record], prefix: &[u8]| {
+        records.iter().filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(prefix))).count() as u64
+    };
+    let fast_in = results.wait_until(Duration::from_secs(15), |r| count(r, b"fast-") >= FAST_JOBS).await;
+    let fast_took = started.elapsed();
+    // 60 s of sending at the tier, and room for a loaded host.
+    let slow_in = results.wait_until(Duration::from_secs(120), |r| count(r, b"slow-") >= SLOW_JOBS).await;
+    let slow_took = started.elapsed();
+    let parked =
+        sample(&engine.metrics.render(), "wabulk_jobs_parked_total{reason=\"backlog\"}").unwrap_or(0.0);
+    engine.stop().await;
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+    println!(
+        "backlog: {FAST_JOBS} fast jobs answered {:.1} s after being written behind {SLOW_JOBS} slow ones, \
+         which took {:.1} s at {SLOW_MPS} msg/s; {parked} parkings; results {:?}",
+        fast_took.as_secs_f64(),
+        slow_took.as_secs_f64(),
+        status_counts(&all)
+    );
+    assert!(fast_in, "only {} of {FAST_JOBS} fast jobs answered within 15 s", of(&all, "fast-").len());
+    assert!(slow_in, "only {} of {SLOW_JOBS} slow jobs answered within 120 s", of(&all, "slow-").len());
+    assert!(parked >= 1.0, "nothing was parked: the scenario did not happen");
+    let slow_results = of(&all, "slow-");
+    assert_eq!(slow_results.len() as u64, SLOW_JOBS, "one result per slow job");
+    assert!(slow_results.iter().all(|r| r.status == Status::Sent), "{:?}", status_counts(&all));
+    // Each pair in the order written.
+    for recipient in 0..RECIPIENTS {
+        let finished: Vec<DateTime<Utc>> = (0..PER_RECIPIENT)
+            .map(|round| {
+                let id = format!("slow-{:04}", round * RECIPIENTS + recipient);
+                slow_results.iter().find(|r| r.id == id).expect("a result").finished_at
+            })
+            .collect();
+        assert!(
+            finished.windows(2).all(|w| w[0] <= w[1]),
+            "recipient {recipient} out of order: {finished:?}"
+        );
+    }
     assert_eq!(violations(&stats), 0);
 }

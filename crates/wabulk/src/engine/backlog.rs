@@ -1,0 +1,283 @@
+//! Backlog parking: no number holds more than its share of the memory
+//! budget, so that a slow number (a low tier, a deep pair queue, a WABA at
+//! its hourly cap) never stops the partition it shares with others.
+//!
+//! Each job in memory holds a [`Hold`] on its number's [`Load`] (jobs and
+//! bytes), released when the job leaves (its `Pending` dropped). A number is
+//! over its share when it holds more jobs than it sends in `park_after` at
+//! its tier, or more than a quarter of the budget in bytes. Its new jobs are
+//! then parked (`backlog`) until about when the ones in memory and those
+//! parked before them will have gone (each one tier interval after the
+//! previous), and the offsets they held are released: the parking topics
+//! hold the number's queue, which comes back at about the rate it is sent.
+//!
+//! Pair order: a job parked for a backlog may come back after later jobs of
+//! its pair were read. So, per number, the pairs with a job parked for a
+//! backlog are remembered with its due time (one entry per pair, a few
+//! bytes): a later job of such a pair is parked too, at least
+//! [`PAIR_GAP`] after it, even when the number is under its share again;
+//! a job coming back is admitted unless it is the pair's last parked one
+//! and the number is still over its share (then it is parked again, behind
+//! nothing of its pair). A pair's entry is forgotten [`RETURN_GRACE`] after
+//! its due time. After a crash these entries are lost, so a pair's order
+//! may then differ, as for any job sent again after a crash (CONTRACT §5).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// The parking reason of a job parked behind its number's backlog.
+pub(super) const BACKLOG: &str = "backlog";
+
+/// How far apart the parked jobs of one pair are due: more than the
+/// parking topics' lateness on a healthy cluster, so that they come back in
+/// order, and no sooner than the pair could send them anyway (one message
+/// per 6 s).
+const PAIR_GAP: chrono::Duration = chrono::Duration::seconds(6);
+
+/// How long after its due time a parked job is taken to have come back: the
+/// parking topics' lateness, generously.
+const RETURN_GRACE: chrono::Duration = chrono::Duration::seconds(10);
+
+/// Look for forgotten pairs and idle numbers once per this many decisions.
+const SWEEP_EVERY: u32 = 4096;
+
+/// What one number holds in memory.
+#[derive(Debug, Default)]
+pub(super) struct Load {
+    jobs: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A job's share of its number's [`Load`], given back when dropped.
+#[derive(Debug)]
+pub(super) struct Hold {
+    load: Arc<Load>,
+    bytes: usize,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.load.jobs.fetch_sub(1, Ordering::Relaxed);
+        self.load.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What to do with a job just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decision {
+    Admit,
+    Park(DateTime<Utc>),
+}
+
+/// A job as the backlog sees it.
+pub(super) struct Arrival {
+    pub(super) phone: u64,
+    pub(super) recipient: u64,
+    pub(super) mps: u32,
+    /// The record's cost against the memory budget.
+    pub(super) bytes: usize,
+    /// When the job was parked for a backlog and came back: its due time
+    /// (unix ms).
+    pub(super) returned_due_ms: Option<i64>,
+    pub(super) now: DateTime<Utc>,
+}
+
+impl Arrival {
+    pub(super) fn new(phone: u64, recipient: u64, mps: u32, bytes: usize, now: DateTime<Utc>) -> Self {
+        Arrival { phone, recipient, mps, bytes, returned_due_ms: None, now }
+    }
+}
+
+/// The ingest stage's view of every number's backlog.
+pub(super) struct Backlogs {
+    /// Only the ingest stage adds and looks up; holds update the loads.
+    loads: HashMap<u64, Arc<Load>>,
+    /// Per number, the pairs with a job parked for a backlog: recipient →
+    /// the due time of its last one (unix ms).
+    parked: HashMap<u64, HashMap<u64, i64>>,
+    /// Per number, when its next job parked for a backlog is due (unix µs):
+    /// one tier interval after the last one, so that parked jobs come back
+    /// at about the rate the number sends them, not all at once.
+    next_due: HashMap<u64, i64>,
+    park_after: Duration,
+    share_bytes: usize,
+    decisions: u32,
+}
+
+impl Backlogs {
+    /// `park_after`: the longest wait a number's jobs in memory may add up
+    /// to; `budget_bytes`: the instance's memory budget (a number may hold a
+    /// quarter of it).
+    pub(super) fn new(park_after: Duration, budget_bytes: usize) -> Self {
+        Backlogs {
+            loads: HashMap::new(),
+            parked: HashMap::new(),
+            next_due: HashMap::new(),
+            park_after,
+            share_bytes: budget_bytes / 4,
+            decisions: 0,
+        }
+    }
+
+    /// A hold on `phone`'s load for a job admitted to memory.
+    pub(super) fn hold(&mut self, phone: u64, bytes: usize) -> Hold {
+        let load = Arc::clone(self.loads.entry(phone).or_default());
+        load.jobs.fetch_add(1, Ordering::Relaxed);
+        load.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Hold { load, bytes }
+    }
+
+    /// Whether the job is admitted to memory or parked, and until when.
+    pub(super) fn decide(&mut self, arrival: &Arrival) -> Decision {
+        self.decisions = self.decisions.wrapping_add(1);
+        if self.decisions % SWEEP_EVERY == 0 {
+            self.sweep(arrival.now);
+        }
+        let now_ms = arrival.now.timestamp_millis();
+        let (jobs, bytes) = self.load(arrival.phone);
+        let over = jobs as f64 >= f64::from(arrival.mps.max(1)) * self.park_after.as_secs_f64()
+            || bytes.saturating_add(arrival.bytes) > self.share_bytes;
+        let pairs = self.parked.get(&arrival.phone);
+        let pair_due = pairs.and_then(|pairs| pairs.get(&arrival.recipient)).copied();
+        let pair_waiting = pair_due.is_some_and(|due| due + RETURN_GRACE.num_milliseconds() > now_ms);
+        let park = match arrival.returned_due_ms {
+            // Coming back: parked again only behind nothing of its pair.
+            Some(due) => over && pair_due.is_none_or(|last| last <= due),
+            None => over || pair_waiting,
+        };
+        if !park {
+            return Decision::Admit;
+        }
+        // After the jobs in memory and those parked before it.
+        let mps = f64::from(arrival.mps.max(1));
+        let drain_us = (jobs as f64 / mps * 1e6).max(1e6) as i64;
+        let next_due = self.next_due.entry(arrival.phone).or_default();
+        let due_us = (arrival.now.timestamp_micros().saturating_add(drain_us)).max(*next_due);
+        *next_due = due_us.saturating_add((1e6 / mps) as i64);
+        let mut due = DateTime::<Utc>::from_timestamp_micros(due_us).unwrap_or(arrival.now);
+        if let Some(last) = pair_due.filter(|_| pair_waiting) {
+            let after_pair = DateTime::<Utc>::from_timestamp_millis(last).unwrap_or(due) + PAIR_GAP;
+            due = due.max(after_pair);
+        }
+        self.parked.entry(arrival.phone).or_default().insert(arrival.recipient, due.timestamp_millis());
+        Decision::Park(due)
+    }
+
+    fn load(&self, phone: u64) -> (usize, usize) {
+        self.loads
+            .get(&phone)
+            .map_or((0, 0), |load| (load.jobs.load(Ordering::Relaxed), load.bytes.load(Ordering::Relaxed)))
+    }
+
+    /// Forgets pairs whose parked job is back, and numbers holding nothing.
+    fn sweep(&mut self, now: DateTime<Utc>) {
+        let before = (now - RETURN_GRACE).timestamp_millis();
+        self.parked.retain(|_, pairs| {
+            pairs.retain(|_, due| *due > before);
+            !pairs.is_empty()
+        });
+        self.next_due.retain(|_, due| *due > before.saturating_mul(1000));
+        self.loads.retain(|_, load| Arc::strong_count(load) > 1 || load.jobs.load(Ordering::Relaxed) > 0);
+    }
+
+    /// Pairs remembered, over all numbers (for tests and the debug log).
+    #[cfg(test)]
+    fn pairs(&self) -> usize {
+        self.parked.values().map(HashMap::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    /// A number at 10 msg/s with a 60 s horizon is over its share at 600
+    /// jobs in memory; its next job waits until they have gone.
+    #[test]
+    fn a_number_over_its_share_parks_until_its_jobs_in_memory_have_gone() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(60), 1 << 30);
+        let holds: Vec<Hold> = (0..599).map(|_| backlogs.hold(1, 500)).collect();
+        assert_eq!(backlogs.decide(&Arrival::new(1, 7, 10, 500, at(0))), Decision::Admit);
+        let mut holds = holds;
+        holds.push(backlogs.hold(1, 500));
+        assert_eq!(backlogs.decide(&Arrival::new(1, 8, 10, 500, at(0))), Decision::Park(at(60)));
+        // Another number is not held back.
+        assert_eq!(backlogs.decide(&Arrival::new(2, 8, 10, 500, at(0))), Decision::Admit);
+        // Under its share again, a new recipient is admitted, but recipient 8
+        // waits behind its parked job, 6 s after it.
+        holds.truncate(100);
+        assert_eq!(backlogs.decide(&Arrival::new(1, 9, 10, 500, at(1))), Decision::Admit);
+        assert_eq!(backlogs.decide(&Arrival::new(1, 8, 10, 500, at(1))), Decision::Park(at(66)));
+    }
+
+    /// Jobs parked one after another are due one tier interval apart: they
+    /// come back at the rate the number sends, not all at once.
+    #[test]
+    fn parked_jobs_are_due_at_the_numbers_rate() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
+        let _holds: Vec<Hold> = (0..20).map(|_| backlogs.hold(1, 500)).collect();
+        let dues: Vec<_> = (0..5)
+            .map(|recipient| match backlogs.decide(&Arrival::new(1, recipient, 20, 500, at(0))) {
+                Decision::Park(due) => due,
+                Decision::Admit => panic!("admitted over its share"),
+            })
+            .collect();
+        let expected: Vec<_> = (0..5).map(|k| at(1) + chrono::Duration::milliseconds(50 * k)).collect();
+        assert_eq!(dues, expected);
+    }
+
+    /// The bytes share: a quarter of the budget, whatever the tier.
+    #[test]
+    fn a_number_holding_a_quarter_of_the_budget_parks() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(60), 400_000);
+        let _holds: Vec<Hold> = (0..99).map(|_| backlogs.hold(1, 1_000)).collect();
+        assert_eq!(backlogs.decide(&Arrival::new(1, 7, 1000, 1_000, at(0))), Decision::Admit);
+        let _more = backlogs.hold(1, 1_000);
+        assert!(matches!(backlogs.decide(&Arrival::new(1, 8, 1000, 1_000, at(0))), Decision::Park(_)));
+    }
+
+    /// A job coming back is admitted while a later job of its pair is
+    /// parked (order), and parked again when it is the pair's last and its
+    /// number is still over its share.
+    #[test]
+    fn a_job_coming_back_keeps_its_pair_in_order() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
+        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold(1, 500)).collect();
+        let Decision::Park(first) = backlogs.decide(&Arrival::new(1, 7, 10, 500, at(0))) else { panic!() };
+        let Decision::Park(second) = backlogs.decide(&Arrival::new(1, 7, 10, 500, at(0))) else { panic!() };
+        assert_eq!(second, first + PAIR_GAP);
+        let back = |due: DateTime<Utc>| Arrival {
+            returned_due_ms: Some(due.timestamp_millis()),
+            ..Arrival::new(1, 7, 10, 500, due)
+        };
+        assert_eq!(backlogs.decide(&back(first)), Decision::Admit, "its pair's later job is parked");
+        assert!(matches!(backlogs.decide(&back(second)), Decision::Park(due) if due > second));
+        drop(holds);
+        assert_eq!(backlogs.pairs(), 1);
+    }
+
+    /// Pairs are forgotten once their parked job is back, and idle numbers
+    /// with them.
+    #[test]
+    fn the_sweep_forgets_pairs_back_and_idle_numbers() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
+        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold(1, 500)).collect();
+        for recipient in 0..100 {
+            backlogs.decide(&Arrival::new(1, recipient, 10, 500, at(0)));
+        }
+        assert_eq!(backlogs.pairs(), 100);
+        drop(holds);
+        backlogs.sweep(at(5));
+        assert_eq!(backlogs.pairs(), 100, "not back yet");
+        backlogs.sweep(at(60));
+        assert_eq!((backlogs.pairs(), backlogs.loads.len(), backlogs.next_due.len()), (0, 0, 0));
+    }
+}
