@@ -180,6 +180,29 @@ pub struct Faults {
     pub goaway: f64,
     /// Arbitrary errors for tests, tried in order before the random faults.
     pub forced: Vec<ForcedError>,
+    /// A spell during which the simulator refuses connections, as when Meta's
+    /// edge is unreachable; the same as calling
+    /// [`crate::SimHandle::refuse_connections`] at `after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Outage>,
+}
+
+/// The Graph API unreachable for a while: from `after` (since the simulator
+/// started) for `duration`, the listening socket is closed, so connection
+/// attempts are refused, and every open connection is dropped without an
+/// answer (requests in flight included); then it listens on the same address
+/// again. A sender sees connection failures, never an HTTP error.
+///
+/// On the wire: `outage = { after_ms = 60000, duration_ms = 120000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// When it begins, counted from the simulator's start.
+    #[serde(rename = "after_ms", with = "millis")]
+    pub after: Duration,
+    /// How long connections are refused.
+    #[serde(rename = "duration_ms", with = "millis")]
+    pub duration: Duration,
 }
 
 /// An error answered with some probability, e.g. 80007 with the

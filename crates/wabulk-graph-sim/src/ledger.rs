@@ -7,7 +7,7 @@
 //! argument, so the unit tests in `tests.rs` drive it with exact instants.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
@@ -42,10 +42,12 @@ pub(crate) struct Ledger {
     /// repaid are swept out now and then (see `PAIR_SWEEP_EVERY`).
     pairs: HashMap<(usize, String), PairState>,
     next_pair_sweep: Duration,
-    /// How many times each `biz_opaque_callback_data` was accepted: finds
-    /// duplicates, the at-least-once cost the engine is meant to keep small. Grows
-    /// with the number of distinct jobs accepted (tens of bytes each).
-    accepted_callbacks: HashMap<String, u32>,
+    /// Per `biz_opaque_callback_data` (a job id): how many times it was
+    /// accepted, which finds duplicates, the at-least-once cost the engine is
+    /// meant to keep small, and when its first request arrived, which tells a
+    /// job sent before its `not_before`. Grows with the number of distinct jobs
+    /// (tens of bytes each).
+    callbacks: HashMap<String, CallbackSeen>,
     /// Feeds unique wamids.
     next_message_seq: u64,
     stats: SimStats,
@@ -77,6 +79,14 @@ struct WabaState {
     /// Arrival times within the last hour, oldest first. Exact, at 8 to 16 bytes
     /// per call: a WABA at its full seed cap holds a few tens of megabytes.
     window: VecDeque<Duration>,
+}
+
+/// What the ledger knows of one `biz_opaque_callback_data`.
+#[derive(Debug, Clone, Copy)]
+struct CallbackSeen {
+    accepted: u32,
+    /// Wall clock, to compare with the job's own times (`not_before`).
+    first_request: Option<SystemTime>,
 }
 
 /// The pair rule's state, exactly as docs/platform.md "The pair rule, exactly"
@@ -169,7 +179,7 @@ impl Ledger {
             wabas,
             pairs: HashMap::new(),
             next_pair_sweep: PAIR_SWEEP_EVERY,
-            accepted_callbacks: HashMap::new(),
+            callbacks: HashMap::new(),
             next_message_seq: 0,
             stats: SimStats::default(),
         }
@@ -280,17 +290,35 @@ impl Ledger {
         number.last_accept = Some(t);
         self.stats.accepted += 1;
         if let Some(id) = callback_data {
-            let seen = self.accepted_callbacks.entry(id.to_owned()).or_insert(0);
-            *seen += 1;
-            if *seen > 1 {
+            let seen = self
+                .callbacks
+                .entry(id.to_owned())
+                .or_insert(CallbackSeen { accepted: 0, first_request: None });
+            seen.accepted += 1;
+            if seen.accepted > 1 {
                 self.stats.duplicate_count += 1;
-                if *seen == 2 && self.stats.duplicate_job_ids.len() < DUPLICATE_LIST_CAP {
+                if seen.accepted == 2 && self.stats.duplicate_job_ids.len() < DUPLICATE_LIST_CAP {
                     self.stats.duplicate_job_ids.push(id.to_owned());
                 }
             }
         }
         self.next_message_seq += 1;
         self.next_message_seq
+    }
+
+    /// Notes that a request carrying `callback_data` arrived at `at` (wall
+    /// clock), whatever its answer will be; only the first one is kept.
+    pub(crate) fn note_request(&mut self, callback_data: &str, at: SystemTime) {
+        let seen = self
+            .callbacks
+            .entry(callback_data.to_owned())
+            .or_insert(CallbackSeen { accepted: 0, first_request: None });
+        seen.first_request.get_or_insert(at);
+    }
+
+    /// When the first request carrying each `biz_opaque_callback_data` arrived.
+    pub(crate) fn first_requests(&self) -> HashMap<String, SystemTime> {
+        self.callbacks.iter().filter_map(|(id, seen)| Some((id.clone(), seen.first_request?))).collect()
     }
 
     /// Counts an error answer under its stats key (`"131056"`, `"http_503"`).
@@ -319,6 +347,10 @@ impl Ledger {
 
     pub(crate) fn count_connection(&mut self) {
         self.stats.connections += 1;
+    }
+
+    pub(crate) fn count_outage(&mut self) {
+        self.stats.outages += 1;
     }
 
     pub(crate) fn snapshot(&self) -> SimStats {

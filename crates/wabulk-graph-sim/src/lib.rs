@@ -73,6 +73,22 @@
 //! simulator runs, so a test can refuse a sender's token and then accept it
 //! again, as when an operator re-grants the token's permissions.
 //!
+//! # Outages
+//!
+//! [`SimHandle::refuse_connections`] (or `faults.outage` in the
+//! configuration, at a set time after the start) makes the Graph API
+//! unreachable for a while: the listening socket is closed, so connection
+//! attempts are refused, and every open connection is dropped without an
+//! answer, requests in flight included (those already judged stay counted,
+//! accepted ones too: their answers are lost, as when a network path fails
+//! after Meta took the request). Afterwards the simulator listens on the
+//! same address again. A sender sees connection failures only, never an
+//! HTTP error; [`SimStats::outages`] counts them.
+//!
+//! [`SimHandle::first_requests`] gives, per `biz_opaque_callback_data` (the
+//! engine's job id), when the first request carrying it arrived (wall
+//! clock), so that a test can tell a job sent before its `not_before`.
+//!
 //! # Configuration (TOML)
 //!
 //! [`SimConfig`] is plain serde data; every key is optional except inside
@@ -104,6 +120,8 @@
 //! hang = 0.0                     # never answer
 //! reset = 0.0                    # RST_STREAM / dropped connection
 //! goaway = 0.0                   # GOAWAY on the connection, answer still sent
+//! outage = { after_ms = 60000, duration_ms = 30000 }   # optional: connections refused
+//!                                # from 60 s after the start, for 30 s
 //!
 //! [[faults.forced]]
 //! code = 80007
@@ -124,7 +142,9 @@ mod stats;
 mod tls;
 mod webhooks;
 
-pub use config::{example_config, ConfigError, Faults, ForcedError, Latency, SimConfig, SimNumber, SimWaba};
+pub use config::{
+    example_config, ConfigError, Faults, ForcedError, Latency, Outage, SimConfig, SimNumber, SimWaba,
+};
 pub use server::{SimHandle, Simulator, UnknownWaba};
 pub use stats::{NumberStats, SimStats, Violations, DUPLICATE_LIST_CAP};
 pub use webhooks::WebhookConfig;

@@ -12,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
@@ -23,8 +23,8 @@ use hyper_util::server::conn::auto;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -44,6 +44,14 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 /// A client that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How soon listening is tried again when the address cannot be bound at the
+/// end of an outage (another socket took the port meanwhile).
+const REBIND_RETRY: Duration = Duration::from_millis(50);
+
+/// Listen backlog of the socket bound again after an outage (tokio's default
+/// for `TcpListener::bind`).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Starts simulators. (A namespace: all state lives in the [`SimHandle`].)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Simulator;
@@ -60,10 +68,12 @@ impl Simulator {
         let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(Arc::clone(&tls.server)));
         let ca_pem = tls.map(|tls| tls.ca_pem);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (outages_tx, outages_rx) = mpsc::unbounded_channel();
         let (webhooks_tx, webhooks_rx) = mpsc::unbounded_channel();
         let webhook_config = config.webhooks.clone();
         let seed = config.seed;
         let enabled = webhook_config.url.is_some();
+        let scheduled_outage = config.faults.outage;
         let shared = Arc::new(Shared::new(config, shutdown_rx.clone(), enabled.then_some(webhooks_tx)));
         if enabled {
             tokio::spawn(webhooks::run(
@@ -85,15 +95,26 @@ impl Simulator {
             // would GOAWAY a connection after 1024 of them and skew the counts.
             .max_local_error_reset_streams(None);
 
+        if let Some(outage) = scheduled_outage {
+            tokio::spawn(outage_at(outage, outages_tx.clone(), shutdown_rx.clone()));
+        }
         let task = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&shared),
             Arc::new(builder),
             acceptor,
             shutdown_rx,
+            outages_rx,
         ));
         tracing::info!(%local_addr, https = ca_pem.is_some(), "graph api simulator listening");
-        Ok(SimHandle { local_addr, shared, ca_pem, shutdown: shutdown_tx, task: Some(task) })
+        Ok(SimHandle {
+            local_addr,
+            shared,
+            ca_pem,
+            shutdown: shutdown_tx,
+            outages: outages_tx,
+            task: Some(task),
+        })
     }
 }
 
@@ -104,6 +125,8 @@ pub struct SimHandle {
     /// The CA of the HTTPS mode's certificate; `None` in cleartext.
     ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
+    /// Orders to the accept loop to refuse connections for a while.
+    outages: mpsc::UnboundedSender<OutageOrder>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -149,6 +172,30 @@ impl SimHandle {
     /// The same data as `GET /__sim/stats`.
     pub fn stats(&self) -> SimStats {
         self.shared.stats()
+    }
+
+    /// When the first `/messages` request carrying each
+    /// `biz_opaque_callback_data` (the engine puts the job id there) arrived,
+    /// by the wall clock, whatever its answer: a test compares it with the
+    /// job's `not_before` to catch a job sent early. Not in `/__sim/stats`:
+    /// it has one entry per job.
+    pub fn first_requests(&self) -> HashMap<String, SystemTime> {
+        self.shared.lock().ledger.first_requests()
+    }
+
+    /// Refuses connections for `duration`, as when Meta's edge is
+    /// unreachable: the listening socket is closed (connection attempts are
+    /// refused) and every open connection is dropped without an answer,
+    /// requests in flight included; then the simulator listens on the same
+    /// address again. Returns once the socket and the connections are closed,
+    /// so whatever the caller does next happens during the outage. A second
+    /// outage ordered during one makes it last until the later end.
+    pub async fn refuse_connections(&self, duration: Duration) {
+        let (begun, started) = oneshot::channel();
+        if self.outages.send(OutageOrder { duration, begun: Some(begun) }).is_ok() {
+            // An error means the simulator stopped: nothing listens anyway.
+            let _ = started.await;
+        }
     }
 
     /// Makes `token` the one every number of WABA `waba_id` must carry, from
@@ -284,19 +331,79 @@ struct ConnCtx {
 #[error("simulated reset")]
 struct ResetFault;
 
+/// An order to refuse connections for `duration`; `begun` is told once the
+/// listener and the connections are closed.
+struct OutageOrder {
+    duration: Duration,
+    begun: Option<oneshot::Sender<()>>,
+}
+
+/// `faults.outage`: orders the outage when its time comes.
+async fn outage_at(
+    outage: crate::config::Outage,
+    orders: mpsc::UnboundedSender<OutageOrder>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        () = stopped(&mut shutdown) => {}
+        () = tokio::time::sleep(outage.after) => {
+            let _ = orders.send(OutageOrder { duration: outage.duration, begun: None });
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
+    mut outages: mpsc::UnboundedReceiver<OutageOrder>,
 ) {
+    // Bound again at this address when an outage ends.
+    let local_addr = listener.local_addr();
+    let mut listener = Some(listener);
+    // While `Some`, the outage lasts (and no socket listens) until then.
+    let mut outage_until: Option<Instant> = None;
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             // Also completes when the handle is dropped (the sender goes away).
             () = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
+            Some(order) = outages.recv() => {
+                let until = Instant::now() + order.duration;
+                outage_until = Some(outage_until.map_or(until, |current| current.max(until)));
+                if listener.take().is_some() {
+                    shared.lock().ledger.count_outage();
+                    tracing::info!(duration = ?order.duration, "graph api simulator refusing connections");
+                }
+                // Dropping a connection's task closes its socket: the client
+                // gets no answer for what it has in flight.
+                connections.shutdown().await;
+                if let Some(begun) = order.begun {
+                    let _ = begun.send(());
+                }
+            }
+            () = sleep_until(outage_until) => match &local_addr {
+                Ok(addr) => match listen_again(*addr) {
+                    Ok(again) => {
+                        listener = Some(again);
+                        outage_until = None;
+                        tracing::info!(%addr, "graph api simulator listening again");
+                    }
+                    Err(error) => {
+                        // The port was taken meanwhile (a client's ephemeral
+                        // port): try again until it is free.
+                        tracing::warn!(%error, %addr, "cannot listen again yet");
+                        outage_until = Some(Instant::now() + REBIND_RETRY);
+                    }
+                },
+                Err(error) => {
+                    tracing::error!(%error, "the listener had no address: the outage never ends");
+                    outage_until = None;
+                }
+            },
+            accepted = accept_on(listener.as_ref()) => match accepted {
                 Ok((stream, _peer)) => {
                     shared.lock().ledger.count_connection();
                     connections.spawn(accept_connection(
@@ -317,6 +424,32 @@ async fn accept_loop(
         }
     }
     connections.shutdown().await;
+}
+
+/// The next connection on `listener`; never completes without one (during
+/// an outage).
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes at `until`; never when `None`.
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A listener on `addr` again. `SO_REUSEADDR`, because the connections the
+/// outage closed leave this port's side in TIME_WAIT.
+fn listen_again(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Completes when shutdown is signalled or the handle is gone.
@@ -525,6 +658,9 @@ fn judge(
         return (Action::Answer(error.into_response(&fbtrace_id)), delay);
     };
     let arrival = ledger.arrive(n, t, http2);
+    if let Some(callback_data) = message.as_ref().ok().and_then(|m| m.callback_data.as_deref()) {
+        ledger.note_request(callback_data, SystemTime::now());
+    }
 
     let verdict = match &message {
         _ if !auth_ok => Verdict::Error(GraphError::bad_token()),

@@ -36,6 +36,9 @@ pub struct SimStats {
     pub storms: u64,
     /// TCP connections accepted.
     pub connections: u64,
+    /// Outages begun (`faults.outage`, `SimHandle::refuse_connections`):
+    /// spells with no socket listening and every connection dropped.
+    pub outages: u64,
     /// `/messages` requests that came over HTTP/2 (the rest were HTTP/1.x).
     pub http2_requests: u64,
     /// Token checks (`GET /{version}/{phone_number_id}`), whatever their

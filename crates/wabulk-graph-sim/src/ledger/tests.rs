@@ -187,6 +187,26 @@ fn duplicates_are_listed_once_and_counted_every_time() {
 }
 
 #[test]
+fn the_first_request_of_each_job_is_kept_whatever_its_answer() {
+    let mut ledger = Ledger::new(&config(1_000, 1_000));
+    let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    // "a" is refused first (never accepted), then accepted; "b" only accepted
+    // (a caller that noted no request), "c" only refused.
+    ledger.note_request("a", at(100));
+    ledger.note_request("c", at(150));
+    ledger.note_request("a", at(200));
+    let p = ledger.check_pair(0, "r", ms(0)).unwrap();
+    ledger.accept(0, "r", ms(0), p, Some("a"));
+    let p = ledger.check_pair(0, "s", ms(0)).unwrap();
+    ledger.accept(0, "s", ms(0), p, Some("b"));
+    let first = ledger.first_requests();
+    assert_eq!(first.get("a"), Some(&at(100)));
+    assert_eq!(first.get("c"), Some(&at(150)));
+    assert_eq!(first.get("b"), None);
+    assert_eq!(ledger.snapshot().duplicate_count, 0);
+}
+
+#[test]
 fn achieved_mps_reads_the_pace() {
     let mut ledger = Ledger::new(&config(1_000, 100_000));
     for i in 0..101u64 {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use wabulk_graph_sim::{
-    example_config, Faults, ForcedError, Latency, SimConfig, SimHandle, SimNumber, SimStats, SimWaba,
+    example_config, Faults, ForcedError, Latency, Outage, SimConfig, SimHandle, SimNumber, SimStats, SimWaba,
     Simulator, UnknownWaba,
 };
 
@@ -559,6 +559,125 @@ async fn two_thousand_concurrent_requests_over_http2_are_all_answered() {
     sim.shutdown().await;
 }
 
+/// Whether a plain TCP client at `addr` gets an HTTP answer to `GET
+/// /healthz` within a second: false when the connection is refused, or
+/// closed (or silent) without one.
+async fn answers_over_tcp(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return false };
+    let request = b"GET /healthz HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+    matches!(read, Ok(Ok(_))) && answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// Polls [`answers_over_tcp`] every 20 ms until it equals `answering`, for
+/// up to `limit`; when it did, if it did.
+async fn until_answering(addr: SocketAddr, answering: bool, limit: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if answers_over_tcp(addr).await == answering {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_refuses_connections_drops_open_ones_then_serves_again() {
+    const OUTAGE: Duration = Duration::from_millis(800);
+    let mut cfg = config(1_000);
+    // Long enough that the request below is still waiting for its answer
+    // when the outage begins.
+    cfg.latency = Latency::Fixed(Duration::from_secs(2));
+    let sim = start(cfg).await;
+    let addr = sim.local_addr();
+    assert!(answers_over_tcp(addr).await);
+    let (client, conn) = h2_with_conn(addr).await;
+    let mut in_flight = client;
+    let pending =
+        tokio::spawn(async move { in_flight.send("1001", TOKEN_A, &message("1", Some("job-1"))).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().requests == 0 {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let began = Instant::now();
+    sim.refuse_connections(OUTAGE).await;
+    let during = sim.stats();
+    // The request was judged (accepted) but its answer never comes: the
+    // connection is dropped, without GOAWAY, well before the 2 s latency.
+    let answer = tokio::time::timeout(Duration::from_secs(1), pending).await.expect("no answer, at once");
+    assert!(answer.unwrap().is_err(), "a request in flight got an answer during the outage");
+    let ended = tokio::time::timeout(Duration::from_secs(1), conn).await.expect("the open connection closed");
+    assert!(ended.unwrap().is_err(), "closed abruptly, not gracefully");
+    // New connections are refused while it lasts.
+    match TcpStream::connect(addr).await {
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused),
+        Ok(_) => assert!(began.elapsed() >= OUTAGE, "a connection was accepted during the outage"),
+    }
+    assert!(!answers_over_tcp(addr).await || began.elapsed() >= OUTAGE);
+    assert_eq!((during.outages, during.accepted, during.requests), (1, 1, 1));
+
+    let serving = until_answering(addr, true, OUTAGE + Duration::from_secs(5)).await;
+    let serving = serving.expect("listening again after the outage");
+    assert!(serving - began >= OUTAGE, "listening again after {:?}", serving - began);
+    let mut client = h2(addr).await;
+    let answer = client.send("1001", TOKEN_A, &message("2", Some("job-2"))).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let after = sim.stats();
+    assert_eq!((after.outages, after.accepted, after.requests), (1, 2, 2));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_outage_comes_at_its_time_and_ends() {
+    let after = Duration::from_millis(700);
+    let duration = Duration::from_millis(700);
+    let mut cfg = config(1_000);
+    cfg.faults.outage = Some(Outage { after, duration });
+    let started = Instant::now();
+    let sim = start(cfg).await;
+    let addr = sim.local_addr();
+    let refused = until_answering(addr, false, after + Duration::from_secs(5)).await;
+    let refused = refused.expect("connections refused at the configured time");
+    assert!(refused - started >= after, "refused after {:?}", refused - started);
+    let serving = until_answering(addr, true, duration + Duration::from_secs(5)).await;
+    let serving = serving.expect("listening again after the outage");
+    assert!(serving - started >= after + duration, "serving again after {:?}", serving - started);
+    let mut client = h2(addr).await;
+    assert_eq!(client.send("1001", TOKEN_A, &message("1", None)).await.unwrap().status, StatusCode::OK);
+    assert_eq!(sim.stats().outages, 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_first_request_of_each_job_is_timed_whatever_its_answer() {
+    let sim = start(config(1_000)).await;
+    let mut client = h2(sim.local_addr()).await;
+    let before = std::time::SystemTime::now();
+    let refused = client.send("1001", TOKEN_B, &message("1", Some("job-a"))).await.unwrap();
+    assert_eq!(refused.code(), Some(190));
+    let between = std::time::SystemTime::now();
+    assert_eq!(
+        client.send("1001", TOKEN_A, &message("2", Some("job-a"))).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(client.send("1001", TOKEN_A, &message("3", None)).await.unwrap().status, StatusCode::OK);
+    let first = sim.first_requests();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let at = first["job-a"];
+    assert!(before <= at && at <= between, "the refused request is the first");
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn dropping_the_handle_stops_the_server() {
     let sim = start(config(10)).await;
@@ -589,6 +708,7 @@ async fn invalid_configs_are_refused() {
 fn config_round_trips_through_toml_and_the_documented_shape_parses() {
     let mut cfg = example_config();
     cfg.seed = Some(42);
+    cfg.faults.outage = Some(Outage { after: Duration::from_secs(60), duration: Duration::from_secs(30) });
     cfg.faults.forced.push(ForcedError {
         code: 131048,
         http_status: 400,
@@ -617,6 +737,7 @@ fn config_round_trips_through_toml_and_the_documented_shape_parses() {
 
         [faults]
         transient = 0.001
+        outage = { after_ms = 60000, duration_ms = 120000 }
 
         [[faults.forced]]
         code = 80007
@@ -630,6 +751,8 @@ fn config_round_trips_through_toml_and_the_documented_shape_parses() {
     assert_eq!(cfg.wabas[0].hourly_cap, 1_800_000);
     assert_eq!(cfg.faults.forced[0].http_status, 400);
     assert_eq!(cfg.faults.forced[0].probability, 1.0);
+    let outage = Outage { after: Duration::from_secs(60), duration: Duration::from_secs(120) };
+    assert_eq!(cfg.faults.outage, Some(outage));
     assert!(cfg.validate().is_ok());
 
     let meta: SimConfig = toml::from_str("latency = { meta_scale = 0.01 }").unwrap();

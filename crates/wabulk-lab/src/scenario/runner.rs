@@ -623,6 +623,13 @@ fn describe_faults(config: &SimConfig) -> String {
     .filter(|(_, p)| *p > 0.0)
     .map(|(name, p)| format!("{:.1}% {name}", p * 100.0))
     .chain(f.forced.iter().map(|e| format!("{:.1}% forced {}", e.probability * 100.0, e.code)))
+    .chain(f.outage.map(|o| {
+        format!(
+            "connections refused for {:.1} s from {:.1} s after the start",
+            o.duration.as_secs_f64(),
+            o.after.as_secs_f64()
+        )
+    }))
     .collect();
     if parts.is_empty() {
         "none".into()

@@ -95,3 +95,24 @@ mps = 80
         assert!(error.contains(key), "error {error:?} should name {key}");
     }
 }
+
+#[test]
+fn a_scenario_can_cut_the_graph_api_off_for_a_while() {
+    let text = r#"
+name = "x"
+[simulator.faults]
+outage = { after_ms = 60000, duration_ms = 120000 }
+[load]
+jobs = 10
+[[load.numbers]]
+id = "1"
+waba_id = "2"
+mps = 80
+"#;
+    let scenario = Scenario::from_toml(text, "x.toml").expect("loads");
+    let outage = wabulk_graph_sim::Outage {
+        after: std::time::Duration::from_secs(60),
+        duration: std::time::Duration::from_secs(120),
+    };
+    assert_eq!(scenario.simulator.faults.outage, Some(outage));
+}

@@ -793,3 +793,33 @@ pub(crate) fn committed(brokers: &str, group: &str, topic: &str, partitions: i32
         })
         .collect()
 }
+
+/// Records ever appended to each of `topics` (the sum of its partitions'
+/// high watermarks), read from the broker with one plain consumer.
+pub(crate) fn record_counts(brokers: &str, topics: &[String]) -> BTreeMap<String, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "it-record-counts")
+        .create()
+        .expect("a consumer for the watermarks");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(None, timeout).expect("the cluster's metadata");
+    topics
+        .iter()
+        .map(|topic| {
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .unwrap_or_else(|| panic!("no topic {topic}"))
+                .partitions()
+                .iter()
+                .map(|p| p.id());
+            let count = partitions
+                .map(|p| consumer.fetch_watermarks(topic, p, timeout).expect("the watermarks").1)
+                .sum();
+            (topic.clone(), count)
+        })
+        .collect()
+}

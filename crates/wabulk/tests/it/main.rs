@@ -10,6 +10,7 @@ mod dlq;
 mod faults;
 mod harness;
 mod order;
+mod outage;
 mod pacing;
 mod parking;
 mod scale;

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use wabulk_graph_sim::{Latency, SimNumber, SimWaba};
-use wabulk_kafka::JobWriter;
+use wabulk_kafka::{JobWriter, ParkingSettings};
 use wabulk_model::{JobResult, Status};
 
 use crate::harness::{
-    init_logs, sample, sim_config, status_counts, violations, Collector, EngineToml, InProcessEngine, Number,
-    OtherWaba, Stack, JOBS, RESULTS, TOKEN, TOKEN_ENV,
+    committed, free_port, http_get, init_logs, record_counts, sample, sim_config, status_counts, violations,
+    wait_for, Collector, EngineProcess, EngineToml, InProcessEngine, Number, OtherWaba, Program, Stack,
+    TempDir, JOBS, MPS_MARGIN, RESULTS, TOKEN, TOKEN_ENV,
 };
 
 const LATER: &str = "106540352242922";
@@ -53,9 +54,16 @@ async fn write_all(writer: &JobWriter, jobs: &[(&str, Vec<u8>)]) {
 /// Writes one job to send now and waits for its result: the engine is then
 /// reading, so what the test writes next is timed from its arrival.
 async fn engine_reading(writer: &JobWriter, results: &Collector, phone: &str) {
-    write_all(writer, &[(phone, job("warm-up", phone, 9_999_999, None, None))]).await;
-    let ready = results.wait_until(Duration::from_secs(60), |records| !records.is_empty()).await;
-    assert!(ready, "the engine did not answer a first job within 60 s");
+    engine_answers(writer, results, phone, "warm-up", Duration::from_secs(60)).await;
+}
+
+/// Writes the job `id` (to send now) and waits up to `limit` for its result.
+async fn engine_answers(writer: &JobWriter, results: &Collector, phone: &str, id: &str, limit: Duration) {
+    write_all(writer, &[(phone, job(id, phone, 9_999_999, None, None))]).await;
+    let ready = results
+        .wait_until(limit, |records| records.iter().any(|r| r.key.as_deref() == Some(id.as_bytes())))
+        .await;
+    assert!(ready, "the engine did not answer {id} within {limit:?}");
 }
 
 fn of<'a>(results: &'a [JobResult], prefix: &str) -> Vec<&'a JobResult> {
@@ -377,4 +385,326 @@ async fn a_slow_numbers_backlog_holds_back_nothing() {
         );
     }
     assert_eq!(violations(&stats), 0);
+}
+
+/// Jobs parked in [`killed_while_jobs_are_parked_none_is_lost_or_early`];
+/// `WABULK_IT_PARKED_JOBS` sets another figure (the load test's goal is
+/// 100,000).
+const PARKED_JOBS: usize = 20_000;
+/// Their numbers, and each one's tier.
+const PARKED_NUMBERS: usize = 4;
+const PARKED_MPS: u32 = 500;
+/// From the write to the first `not_before`: room to write and park them all
+/// (2 s for 20,000 here), kill the engine and have its successor join both
+/// groups (the dead member's 6 s session, then the mock cluster's
+/// rebalance: 8 to 13 s). One more second per 2,000 jobs above 20,000.
+const FIRST_DUE_MS: i64 = 30_000;
+/// The second kill comes once this share of the jobs has a result: while
+/// the others are being moved back.
+const SECOND_KILL_AFTER: f64 = 0.25;
+/// The smallest parking tier: how late a job may come back (CONTRACT §5).
+const SMALLEST_TIER: Duration = Duration::from_secs(1);
+/// A number new to an instance sends nothing for its first second.
+const NEW_NUMBER_WAIT: Duration = Duration::from_secs(1);
+/// For a loaded two-core host running debug builds.
+const LOAD_SLACK: Duration = Duration::from_secs(3);
+
+fn parked_jobs() -> usize {
+    std::env::var("WABULK_IT_PARKED_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(PARKED_JOBS)
+}
+
+/// `wabulk_jobs_parked_total{reason="not_before"}` of the engine serving
+/// `/metrics` on `port` (0 while it does not answer yet).
+async fn parked_by_engine(port: u16) -> f64 {
+    let body = tokio::task::spawn_blocking(move || http_get(port, "/metrics")).await.expect("scrape");
+    body.ok().and_then(|body| sample(&body, "wabulk_jobs_parked_total{reason=\"not_before\"}")).unwrap_or(0.0)
+}
+
+/// Records of `topics` (each with `partitions` partitions) the group `group`
+/// has not committed, at the broker: written, less those below its
+/// committed positions and those above them listed as finished.
+fn uncommitted(brokers: &str, group: &str, topics: &[String], partitions: i32) -> i64 {
+    let written: i64 = record_counts(brokers, topics).values().sum();
+    let done: i64 = topics
+        .iter()
+        .flat_map(|topic| committed(brokers, group, topic, partitions))
+        .map(|c| c.offset + c.finished_above().len() as i64)
+        .sum();
+    written - done
+}
+
+/// What a SIGKILLed engine left for its successor to do again, read at the
+/// broker once it is dead (so nothing changes it meanwhile).
+#[derive(Debug, Clone, Copy)]
+struct LeftByKill {
+    /// Jobs-topic records its group had not committed: each may be read
+    /// again, and a job sent or parked again.
+    jobs_uncommitted: i64,
+    /// Tier records its mover had moved (written to a tier or back to the
+    /// jobs topic) but not committed: each may be moved again.
+    moved_uncommitted: i64,
+}
+
+impl LeftByKill {
+    /// `parked`: records the engine parked (one tier write each); `written`:
+    /// records the test wrote to the jobs topic.
+    fn read(brokers: &str, group: &str, partitions: i32, parked: i64, written: i64) -> LeftByKill {
+        let tiers = ParkingSettings::default().tier_topics();
+        let in_tiers: i64 = record_counts(brokers, &tiers).values().sum();
+        let jobs = [JOBS.to_owned()];
+        let in_jobs = record_counts(brokers, &jobs)[JOBS];
+        // Every record the mover writes (a hop or a return) is one it read.
+        let moved = (in_tiers - parked) + (in_jobs - written);
+        let parking_group = format!("{group}.parking");
+        let not_committed = uncommitted(brokers, &parking_group, &tiers, partitions);
+        let moved_committed = in_tiers - not_committed;
+        LeftByKill {
+            jobs_uncommitted: uncommitted(brokers, group, &jobs, partitions),
+            moved_uncommitted: moved - moved_committed,
+        }
+    }
+
+    /// The most jobs its successor can send again.
+    fn repeatable(self) -> u64 {
+        u64::try_from(self.jobs_uncommitted + self.moved_uncommitted).unwrap_or(0)
+    }
+}
+
+/// Distinct parked jobs among the results.
+fn parked_results(records: &[wabulk_kafka::Record]) -> usize {
+    records
+        .iter()
+        .filter_map(|r| r.key.as_deref())
+        .filter(|k| k.starts_with(b"parked-"))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// 20,000 jobs for four 500 msg/s numbers, due 30 to 50 s after they are
+/// written, are parked; the engine is SIGKILLed while they all wait in the
+/// parking topics, and a new one is started in the same group; once a
+/// quarter of them are sent, that one is SIGKILLed too, while the rest are
+/// being moved back, and a third is started. Every job must be sent, each
+/// once but for what the kills left uncommitted or half-moved (read at the
+/// broker: 0 for the first kill), none may reach the simulator before its
+/// `not_before`, and each must reach it within a bound after it: from the
+/// later of its due time and the readiness of the engine that sent it, the
+/// smallest tier, its number's jobs due before it at the tier, the number's
+/// first second and slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
+    init_logs();
+    let count = parked_jobs();
+    let numbers: Vec<Number> = (0..PARKED_NUMBERS)
+        .map(|i| Number::new(&format!("10654035224{:04}", 4000 + i), PARKED_MPS))
+        .collect();
+    let partitions = PARKED_NUMBERS as i32;
+    let stack =
+        Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(20))), partitions).await;
+    let brokers = stack.brokers();
+    let dir = TempDir::new("parked-kill");
+    let group = "it-parked-kill";
+    let mut toml = EngineToml::new(&stack, group, &numbers);
+    toml.limits.push(MPS_MARGIN.into());
+    toml.short_session();
+    // The least allowed: every job here is parked.
+    toml.parking.push("park_after_ms = 2000".into());
+    let port = free_port();
+    toml.http_listen = format!("127.0.0.1:{port}");
+    let config = toml.write(dir.path());
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 0);
+    let results = Collector::start(&brokers, RESULTS);
+    let writer = JobWriter::connect(&brokers, &Default::default()).expect("job writer");
+    engine_reading(&writer, &results, &numbers[0].id).await;
+    // Records the test writes to the jobs topic besides the parked jobs.
+    let mut answered = 1;
+
+    let now_ms = Utc::now().timestamp_millis();
+    let extra_ms = (count.saturating_sub(PARKED_JOBS) / 2) as i64;
+    let first_due = DateTime::from_timestamp_millis(now_ms + FIRST_DUE_MS + extra_ms).expect("a time");
+    // Spread so that they come due at half the tiers (250/s per number): the
+    // engine keeps up, and catches up after a kill.
+    let tiers = PARKED_MPS as usize * PARKED_NUMBERS;
+    let spread_ms = (count * 2_000 / tiers) as i64;
+    let due_of = |n: usize| first_due + chrono::Duration::milliseconds(spread_ms * n as i64 / count as i64);
+    let ids: Vec<String> = (0..count).map(|n| format!("parked-{n:06}")).collect();
+    let jobs: Vec<(&str, Vec<u8>)> = (0..count)
+        .map(|n| {
+            let phone = numbers[n % PARKED_NUMBERS].id.as_str();
+            (phone, job(&ids[n], phone, n as u64, Some(due_of(n)), None))
+        })
+        .collect();
+    let started = Instant::now();
+    write_all(&writer, &jobs).await;
+    let written_in = started.elapsed();
+    // When to kill: the engine says it parked them all, and its group's
+    // commits at the broker are past them. What the assertions rest on is
+    // read from the broker after the kill.
+    let limit = Instant::now() + Duration::from_secs(180);
+    while parked_by_engine(port).await < count as f64 {
+        assert!(Instant::now() < limit, "not all parked within 180 s:\n{}", engine.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let parked_in = started.elapsed();
+    let jobs_topic = [JOBS.to_owned()];
+    let committed_all =
+        wait_for(Duration::from_secs(30), || uncommitted(&brokers, group, &jobs_topic, partitions) == 0)
+            .await;
+    engine.kill();
+    let first_kill_in = started.elapsed();
+    let first_kill_at = Utc::now();
+    let written = |answered: i64| count as i64 + answered;
+    let first_left = LeftByKill::read(&brokers, group, partitions, count as i64, written(answered));
+    let in_tiers = record_counts(&brokers, &ParkingSettings::default().tier_topics());
+
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 1);
+    engine_answers(&writer, &results, &numbers[0].id, "restarted-1", Duration::from_secs(120)).await;
+    answered += 1;
+    let first_ready = Utc::now();
+    let first_ready_in = started.elapsed();
+
+    // Once a quarter is sent, again, while the rest are coming back.
+    let quarter = (count as f64 * SECOND_KILL_AFTER) as usize;
+    let until_quarter = (due_of(quarter) - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(60);
+    let sent_quarter = results.wait_until(until_quarter, |records| parked_results(records) >= quarter).await;
+    assert!(sent_quarter, "not a quarter of the jobs sent by {until_quarter:?}:\n{}", engine.log_tail(20));
+    let duplicates_before_second_kill = stack.sim.stats().duplicate_count;
+    engine.kill();
+    let second_kill_in = started.elapsed();
+    let second_kill_at = Utc::now();
+    let second_left = LeftByKill::read(&brokers, group, partitions, count as i64, written(answered));
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 2);
+    engine_answers(&writer, &results, &numbers[0].id, "restarted-2", Duration::from_secs(120)).await;
+    let second_ready = Utc::now();
+    let second_ready_in = started.elapsed();
+
+    let last_due = due_of(count - 1);
+    let drain = Duration::from_secs_f64(count as f64 / f64::from(PARKED_MPS * PARKED_NUMBERS as u32));
+    let wait = (last_due.max(second_ready) - Utc::now()).to_std().unwrap_or_default()
+        + drain
+        + Duration::from_secs(60);
+    let all_in = results.wait_until(wait, |records| parked_results(records) >= count).await;
+    let finished_in = started.elapsed();
+    engine.terminate();
+    let exit = engine.wait_exit(Duration::from_secs(30));
+    let first_requests = stack.sim.first_requests();
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+
+    let parked: Vec<JobResult> = all.into_iter().filter(|r| r.id.starts_with("parked-")).collect();
+    let grouped = crate::harness::by_id(&parked);
+    let missing: Vec<&String> = ids.iter().filter(|id| !grouped.contains_key(*id)).collect();
+    let not_sent = parked.iter().filter(|r| r.status != Status::Sent).count();
+    let duplicate_results = (parked.len() - grouped.len()) as u64;
+    let duplicates_allowed = first_left.repeatable() + second_left.repeatable();
+    // Each job's first request at the simulator against its due time, and
+    // against its bound: from the later of its due time and the readiness
+    // of the engine that sent it, the smallest tier, its number's jobs due
+    // before it sent at the tier (less the pacing margin), the number's
+    // first second and slack.
+    let effective_mps = f64::from(PARKED_MPS) * 0.95;
+    let mut early = Vec::new();
+    let mut never = 0;
+    let mut too_late = Vec::new();
+    let mut least_margin_ms = i64::MAX;
+    let mut lateness_ms = Vec::with_capacity(count);
+    for (n, id) in ids.iter().enumerate() {
+        let due = due_of(n);
+        let Some(&at) = first_requests.get(id) else {
+            never += 1;
+            continue;
+        };
+        let at: DateTime<Utc> = at.into();
+        let late = at - due;
+        lateness_ms.push(late.num_milliseconds());
+        if late < chrono::Duration::zero() {
+            early.push((id.clone(), late.num_milliseconds()));
+        }
+        let ready = if at < second_kill_at { first_ready } else { second_ready };
+        let ahead = n / PARKED_NUMBERS;
+        let allowance = SMALLEST_TIER
+            + Duration::from_secs_f64(ahead as f64 / effective_mps)
+            + NEW_NUMBER_WAIT
+            + LOAD_SLACK;
+        let bound = due.max(ready) + chrono::Duration::from_std(allowance).expect("small");
+        least_margin_ms = least_margin_ms.min((bound - at).num_milliseconds());
+        if at > bound {
+            too_late.push((id.clone(), (at - bound).num_milliseconds()));
+        }
+    }
+    lateness_ms.sort_unstable();
+    let percentile = |p: f64| {
+        lateness_ms.get(((lateness_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(-1)
+    };
+    let seconds_from_first_due = |at: DateTime<Utc>| (at - first_due).num_milliseconds() as f64 / 1000.0;
+    println!(
+        "parked kill: {count} jobs written in {:.1} s, parked by {:.1} s (committed: {committed_all}); first \
+         kill at {:.1} s ({:+.1} s from the first due), left {first_left:?}, tiers {:?}; restarted engine \
+         answered at {:.1} s ({:+.1} s); second kill at {:.1} s ({:+.1} s), left {second_left:?}; its \
+         successor answered at {:.1} s ({:+.1} s); all results by {:.1} s ({:?}); duplicate results \
+         {duplicate_results}, simulator duplicates {} ({duplicates_before_second_kill} before the second \
+         kill; allowed {duplicates_allowed}); first request after not_before, ms: min {}, p50 {}, p99 {}, \
+         max {}; early {}, never requested {never}, past the bound {} (closest {least_margin_ms} ms \
+         within it); {}",
+        written_in.as_secs_f64(),
+        parked_in.as_secs_f64(),
+        first_kill_in.as_secs_f64(),
+        seconds_from_first_due(first_kill_at),
+        in_tiers.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>(),
+        first_ready_in.as_secs_f64(),
+        seconds_from_first_due(first_ready),
+        second_kill_in.as_secs_f64(),
+        seconds_from_first_due(second_kill_at),
+        second_ready_in.as_secs_f64(),
+        seconds_from_first_due(second_ready),
+        finished_in.as_secs_f64(),
+        status_counts(&parked),
+        stats.duplicate_count,
+        percentile(0.0),
+        percentile(0.5),
+        percentile(0.99),
+        percentile(1.0),
+        early.len(),
+        too_late.len(),
+        crate::harness::limits_report(&stats)
+    );
+    // The scenario: all parked and committed, the first kill before any was
+    // due and with nothing moved, the second while they were coming back.
+    assert!(committed_all, "the engine's group had not committed the parked jobs within 30 s");
+    assert!(first_kill_at < first_due, "the engine was killed only after the first job was due");
+    assert_eq!(first_left.jobs_uncommitted, 0, "the parked jobs were committed before the first kill");
+    assert!(second_kill_at < last_due, "the second kill came after the last job was due");
+    // None lost, none failed, none twice beyond what the kills left.
+    assert!(
+        all_in && missing.is_empty(),
+        "{} jobs without a result, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(not_sent, 0, "{:?}", status_counts(&parked));
+    assert!(
+        duplicate_results <= duplicates_allowed && stats.duplicate_count <= duplicates_allowed,
+        "duplicates: {duplicate_results} results, {} at the simulator; allowed {duplicates_allowed}",
+        stats.duplicate_count
+    );
+    // None early, none late.
+    assert_eq!(never, 0, "jobs never requested at the simulator");
+    assert!(
+        early.is_empty(),
+        "{} jobs reached the simulator before their not_before (ms): {:?}",
+        early.len(),
+        &early[..early.len().min(5)]
+    );
+    assert!(
+        too_late.is_empty(),
+        "{} jobs later than their bound (ms past it): {:?}",
+        too_late.len(),
+        &too_late[..too_late.len().min(5)]
+    );
+    assert_eq!(violations(&stats), 0, "{}", crate::harness::limits_report(&stats));
+    assert!(
+        matches!(exit, Some(status) if status.success()),
+        "the last engine did not stop cleanly: {exit:?}"
+    );
 }
