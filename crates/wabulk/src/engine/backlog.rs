@@ -1,11 +1,14 @@
-//! Backlog parking: no number holds more than its share of the memory
-//! budget, so that a slow number (a low tier, a deep pair queue, a WABA at
-//! its hourly cap) never stops the partition it shares with others.
+//! Backlog parking: no number or WABA holds more than its share of the
+//! memory budget, so that a slow number (a low tier, a deep pair queue, a
+//! WABA at its hourly cap) never stops the partition it shares with others.
 //!
-//! Each job in memory holds a [`Hold`] on its number's [`Load`] (jobs and
-//! bytes), released when the job leaves (its `Pending` dropped). A number is
-//! over its share when it holds more jobs than it sends in `park_after` at
-//! its tier, or more than a quarter of the budget in bytes. Its new jobs are
+//! Each job in memory holds a [`Hold`] on its number's and its WABA's
+//! [`Load`] (jobs and bytes), released when the job leaves (its `Pending`
+//! dropped). A number is over its share when it holds more jobs than it
+//! sends in `park_after` at its tier, or more than a quarter of the budget
+//! in bytes; a WABA, when its numbers together hold more than half of the
+//! budget. A number over its share, or of a WABA over its share, has its
+//! new jobs
 //! then parked (`backlog`) until about when the ones in memory and those
 //! parked before them will have gone (each one tier interval after the
 //! previous), and the offsets they held are released: the parking topics
@@ -45,24 +48,45 @@ const RETURN_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 /// Look for forgotten pairs and idle numbers once per this many decisions.
 const SWEEP_EVERY: u32 = 4096;
 
-/// What one number holds in memory.
+/// (jobs, bytes) held by `key`.
+fn load(loads: &HashMap<u64, Arc<Load>>, key: u64) -> (usize, usize) {
+    loads
+        .get(&key)
+        .map_or((0, 0), |load| (load.jobs.load(Ordering::Relaxed), load.bytes.load(Ordering::Relaxed)))
+}
+
+/// What one number, or one WABA, holds in memory.
 #[derive(Debug, Default)]
 pub(super) struct Load {
     jobs: AtomicUsize,
     bytes: AtomicUsize,
 }
 
-/// A job's share of its number's [`Load`], given back when dropped.
+impl Load {
+    fn add(&self, bytes: usize) {
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.jobs.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A job's share of its number's and its WABA's [`Load`], given back when
+/// dropped.
 #[derive(Debug)]
 pub(super) struct Hold {
-    load: Arc<Load>,
+    number: Arc<Load>,
+    waba: Arc<Load>,
     bytes: usize,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.load.jobs.fetch_sub(1, Ordering::Relaxed);
-        self.load.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.number.sub(self.bytes);
+        self.waba.sub(self.bytes);
     }
 }
 
@@ -76,6 +100,7 @@ pub(super) enum Decision {
 /// A job as the backlog sees it.
 pub(super) struct Arrival {
     pub(super) phone: u64,
+    pub(super) waba: u64,
     pub(super) recipient: u64,
     pub(super) mps: u32,
     /// The record's cost against the memory budget.
@@ -87,15 +112,24 @@ pub(super) struct Arrival {
 }
 
 impl Arrival {
-    pub(super) fn new(phone: u64, recipient: u64, mps: u32, bytes: usize, now: DateTime<Utc>) -> Self {
-        Arrival { phone, recipient, mps, bytes, returned_due_ms: None, now }
+    pub(super) fn new(
+        (phone, waba): (u64, u64),
+        recipient: u64,
+        mps: u32,
+        bytes: usize,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Arrival { phone, waba, recipient, mps, bytes, returned_due_ms: None, now }
     }
 }
 
 /// The ingest stage's view of every number's backlog.
 pub(super) struct Backlogs {
-    /// Only the ingest stage adds and looks up; holds update the loads.
+    /// Per number. Only the ingest stage adds and looks up; holds update
+    /// the loads.
     loads: HashMap<u64, Arc<Load>>,
+    /// Per WABA, the same.
+    waba_loads: HashMap<u64, Arc<Load>>,
     /// Per number, the pairs with a job parked for a backlog: recipient →
     /// the due time of its last one (unix ms).
     parked: HashMap<u64, HashMap<u64, i64>>,
@@ -105,30 +139,34 @@ pub(super) struct Backlogs {
     next_due: HashMap<u64, i64>,
     park_after: Duration,
     share_bytes: usize,
+    waba_share_bytes: usize,
     decisions: u32,
 }
 
 impl Backlogs {
     /// `park_after`: the longest wait a number's jobs in memory may add up
     /// to; `budget_bytes`: the instance's memory budget (a number may hold a
-    /// quarter of it).
+    /// quarter of it, a WABA half).
     pub(super) fn new(park_after: Duration, budget_bytes: usize) -> Self {
         Backlogs {
             loads: HashMap::new(),
+            waba_loads: HashMap::new(),
             parked: HashMap::new(),
             next_due: HashMap::new(),
             park_after,
             share_bytes: budget_bytes / 4,
+            waba_share_bytes: budget_bytes / 2,
             decisions: 0,
         }
     }
 
-    /// A hold on `phone`'s load for a job admitted to memory.
-    pub(super) fn hold(&mut self, phone: u64, bytes: usize) -> Hold {
-        let load = Arc::clone(self.loads.entry(phone).or_default());
-        load.jobs.fetch_add(1, Ordering::Relaxed);
-        load.bytes.fetch_add(bytes, Ordering::Relaxed);
-        Hold { load, bytes }
+    /// A hold on `phone`'s and `waba`'s loads for a job admitted to memory.
+    pub(super) fn hold(&mut self, (phone, waba): (u64, u64), bytes: usize) -> Hold {
+        let number = Arc::clone(self.loads.entry(phone).or_default());
+        let waba = Arc::clone(self.waba_loads.entry(waba).or_default());
+        number.add(bytes);
+        waba.add(bytes);
+        Hold { number, waba, bytes }
     }
 
     /// Whether the job is admitted to memory or parked, and until when.
@@ -138,9 +176,11 @@ impl Backlogs {
             self.sweep(arrival.now);
         }
         let now_ms = arrival.now.timestamp_millis();
-        let (jobs, bytes) = self.load(arrival.phone);
+        let (jobs, bytes) = load(&self.loads, arrival.phone);
+        let (_, waba_bytes) = load(&self.waba_loads, arrival.waba);
         let over = jobs as f64 >= f64::from(arrival.mps.max(1)) * self.park_after.as_secs_f64()
-            || bytes.saturating_add(arrival.bytes) > self.share_bytes;
+            || bytes.saturating_add(arrival.bytes) > self.share_bytes
+            || waba_bytes.saturating_add(arrival.bytes) > self.waba_share_bytes;
         let pairs = self.parked.get(&arrival.phone);
         let pair_due = pairs.and_then(|pairs| pairs.get(&arrival.recipient)).copied();
         let pair_waiting = pair_due.is_some_and(|due| due + RETURN_GRACE.num_milliseconds() > now_ms);
@@ -167,13 +207,8 @@ impl Backlogs {
         Decision::Park(due)
     }
 
-    fn load(&self, phone: u64) -> (usize, usize) {
-        self.loads
-            .get(&phone)
-            .map_or((0, 0), |load| (load.jobs.load(Ordering::Relaxed), load.bytes.load(Ordering::Relaxed)))
-    }
-
-    /// Forgets pairs whose parked job is back, and numbers holding nothing.
+    /// Forgets pairs whose parked job is back, and numbers and WABAs holding
+    /// nothing.
     fn sweep(&mut self, now: DateTime<Utc>) {
         let before = (now - RETURN_GRACE).timestamp_millis();
         self.parked.retain(|_, pairs| {
@@ -181,7 +216,9 @@ impl Backlogs {
             !pairs.is_empty()
         });
         self.next_due.retain(|_, due| *due > before.saturating_mul(1000));
-        self.loads.retain(|_, load| Arc::strong_count(load) > 1 || load.jobs.load(Ordering::Relaxed) > 0);
+        let held = |_: &u64, load: &mut Arc<Load>| Arc::strong_count(load) > 1;
+        self.loads.retain(held);
+        self.waba_loads.retain(held);
     }
 
     /// Pairs remembered, over all numbers (for tests and the debug log).
@@ -204,18 +241,18 @@ mod tests {
     #[test]
     fn a_number_over_its_share_parks_until_its_jobs_in_memory_have_gone() {
         let mut backlogs = Backlogs::new(Duration::from_secs(60), 1 << 30);
-        let holds: Vec<Hold> = (0..599).map(|_| backlogs.hold(1, 500)).collect();
-        assert_eq!(backlogs.decide(&Arrival::new(1, 7, 10, 500, at(0))), Decision::Admit);
+        let holds: Vec<Hold> = (0..599).map(|_| backlogs.hold((1, 100), 500)).collect();
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 7, 10, 500, at(0))), Decision::Admit);
         let mut holds = holds;
-        holds.push(backlogs.hold(1, 500));
-        assert_eq!(backlogs.decide(&Arrival::new(1, 8, 10, 500, at(0))), Decision::Park(at(60)));
+        holds.push(backlogs.hold((1, 100), 500));
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(0))), Decision::Park(at(60)));
         // Another number is not held back.
-        assert_eq!(backlogs.decide(&Arrival::new(2, 8, 10, 500, at(0))), Decision::Admit);
+        assert_eq!(backlogs.decide(&Arrival::new((2, 100), 8, 10, 500, at(0))), Decision::Admit);
         // Under its share again, a new recipient is admitted, but recipient 8
         // waits behind its parked job, 6 s after it.
         holds.truncate(100);
-        assert_eq!(backlogs.decide(&Arrival::new(1, 9, 10, 500, at(1))), Decision::Admit);
-        assert_eq!(backlogs.decide(&Arrival::new(1, 8, 10, 500, at(1))), Decision::Park(at(66)));
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 9, 10, 500, at(1))), Decision::Admit);
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(1))), Decision::Park(at(66)));
     }
 
     /// Jobs parked one after another are due one tier interval apart: they
@@ -223,9 +260,9 @@ mod tests {
     #[test]
     fn parked_jobs_are_due_at_the_numbers_rate() {
         let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
-        let _holds: Vec<Hold> = (0..20).map(|_| backlogs.hold(1, 500)).collect();
+        let _holds: Vec<Hold> = (0..20).map(|_| backlogs.hold((1, 100), 500)).collect();
         let dues: Vec<_> = (0..5)
-            .map(|recipient| match backlogs.decide(&Arrival::new(1, recipient, 20, 500, at(0))) {
+            .map(|recipient| match backlogs.decide(&Arrival::new((1, 100), recipient, 20, 500, at(0))) {
                 Decision::Park(due) => due,
                 Decision::Admit => panic!("admitted over its share"),
             })
@@ -238,10 +275,22 @@ mod tests {
     #[test]
     fn a_number_holding_a_quarter_of_the_budget_parks() {
         let mut backlogs = Backlogs::new(Duration::from_secs(60), 400_000);
-        let _holds: Vec<Hold> = (0..99).map(|_| backlogs.hold(1, 1_000)).collect();
-        assert_eq!(backlogs.decide(&Arrival::new(1, 7, 1000, 1_000, at(0))), Decision::Admit);
-        let _more = backlogs.hold(1, 1_000);
-        assert!(matches!(backlogs.decide(&Arrival::new(1, 8, 1000, 1_000, at(0))), Decision::Park(_)));
+        let _holds: Vec<Hold> = (0..99).map(|_| backlogs.hold((1, 100), 1_000)).collect();
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 7, 1000, 1_000, at(0))), Decision::Admit);
+        let _more = backlogs.hold((1, 100), 1_000);
+        assert!(matches!(backlogs.decide(&Arrival::new((1, 100), 8, 1000, 1_000, at(0))), Decision::Park(_)));
+    }
+
+    /// A WABA whose numbers together hold half of the budget parks the jobs
+    /// of each, though none is over its own share; another WABA's are not.
+    #[test]
+    fn a_waba_holding_half_of_the_budget_parks() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(60), 400_000);
+        let _holds: Vec<Hold> = (0..199).map(|n| backlogs.hold((n % 4, 100), 1_000)).collect();
+        assert_eq!(backlogs.decide(&Arrival::new((0, 100), 7, 1000, 1_000, at(0))), Decision::Admit);
+        let _more = backlogs.hold((0, 100), 1_000);
+        assert!(matches!(backlogs.decide(&Arrival::new((1, 100), 8, 1000, 1_000, at(0))), Decision::Park(_)));
+        assert_eq!(backlogs.decide(&Arrival::new((5, 200), 8, 1000, 1_000, at(0))), Decision::Admit);
     }
 
     /// A job coming back is admitted while a later job of its pair is
@@ -250,13 +299,17 @@ mod tests {
     #[test]
     fn a_job_coming_back_keeps_its_pair_in_order() {
         let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
-        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold(1, 500)).collect();
-        let Decision::Park(first) = backlogs.decide(&Arrival::new(1, 7, 10, 500, at(0))) else { panic!() };
-        let Decision::Park(second) = backlogs.decide(&Arrival::new(1, 7, 10, 500, at(0))) else { panic!() };
+        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold((1, 100), 500)).collect();
+        let Decision::Park(first) = backlogs.decide(&Arrival::new((1, 100), 7, 10, 500, at(0))) else {
+            panic!()
+        };
+        let Decision::Park(second) = backlogs.decide(&Arrival::new((1, 100), 7, 10, 500, at(0))) else {
+            panic!()
+        };
         assert_eq!(second, first + PAIR_GAP);
         let back = |due: DateTime<Utc>| Arrival {
             returned_due_ms: Some(due.timestamp_millis()),
-            ..Arrival::new(1, 7, 10, 500, due)
+            ..Arrival::new((1, 100), 7, 10, 500, due)
         };
         assert_eq!(backlogs.decide(&back(first)), Decision::Admit, "its pair's later job is parked");
         assert!(matches!(backlogs.decide(&back(second)), Decision::Park(due) if due > second));
@@ -269,15 +322,17 @@ mod tests {
     #[test]
     fn the_sweep_forgets_pairs_back_and_idle_numbers() {
         let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
-        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold(1, 500)).collect();
+        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold((1, 100), 500)).collect();
         for recipient in 0..100 {
-            backlogs.decide(&Arrival::new(1, recipient, 10, 500, at(0)));
+            backlogs.decide(&Arrival::new((1, 100), recipient, 10, 500, at(0)));
         }
         assert_eq!(backlogs.pairs(), 100);
         drop(holds);
         backlogs.sweep(at(5));
         assert_eq!(backlogs.pairs(), 100, "not back yet");
         backlogs.sweep(at(60));
-        assert_eq!((backlogs.pairs(), backlogs.loads.len(), backlogs.next_due.len()), (0, 0, 0));
+        let sizes =
+            (backlogs.pairs(), backlogs.loads.len(), backlogs.waba_loads.len(), backlogs.next_due.len());
+        assert_eq!(sizes, (0, 0, 0, 0));
     }
 }

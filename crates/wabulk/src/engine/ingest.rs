@@ -91,7 +91,7 @@ impl IngestStage {
             self.settle.park(writes, record, lease, due, reason);
             return;
         }
-        let hold = Some(self.backlogs.hold(job.phone_number_id.get(), bytes));
+        let hold = Some(self.backlogs.hold((job.phone_number_id.get(), waba), bytes));
         let pending = Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0, _hold: hold };
         let now = self.clock.now();
         let envelope = Envelope {
@@ -142,7 +142,7 @@ impl IngestStage {
                 .as_ref()
                 .filter(|returned| returned.reason == BACKLOG)
                 .and_then(|returned| i64::try_from(returned.due_ms).ok()),
-            ..Arrival::new(job.phone_number_id.get(), job.to.get(), mps, bytes, now)
+            ..Arrival::new((job.phone_number_id.get(), waba), job.to.get(), mps, bytes, now)
         };
         match self.backlogs.decide(&arrival) {
             Decision::Admit => None,
