@@ -163,6 +163,7 @@ fn load_spec(options: &DemoOptions, numbers: Vec<LoadNumber>) -> LoadSpec {
         bursts,
         malformed_fraction: 0.002,
         not_before_fraction: 0.0,
+        not_before_min_s: 0,
         not_before_max_s: 0,
         expires_fraction: 0.0,
         expires_in_s: 0,

@@ -66,6 +66,8 @@ pub struct LoadReport {
     pub burst_jobs: u64,
     /// Valid jobs with `not_before` set.
     pub with_not_before: u64,
+    /// Those jobs' ids and `not_before`s, in write order.
+    pub not_befores: Vec<(String, chrono::DateTime<chrono::Utc>)>,
     /// Valid jobs with `expires_at` set.
     pub with_expires_at: u64,
     /// From the first send to the last acknowledgement.
@@ -206,6 +208,9 @@ fn account(report: &mut LoadReport, record: &crate::GeneratedRecord, collect_job
     *report.per_number.entry(record.phone_number_id.clone()).or_default() += 1;
     report.burst_jobs += u64::from(record.burst.is_some());
     report.with_not_before += u64::from(record.not_before.is_some());
+    if let (Some(id), Some(at)) = (&record.job_id, record.not_before) {
+        report.not_befores.push((id.clone(), at));
+    }
     report.with_expires_at += u64::from(record.expires_at.is_some());
     if collect_job_ids {
         if let Some(id) = &record.job_id {

@@ -32,8 +32,10 @@ pub struct LoadSpec {
     /// through every [`MalformedKind`](crate::MalformedKind) and are spread
     /// evenly through the run, so the count is exact: `round(jobs × fraction)`.
     pub malformed_fraction: f64,
-    /// Fraction (0..=1) of regular jobs with `not_before` = send time + U(0, `not_before_max_s`).
+    /// Fraction (0..=1) of regular jobs with `not_before` = send time +
+    /// U(`not_before_min_s`, `not_before_max_s`).
     pub not_before_fraction: f64,
+    pub not_before_min_s: u64,
     pub not_before_max_s: u64,
     /// Fraction (0..=1) of regular jobs with `expires_at` = send time + `expires_in_s`.
     pub expires_fraction: f64,
@@ -140,6 +142,7 @@ impl Default for LoadSpec {
             bursts: vec![Burst { phone_number_id: "106540352242922".into(), recipient_index: 0, count: 20 }],
             malformed_fraction: 0.01,
             not_before_fraction: 0.02,
+            not_before_min_s: 0,
             not_before_max_s: 10,
             expires_fraction: 0.02,
             expires_in_s: 60,
@@ -160,6 +163,7 @@ impl LoadSpec {
             bursts: Vec::new(),
             malformed_fraction: 0.0,
             not_before_fraction: 0.0,
+            not_before_min_s: 0,
             not_before_max_s: 0,
             expires_fraction: 0.0,
             expires_in_s: 0,
@@ -250,6 +254,12 @@ impl LoadSpec {
         const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
         if self.not_before_max_s > TEN_YEARS_S || self.expires_in_s > TEN_YEARS_S {
             return invalid("not_before_max_s and expires_in_s must be at most ten years".into());
+        }
+        if self.not_before_min_s > self.not_before_max_s {
+            return invalid(format!(
+                "not_before_min_s {} must be at most not_before_max_s {}",
+                self.not_before_min_s, self.not_before_max_s
+            ));
         }
         Ok(())
     }

@@ -218,6 +218,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         task.abort();
     }
     let stats = sim.stats();
+    let first_requests = sim.first_requests();
     sim.shutdown().await;
     let kept = {
         let (brokers, topic) = (brokers.clone(), config.kafka.jobs_topic.clone());
@@ -266,7 +267,42 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         }),
     };
     report.checks = checks(scenario, &report, finished_in_time, &stats, kept);
+    if !load_report.not_befores.is_empty() {
+        report.checks.push(not_before_kept(&load_report.not_befores, &first_requests));
+    }
     Ok(report)
+}
+
+/// Whether no job reached the simulator before its `not_before`, with how
+/// late the first requests were after it (jobs never requested are left to
+/// the results check).
+fn not_before_kept(
+    not_befores: &[(String, chrono::DateTime<Utc>)],
+    first_requests: &HashMap<String, std::time::SystemTime>,
+) -> Check {
+    let mut late_ms: Vec<i64> = not_befores
+        .iter()
+        .filter_map(|(id, at)| {
+            let first: chrono::DateTime<Utc> = (*first_requests.get(id)?).into();
+            Some((first - *at).num_milliseconds())
+        })
+        .collect();
+    late_ms.sort_unstable();
+    let early = late_ms.iter().filter(|&&ms| ms < 0).count();
+    let quantile =
+        |q: f64| late_ms.get(((late_ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0);
+    Check {
+        name: "not_before kept".into(),
+        passed: early == 0,
+        detail: format!(
+            "{} jobs with not_before requested, {early} before it; first request after not_before: \
+             p50 {} ms, p99 {} ms, max {} ms",
+            late_ms.len(),
+            quantile(0.5),
+            quantile(0.99),
+            late_ms.last().copied().unwrap_or(0)
+        ),
+    }
 }
 
 /// Writes the load, with a progress bar when asked.

@@ -29,7 +29,7 @@ fn every_shipped_scenario_loads_and_its_engine_table_is_a_valid_configuration() 
             scenario.name.clone()
         })
         .collect();
-    for required in ["smoke", "tiers", "max-throughput", "faults", "backlog"] {
+    for required in ["smoke", "tiers", "max-throughput", "faults", "backlog", "parked"] {
         assert!(names.iter().any(|n| n == required), "scenario {required} is shipped: {names:?}");
     }
 }

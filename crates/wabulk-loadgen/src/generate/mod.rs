@@ -151,6 +151,7 @@ pub struct Generator {
     start: DateTime<Utc>,
     rate: Option<f64>,
     not_before_fraction: f64,
+    not_before_min_s: u64,
     not_before_max_s: u64,
     expires_fraction: f64,
     expires_in_s: u64,
@@ -219,6 +220,7 @@ impl Generator {
             start: start.trunc_subsecs(3),
             rate: spec.rate,
             not_before_fraction: spec.not_before_fraction,
+            not_before_min_s: spec.not_before_min_s,
             not_before_max_s: spec.not_before_max_s,
             expires_fraction: spec.expires_fraction,
             expires_in_s: spec.expires_in_s,
@@ -273,7 +275,7 @@ impl Generator {
         let body = self.body(seq);
         let now = self.send_time(seq);
         let not_before = self.rng.random_bool(self.not_before_fraction).then(|| {
-            let delay_ms = self.rng.random_range(0..=self.not_before_max_s * 1000);
+            let delay_ms = self.rng.random_range(self.not_before_min_s * 1000..=self.not_before_max_s * 1000);
             now + chrono::Duration::milliseconds(delay_ms as i64)
         });
         let expires_at = self

@@ -22,6 +22,7 @@ fn spec(jobs: u64) -> LoadSpec {
         bursts: vec![],
         malformed_fraction: 0.0,
         not_before_fraction: 0.0,
+        not_before_min_s: 0,
         not_before_max_s: 0,
         expires_fraction: 0.0,
         expires_in_s: 0,
@@ -38,6 +39,7 @@ fn parse(record: &GeneratedRecord) -> Result<Job, wabulk_model::JobError> {
 fn valid_records_parse_with_unique_ids_and_the_contract_shape() {
     let mut spec = spec(5_000);
     spec.not_before_fraction = 0.1;
+    spec.not_before_min_s = 10;
     spec.not_before_max_s = 30;
     spec.expires_fraction = 0.1;
     spec.expires_in_s = 60;
@@ -58,7 +60,9 @@ fn valid_records_parse_with_unique_ids_and_the_contract_shape() {
         let sent_at = start() + chrono::Duration::milliseconds(record.seq as i64);
         if let Some(t) = job.not_before {
             not_before += 1;
-            assert!(t >= sent_at && t <= sent_at + chrono::Duration::seconds(30), "{t}");
+            let (earliest, latest) =
+                (sent_at + chrono::Duration::seconds(10), sent_at + chrono::Duration::seconds(30));
+            assert!(t >= earliest && t <= latest, "{t}");
             assert_eq!(record.not_before, Some(t));
         }
         if let Some(t) = job.expires_at {

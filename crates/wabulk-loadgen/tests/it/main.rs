@@ -26,6 +26,7 @@ fn spec(jobs: u64, rate: Option<f64>) -> LoadSpec {
         bursts: vec![Burst { phone_number_id: "106540352242922".into(), recipient_index: 0, count: 45 }],
         malformed_fraction: 0.01,
         not_before_fraction: 0.05,
+        not_before_min_s: 0,
         not_before_max_s: 30,
         expires_fraction: 0.05,
         expires_in_s: 60,
