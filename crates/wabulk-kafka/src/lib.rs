@@ -46,7 +46,7 @@ pub use output::{JobWriter, Output};
 pub use parking::{
     create_parking_topics, tier_retention, LatenessListener, Mover, MoverStats, Parker, ParkerStats,
     ParkingSettings, Returned, TierLag, TierStats, DEFAULT_TIERS, PARKED_DUE_HEADER, PARKED_HOPS_HEADER,
-    PARKED_REASON_HEADER, PARKED_RELEASE_HEADER, PARKED_UNREADABLE_HEADER,
+    PARKED_REASON_HEADER, PARKED_RELEASE_HEADER, PARKED_SINCE_HEADER, PARKED_UNREADABLE_HEADER,
 };
 pub use reader::TopicReader;
 pub use settings::{

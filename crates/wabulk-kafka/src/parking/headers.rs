@@ -13,6 +13,9 @@ pub const PARKED_RELEASE_HEADER: &str = "wabulk-parked-release";
 pub const PARKED_REASON_HEADER: &str = "wabulk-parked-reason";
 /// How many tier writes the job has taken so far.
 pub const PARKED_HOPS_HEADER: &str = "wabulk-parked-hops";
+/// When the job was first parked (unix ms), kept when it is parked again
+/// after coming back: how long it has been waiting.
+pub const PARKED_SINCE_HEADER: &str = "wabulk-parked-since";
 /// On the jobs topic only: the tier topic a record without readable
 /// parking headers was found in.
 pub const PARKED_UNREADABLE_HEADER: &str = "wabulk-parked-unreadable";
@@ -28,6 +31,8 @@ pub(crate) struct Parked {
     pub(crate) release_ms: u64,
     pub(crate) reason: Vec<u8>,
     pub(crate) hops: u32,
+    /// `None` on a record written without it (by an older version).
+    pub(crate) since_ms: Option<u64>,
 }
 
 impl Parked {
@@ -42,10 +47,16 @@ impl Parked {
     }
 
     fn common(&self) -> OwnedHeaders {
-        OwnedHeaders::new_with_capacity(4)
+        let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: PARKED_DUE_HEADER, value: Some(&self.due_ms.to_string()) })
             .insert(Header { key: PARKED_REASON_HEADER, value: Some(&self.reason) })
-            .insert(Header { key: PARKED_HOPS_HEADER, value: Some(&self.hops.to_string()) })
+            .insert(Header { key: PARKED_HOPS_HEADER, value: Some(&self.hops.to_string()) });
+        match self.since_ms {
+            Some(since) => {
+                headers.insert(Header { key: PARKED_SINCE_HEADER, value: Some(&since.to_string()) })
+            }
+            None => headers,
+        }
     }
 
     /// Reads the parking headers of a record; `None` when the due or release
@@ -61,7 +72,7 @@ impl Parked {
     }
 
     fn read_all(headers: &impl Headers) -> Option<Parked> {
-        let (mut due, mut release, mut reason, mut hops) = (None, None, Vec::new(), 1);
+        let (mut due, mut release, mut reason, mut hops, mut since_ms) = (None, None, Vec::new(), 1, None);
         for index in 0..headers.count() {
             let header = headers.try_get(index)?;
             let value = header.value.unwrap_or_default();
@@ -70,10 +81,11 @@ impl Parked {
                 PARKED_RELEASE_HEADER => release = Some(decimal(value)?),
                 PARKED_REASON_HEADER => reason = value.to_vec(),
                 PARKED_HOPS_HEADER => hops = u32::try_from(decimal(value)?).ok()?,
+                PARKED_SINCE_HEADER => since_ms = decimal(value),
                 _ => {}
             }
         }
-        Some(Parked { due_ms: due?, release_ms: release?, reason, hops })
+        Some(Parked { due_ms: due?, release_ms: release?, reason, hops, since_ms })
     }
 }
 
@@ -86,6 +98,8 @@ pub struct Returned {
     pub reason: String,
     /// When it was due, in unix milliseconds.
     pub due_ms: u64,
+    /// When it was first parked, in unix milliseconds, if it says.
+    pub since_ms: Option<u64>,
 }
 
 impl Returned {
@@ -93,17 +107,18 @@ impl Returned {
     pub(crate) fn read(headers: Option<&impl Headers>) -> Option<Returned> {
         let headers = headers?;
         catch_unwind(AssertUnwindSafe(|| {
-            let (mut due_ms, mut reason) = (None, String::new());
+            let (mut due_ms, mut reason, mut since_ms) = (None, String::new(), None);
             for index in 0..headers.count() {
                 let header = headers.try_get(index)?;
                 let value = header.value.unwrap_or_default();
                 match header.key {
                     PARKED_DUE_HEADER => due_ms = Some(decimal(value)?),
                     PARKED_REASON_HEADER => reason = String::from_utf8_lossy(value).into_owned(),
+                    PARKED_SINCE_HEADER => since_ms = decimal(value),
                     _ => {}
                 }
             }
-            Some(Returned { reason, due_ms: due_ms? })
+            Some(Returned { reason, due_ms: due_ms?, since_ms })
         }))
         .ok()
         .flatten()
@@ -128,13 +143,19 @@ mod tests {
             release_ms: 1_700_000_001_000,
             reason: b"not_before".to_vec(),
             hops: 3,
+            since_ms: Some(1_700_000_000_000),
         }
     }
 
     #[test]
     fn a_returned_job_says_why_and_when_it_was_due() {
         let returned = Returned::read(Some(&parked().jobs_headers()));
-        assert_eq!(returned, Some(Returned { reason: "not_before".into(), due_ms: 1_700_000_005_000 }));
+        let expected = Returned {
+            reason: "not_before".into(),
+            due_ms: 1_700_000_005_000,
+            since_ms: Some(1_700_000_000_000),
+        };
+        assert_eq!(returned, Some(expected));
         assert_eq!(Returned::read(Some(&OwnedHeaders::new())), None);
         assert_eq!(Returned::read(None::<&OwnedHeaders>), None);
     }
@@ -172,7 +193,7 @@ mod tests {
             .insert(Header { key: PARKED_RELEASE_HEADER, value: Some("7") });
         assert_eq!(
             Parked::read(Some(&headers)),
-            Some(Parked { due_ms: 10, release_ms: 7, reason: Vec::new(), hops: 1 })
+            Some(Parked { due_ms: 10, release_ms: 7, reason: Vec::new(), hops: 1, since_ms: None })
         );
     }
 }

@@ -147,7 +147,7 @@ use std::time::Duration;
 
 pub use headers::{
     Returned, PARKED_DUE_HEADER, PARKED_HOPS_HEADER, PARKED_REASON_HEADER, PARKED_RELEASE_HEADER,
-    PARKED_UNREADABLE_HEADER,
+    PARKED_SINCE_HEADER, PARKED_UNREADABLE_HEADER,
 };
 pub use mover::{LatenessListener, Mover, MoverStats, TierLag, TierStats};
 pub use parker::{Parker, ParkerStats};

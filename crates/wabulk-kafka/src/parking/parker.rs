@@ -73,17 +73,22 @@ impl Parker {
     /// time left, with the original key and payload and the parking headers
     /// (due time, this hop's release time, `reason`). With less than the
     /// smallest tier left, the smallest tier released at `due` itself; when
-    /// `due` has passed, straight to the jobs topic. Resolves when Kafka
-    /// acknowledged the write; dropping the future does not withdraw it.
+    /// `due` has passed, straight to the jobs topic. `since`: when the job
+    /// was first parked, for a job parked again after coming back (now when
+    /// `None`). Resolves when Kafka acknowledged the write; dropping the
+    /// future does not withdraw it.
     pub async fn park(
         &self,
         key: Option<&[u8]>,
         payload: &[u8],
         due: SystemTime,
         reason: &str,
+        since: Option<SystemTime>,
     ) -> Result<(), KafkaError> {
         let due_ms = ceil_ms(due);
-        let mut parked = Parked { due_ms, release_ms: 0, reason: reason.as_bytes().to_vec(), hops: 0 };
+        let since_ms = Some(floor_ms(since.unwrap_or_else(SystemTime::now)));
+        let mut parked =
+            Parked { due_ms, release_ms: 0, reason: reason.as_bytes().to_vec(), hops: 0, since_ms };
         match self.tiers.park(floor_ms(SystemTime::now()), due_ms) {
             Placement::Tier { index, release_ms } => {
                 parked.release_ms = release_ms;

@@ -22,7 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::timeout;
 use wabulk_kafka::{
     EmbeddedKafka, KafkaSettings, Mover, Parker, ParkingSettings, PARKED_DUE_HEADER, PARKED_HOPS_HEADER,
-    PARKED_RELEASE_HEADER, PARKED_UNREADABLE_HEADER,
+    PARKED_RELEASE_HEADER, PARKED_SINCE_HEADER, PARKED_UNREADABLE_HEADER,
 };
 
 use super::{init_logs, settings};
@@ -193,7 +193,8 @@ impl Job {
 async fn park(parker: &Parker, jobs: &mut [Job]) {
     for job in jobs {
         job.parked_ms = now_ms();
-        let parked = parker.park(Some(job.key.as_bytes()), job.payload.as_bytes(), at_ms(job.due_ms), "test");
+        let parked =
+            parker.park(Some(job.key.as_bytes()), job.payload.as_bytes(), at_ms(job.due_ms), "test", None);
         timeout(Duration::from_secs(10), parked).await.unwrap().unwrap();
     }
 }
@@ -217,6 +218,9 @@ fn check_returns(jobs: &[Job], back: &[Seen], late: Duration) -> BTreeMap<String
         let after = seen.seen_ms.saturating_sub(job.due_ms.max(job.parked_ms));
         assert!(after <= late.as_millis() as u64, "{payload} seen {after} ms after its due time");
         assert_eq!(seen.headers.get(PARKED_DUE_HEADER), Some(&job.due_ms.to_string()), "{payload}");
+        // When it was first parked, carried through every hop.
+        let since: u64 = seen.headers[PARKED_SINCE_HEADER].parse().expect("a time");
+        assert!((job.parked_ms..job.parked_ms + 10_000).contains(&since), "{payload}: parked since {since}");
     }
     for job in jobs {
         assert!(counts.contains_key(&job.payload), "{} never came back", job.payload);

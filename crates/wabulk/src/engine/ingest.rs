@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use wabulk_kafka::{Ingest, Lease, Record};
 use wabulk_limits::{Clock, Moment};
-use wabulk_model::{Exit, Job, RejectReason};
+use wabulk_model::{ApiError, ErrorCode, Exit, FailReason, Job, RejectReason};
 use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
 
 use super::backlog::{Arrival, Backlogs, Decision, BACKLOG};
-use super::settle::Settle;
+use super::settle::{parked_since, Settle};
 use super::shutdown::Shutdown;
 use super::Pending;
 use crate::setup::EngineSetup;
@@ -79,12 +79,35 @@ impl IngestStage {
         let (waba, mps) = match routed {
             Ok(routed) => routed,
             Err(reason) => {
-                let pending =
-                    Pending { job, lease, waba: 0, received_at, attempts_spent: 0, waits: 0, _hold: None };
+                let pending = Pending {
+                    job,
+                    lease,
+                    waba: 0,
+                    received_at,
+                    attempts_spent: 0,
+                    waits: 0,
+                    parked_since: None,
+                    _hold: None,
+                };
                 self.settle.exit(writes, pending, Exit::Rejected(reason), 0);
                 return;
             }
         };
+        let parked_since = record.returned.as_ref().and_then(|returned| parked_since(returned.since_ms));
+        if self.registry.is_halted(waba) && waited_too_long(&self.setup, parked_since, received_at) {
+            let pending = Pending {
+                job,
+                lease,
+                waba,
+                received_at,
+                attempts_spent: 0,
+                waits: 0,
+                parked_since,
+                _hold: None,
+            };
+            self.settle.exit(writes, pending, halted_too_long(&self.setup), 0);
+            return;
+        }
         let bytes =
             record.payload.len() + record.key.as_ref().map_or(0, Vec::len) + wabulk_kafka::RECORD_OVERHEAD;
         if let Some((due, reason)) = self.parking_of(&job, (waba, mps), &record, bytes, received_at) {
@@ -92,7 +115,8 @@ impl IngestStage {
             return;
         }
         let hold = Some(self.backlogs.hold((job.phone_number_id.get(), waba), bytes));
-        let pending = Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0, _hold: hold };
+        let pending =
+            Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0, parked_since, _hold: hold };
         let now = self.clock.now();
         let envelope = Envelope {
             phone: pending.job.phone_number_id.get(),
@@ -159,6 +183,31 @@ pub(super) fn halted_until(setup: &EngineSetup, job: &Job, now: DateTime<Utc>) -
     job.expires_at.map_or(recheck, |expires| expires.min(recheck))
 }
 
+/// Whether a job of a halted WABA, first parked at `since`, has waited
+/// longer than `parking.max_wait_days` (the horizon of a `not_before`): it
+/// then fails rather than wait for ever for a token that is not coming.
+pub(super) fn waited_too_long(setup: &EngineSetup, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    waited_longer(max_wait(setup), since, now)
+}
+
+fn waited_longer(limit: chrono::Duration, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    since.is_some_and(|since| now - since > limit)
+}
+
+/// The exit of a job whose WABA's token stayed refused past the horizon.
+pub(super) fn halted_too_long(setup: &EngineSetup) -> Exit {
+    Exit::Failed {
+        reason: FailReason::AccountBlocked,
+        error: ApiError {
+            code: ErrorCode::Engine("waba_halted".into()),
+            message: format!(
+                "the WABA's token was refused for more than {} days (parking.max_wait_days) while the job waited",
+                setup.max_wait.as_secs() / 86_400
+            ),
+        },
+    }
+}
+
 /// The furthest `not_before` accepted.
 fn max_wait(setup: &EngineSetup) -> chrono::Duration {
     chrono::Duration::from_std(setup.max_wait).unwrap_or(chrono::Duration::MAX)
@@ -192,5 +241,23 @@ fn moment_of(now: Moment, at: DateTime<Utc>) -> Moment {
     match (at - Utc::now()).to_std() {
         Ok(ahead) => now + ahead,
         Err(_) => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a job that says when it was first parked can have waited too
+    /// long, and only past the limit.
+    #[test]
+    fn a_halted_job_waits_up_to_the_horizon() {
+        let limit = chrono::Duration::days(30);
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(!waited_longer(limit, None, now));
+        assert!(!waited_longer(limit, Some(now - limit), now));
+        assert!(waited_longer(limit, Some(now - limit - chrono::Duration::seconds(1)), now));
+        let from_header = crate::engine::settle::parked_since(Some(now.timestamp_millis() as u64));
+        assert_eq!(from_header, Some(now));
     }
 }

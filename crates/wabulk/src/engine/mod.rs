@@ -111,6 +111,8 @@ pub struct Pending {
     /// Retries that spent an attempt, and those that did not (`RetryBudget`).
     attempts_spent: u32,
     waits: u32,
+    /// When it was first parked, for a job that came back from parking.
+    parked_since: Option<DateTime<Utc>>,
     /// Its share of its number's load (`backlog`); `None` for a job that
     /// never reached the scheduler.
     _hold: Option<backlog::Hold>,

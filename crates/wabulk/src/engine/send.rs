@@ -268,14 +268,16 @@ impl SendStage {
     /// Parks jobs of halted WABAs until their next token check.
     fn park_halted(&self, writes: &mut JoinSet<()>, jobs: Vec<Pending>) {
         let now = chrono::Utc::now();
-        let jobs = jobs
-            .into_iter()
-            .map(|pending| {
-                let due = super::ingest::halted_until(&self.setup, &pending.job, now);
-                (pending, due)
-            })
-            .collect();
-        self.settle.park_jobs(writes, jobs, "halted");
+        let mut to_park = Vec::with_capacity(jobs.len());
+        for pending in jobs {
+            if super::ingest::waited_too_long(&self.setup, pending.parked_since, now) {
+                self.settle.exit(writes, pending, super::ingest::halted_too_long(&self.setup), 0);
+                continue;
+            }
+            let due = super::ingest::halted_until(&self.setup, &pending.job, now);
+            to_park.push((pending, due));
+        }
+        self.settle.park_jobs(writes, to_park, "halted");
     }
 
     /// Starts a check of each halted WABA's token that is due (one at a time

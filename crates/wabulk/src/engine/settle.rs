@@ -15,8 +15,9 @@ use super::Pending;
 use crate::setup::EngineSetup;
 use crate::writes::{Refusals, Topic};
 
-/// A record to park: its key, its bytes, its lease and when it is due.
-type ToPark = (Option<Vec<u8>>, Vec<u8>, Lease, DateTime<Utc>);
+/// A record to park: its key, its bytes, its lease, when it is due and
+/// when it was first parked (if it was before).
+type ToPark = (Option<Vec<u8>>, Vec<u8>, Lease, DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// Writes results, parked copies and dead letters, each on its own task,
 /// and releases the job's lease as done once Kafka has acknowledged it.
@@ -81,7 +82,8 @@ impl Settle {
         due: DateTime<Utc>,
         reason: &'static str,
     ) {
-        self.park_all(writes, vec![(record.key, record.payload, lease, due)], reason);
+        let since = record.returned.as_ref().and_then(|returned| parked_since(returned.since_ms));
+        self.park_all(writes, vec![(record.key, record.payload, lease, due, since)], reason);
     }
 
     /// Whether parking is on.
@@ -103,7 +105,7 @@ impl Settle {
             .into_iter()
             .map(|(p, due)| {
                 let key = p.job.phone_number_id.to_string().into_bytes();
-                (Some(key), p.job.to_json(), p.lease, due)
+                (Some(key), p.job.to_json(), p.lease, due, p.parked_since)
             })
             .collect();
         self.park_all(writes, records, reason);
@@ -116,16 +118,17 @@ impl Settle {
         let Some(parker) = self.parker.clone() else { return };
         let this = self.clone();
         writes.spawn(async move {
-            let parks = records.iter().map(|(key, payload, _, due)| {
+            let parks = records.iter().map(|(key, payload, _, due, since)| {
                 let (parker, refusals) = (&parker, &this.refusals);
                 async move {
-                    let write = || parker.park(key.as_deref(), payload, (*due).into(), reason);
+                    let since = since.map(Into::into);
+                    let write = || parker.park(key.as_deref(), payload, (*due).into(), reason, since);
                     let _ = refusals.write(Topic::Parked, false, write).await;
                 }
             });
             futures::future::join_all(parks).await;
             this.metrics.jobs_parked.with_label_values(&[reason]).inc_by(records.len() as u64);
-            for (_, _, lease, _) in records {
+            for (_, _, lease, _, _) in records {
                 lease.done();
             }
         });
@@ -152,4 +155,9 @@ impl Settle {
             lease.done();
         });
     }
+}
+
+/// A `wabulk-parked-since` time as a wall-clock instant.
+pub(super) fn parked_since(since_ms: Option<u64>) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(i64::try_from(since_ms?).ok()?)
 }
