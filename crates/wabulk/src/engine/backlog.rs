@@ -7,12 +7,12 @@
 //! dropped). A number is over its share when it holds more jobs than it
 //! sends in `park_after` at its tier, or more than a quarter of the budget
 //! in bytes; a WABA, when its numbers together hold more than half of the
-//! budget. A number over its share, or of a WABA over its share, has its
-//! new jobs
-//! then parked (`backlog`) until about when the ones in memory and those
-//! parked before them will have gone (each one tier interval after the
-//! previous), and the offsets they held are released: the parking topics
-//! hold the number's queue, which comes back at about the rate it is sent.
+//! budget. The new jobs of a number over its share, or of a WABA over its
+//! share, are parked (`backlog`) until about when the number's jobs in
+//! memory and those parked before them will have gone (each one tier
+//! interval after the previous), and the offsets they held are released:
+//! the parking topics hold the number's queue, which comes back at about
+//! the rate it is sent.
 //!
 //! Pair order: a job parked for a backlog may come back after later jobs of
 //! its pair were read. So, per number, the pairs with a job parked for a
@@ -123,7 +123,7 @@ impl Arrival {
     }
 }
 
-/// The ingest stage's view of every number's backlog.
+/// The ingest stage's view of every number's and WABA's backlog.
 pub(super) struct Backlogs {
     /// Per number. Only the ingest stage adds and looks up; holds update
     /// the loads.
