@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -774,7 +775,9 @@ fn wait_for(limit: Duration, process: &mut Running, what: &str, mut ready: impl 
     }
 }
 
-/// A child process that is killed when dropped, its output in a log file.
+/// A child process that is killed when dropped, with every process it
+/// started (`wabulk demo` runs the engine as its own child: killed alone,
+/// the demo would leave its engine running), its output in a log file.
 struct Running {
     name: &'static str,
     child: std::process::Child,
@@ -785,6 +788,8 @@ impl Running {
     fn spawn(name: &'static str, command: &mut Command, log: &Path) -> Running {
         let file = std::fs::File::create(log).expect("log file");
         let child = command
+            // Its own process group, so that Drop can kill all of it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -801,6 +806,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // std signals only the child itself; kill(1) signals the group.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
