@@ -29,7 +29,9 @@ const MAX_MS: u64 = 253_402_300_799_999;
 pub(crate) struct Parked {
     pub(crate) due_ms: u64,
     pub(crate) release_ms: u64,
-    pub(crate) reason: Vec<u8>,
+    /// Boxed rather than a `Vec`: the mover holds one per partition head,
+    /// and a few bytes less keep that small.
+    pub(crate) reason: Box<[u8]>,
     pub(crate) hops: u32,
     /// `None` on a record written without it (by an older version).
     pub(crate) since_ms: Option<u64>,
@@ -49,7 +51,7 @@ impl Parked {
     fn common(&self) -> OwnedHeaders {
         let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: PARKED_DUE_HEADER, value: Some(&self.due_ms.to_string()) })
-            .insert(Header { key: PARKED_REASON_HEADER, value: Some(&self.reason) })
+            .insert(Header { key: PARKED_REASON_HEADER, value: Some(&*self.reason) })
             .insert(Header { key: PARKED_HOPS_HEADER, value: Some(&self.hops.to_string()) });
         match self.since_ms {
             Some(since) => {
@@ -72,14 +74,15 @@ impl Parked {
     }
 
     fn read_all(headers: &impl Headers) -> Option<Parked> {
-        let (mut due, mut release, mut reason, mut hops, mut since_ms) = (None, None, Vec::new(), 1, None);
+        let (mut due, mut release, mut reason, mut hops, mut since_ms) =
+            (None, None, Box::default(), 1, None);
         for index in 0..headers.count() {
             let header = headers.try_get(index)?;
             let value = header.value.unwrap_or_default();
             match header.key {
                 PARKED_DUE_HEADER => due = Some(decimal(value)?),
                 PARKED_RELEASE_HEADER => release = Some(decimal(value)?),
-                PARKED_REASON_HEADER => reason = value.to_vec(),
+                PARKED_REASON_HEADER => reason = value.into(),
                 PARKED_HOPS_HEADER => hops = u32::try_from(decimal(value)?).ok()?,
                 PARKED_SINCE_HEADER => since_ms = decimal(value),
                 _ => {}
@@ -141,7 +144,7 @@ mod tests {
         Parked {
             due_ms: 1_700_000_005_000,
             release_ms: 1_700_000_001_000,
-            reason: b"not_before".to_vec(),
+            reason: b"not_before".as_slice().into(),
             hops: 3,
             since_ms: Some(1_700_000_000_000),
         }
@@ -193,7 +196,7 @@ mod tests {
             .insert(Header { key: PARKED_RELEASE_HEADER, value: Some("7") });
         assert_eq!(
             Parked::read(Some(&headers)),
-            Some(Parked { due_ms: 10, release_ms: 7, reason: Vec::new(), hops: 1, since_ms: None })
+            Some(Parked { due_ms: 10, release_ms: 7, reason: Box::default(), hops: 1, since_ms: None })
         );
     }
 }

@@ -88,7 +88,7 @@ impl Parker {
         let due_ms = ceil_ms(due);
         let since_ms = Some(floor_ms(since.unwrap_or_else(SystemTime::now)));
         let mut parked =
-            Parked { due_ms, release_ms: 0, reason: reason.as_bytes().to_vec(), hops: 0, since_ms };
+            Parked { due_ms, release_ms: 0, reason: reason.as_bytes().into(), hops: 0, since_ms };
         match self.tiers.park(floor_ms(SystemTime::now()), due_ms) {
             Placement::Tier { index, release_ms } => {
                 parked.release_ms = release_ms;
