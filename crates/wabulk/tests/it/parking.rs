@@ -1,7 +1,9 @@
 //! Jobs that must wait long wait in Kafka, not in memory: a campaign
 //! scheduled for later, a halted WABA or a slow number's backlog holds back
 //! neither the instance nor other numbers, parked jobs come back on time
-//! (a backlog's in its pairs' order), and `expires_at` holds while parked.
+//! (a backlog's in its pairs' order), `expires_at` holds while parked, and
+//! an engine SIGKILLed while they wait or come back loses none and sends
+//! none early.
 
 use std::time::{Duration, Instant};
 
@@ -389,11 +391,14 @@ async fn a_slow_numbers_backlog_holds_back_nothing() {
 
 /// Jobs parked in [`killed_while_jobs_are_parked_none_is_lost_or_early`];
 /// `WABULK_IT_PARKED_JOBS` sets another figure (the load test's goal is
-/// 100,000).
+/// 100,000: 20 numbers at 100 msg/s, due over 100 s from 70 s on).
 const PARKED_JOBS: usize = 20_000;
-/// Their numbers, and each one's tier.
-const PARKED_NUMBERS: usize = 4;
-const PARKED_MPS: u32 = 500;
+/// Parked jobs per number at most: the mock cluster keeps 5 MiB per
+/// partition and drops the oldest records beyond it, read or not, and a
+/// number's parked jobs wait unread in one partition of a tier.
+const PARKED_PER_NUMBER: usize = 5_000;
+/// The numbers' tiers together (4 numbers at 500 msg/s for 20,000 jobs).
+const PARKED_TIERS: u32 = 2_000;
 /// From the write to the first `not_before`: room to write and park them all
 /// (2 s for 20,000 here), kill the engine and have its successor join both
 /// groups (the dead member's 6 s session, then the mock cluster's
@@ -500,10 +505,11 @@ fn parked_results(records: &[wabulk_kafka::Record]) -> usize {
 async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
     init_logs();
     let count = parked_jobs();
-    let numbers: Vec<Number> = (0..PARKED_NUMBERS)
-        .map(|i| Number::new(&format!("10654035224{:04}", 4000 + i), PARKED_MPS))
-        .collect();
-    let partitions = PARKED_NUMBERS as i32;
+    let number_count = count.div_ceil(PARKED_PER_NUMBER).max(4);
+    let mps = PARKED_TIERS / number_count as u32;
+    let numbers: Vec<Number> =
+        (0..number_count).map(|i| Number::new(&format!("10654035224{:04}", 4000 + i), mps)).collect();
+    let partitions = number_count as i32;
     let stack =
         Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(20))), partitions).await;
     let brokers = stack.brokers();
@@ -527,15 +533,14 @@ async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
     let now_ms = Utc::now().timestamp_millis();
     let extra_ms = (count.saturating_sub(PARKED_JOBS) / 2) as i64;
     let first_due = DateTime::from_timestamp_millis(now_ms + FIRST_DUE_MS + extra_ms).expect("a time");
-    // Spread so that they come due at half the tiers (250/s per number): the
-    // engine keeps up, and catches up after a kill.
-    let tiers = PARKED_MPS as usize * PARKED_NUMBERS;
-    let spread_ms = (count * 2_000 / tiers) as i64;
+    // Spread so that they come due at half the tiers (1,000/s): the engine
+    // keeps up, and catches up after a kill.
+    let spread_ms = (count * 2_000 / PARKED_TIERS as usize) as i64;
     let due_of = |n: usize| first_due + chrono::Duration::milliseconds(spread_ms * n as i64 / count as i64);
     let ids: Vec<String> = (0..count).map(|n| format!("parked-{n:06}")).collect();
     let jobs: Vec<(&str, Vec<u8>)> = (0..count)
         .map(|n| {
-            let phone = numbers[n % PARKED_NUMBERS].id.as_str();
+            let phone = numbers[n % number_count].id.as_str();
             (phone, job(&ids[n], phone, n as u64, Some(due_of(n)), None))
         })
         .collect();
@@ -584,7 +589,7 @@ async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
     let second_ready_in = started.elapsed();
 
     let last_due = due_of(count - 1);
-    let drain = Duration::from_secs_f64(count as f64 / f64::from(PARKED_MPS * PARKED_NUMBERS as u32));
+    let drain = Duration::from_secs_f64(count as f64 / f64::from(PARKED_TIERS));
     let wait = (last_due.max(second_ready) - Utc::now()).to_std().unwrap_or_default()
         + drain
         + Duration::from_secs(60);
@@ -608,7 +613,7 @@ async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
     // of the engine that sent it, the smallest tier, its number's jobs due
     // before it sent at the tier (less the pacing margin), the number's
     // first second and slack.
-    let effective_mps = f64::from(PARKED_MPS) * 0.95;
+    let effective_mps = f64::from(mps) * 0.95;
     let mut early = Vec::new();
     let mut never = 0;
     let mut too_late = Vec::new();
@@ -627,7 +632,7 @@ async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
             early.push((id.clone(), late.num_milliseconds()));
         }
         let ready = if at < second_kill_at { first_ready } else { second_ready };
-        let ahead = n / PARKED_NUMBERS;
+        let ahead = n / number_count;
         let allowance = SMALLEST_TIER
             + Duration::from_secs_f64(ahead as f64 / effective_mps)
             + NEW_NUMBER_WAIT
