@@ -638,6 +638,7 @@ async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
         + Duration::from_secs(60);
     let all_in = results.wait_until(wait, |records| parked_results(records) >= count).await;
     let finished_in = started.elapsed();
+    let last_engine = format!("running: {}; its log ends:\n{}", engine.running(), engine.log_tail(40));
     engine.terminate();
     let exit = engine.wait_exit(Duration::from_secs(30));
     let first_requests = stack.sim.first_requests();
@@ -731,7 +732,7 @@ async fn killed_while_jobs_are_parked_none_is_lost_or_early() {
     // None lost, none failed, none twice beyond what the kills left.
     assert!(
         all_in && missing.is_empty(),
-        "{} jobs without a result, e.g. {:?}",
+        "{} jobs without a result, e.g. {:?}; the last engine {last_engine}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );
