@@ -353,6 +353,11 @@ impl Ledger {
         self.stats.outages += 1;
     }
 
+    /// Outages begun so far.
+    pub(crate) fn outages(&self) -> u64 {
+        self.stats.outages
+    }
+
     pub(crate) fn snapshot(&self) -> SimStats {
         let mut stats = self.stats.clone();
         stats.numbers = self

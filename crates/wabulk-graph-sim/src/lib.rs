@@ -81,7 +81,8 @@
 //! attempts are refused, and every open connection is dropped without an
 //! answer, requests in flight included (those already judged stay counted,
 //! accepted ones too: their answers are lost, as when a network path fails
-//! after Meta took the request). Afterwards the simulator listens on the
+//! after Meta took the request; those whose body was still arriving are
+//! never judged nor counted). Afterwards the simulator listens on the
 //! same address again. A sender sees connection failures only, never an
 //! HTTP error; [`SimStats::outages`] counts them.
 //!

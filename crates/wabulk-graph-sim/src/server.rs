@@ -317,12 +317,28 @@ impl Shared {
 }
 
 /// Per-connection state the request handlers need.
-#[derive(Default)]
 struct ConnCtx {
     /// Wakes the connection task to start a graceful shutdown (GOAWAY).
     goaway: Notify,
     /// Whether a GOAWAY was already injected, so it is counted once per connection.
     goaway_sent: AtomicBool,
+    /// Outages begun when the connection was accepted. Once another begins
+    /// the connection is dropped, but a handler hyper spawned may still be
+    /// reading its request; it must then not be judged: the request never
+    /// reached Meta's side of the cut.
+    outages_at_accept: u64,
+}
+
+impl ConnCtx {
+    fn new(outages_at_accept: u64) -> ConnCtx {
+        ConnCtx { goaway: Notify::new(), goaway_sent: AtomicBool::new(false), outages_at_accept }
+    }
+
+    /// Whether an outage dropped this connection. Read under the ledger
+    /// lock, under which an outage is counted before its connections go.
+    fn cut_off(&self, ledger: &Ledger) -> bool {
+        ledger.outages() != self.outages_at_accept
+    }
 }
 
 /// The service's error: makes hyper reset the stream (HTTP/2) or drop the
@@ -405,12 +421,17 @@ async fn accept_loop(
             },
             accepted = accept_on(listener.as_ref()) => match accepted {
                 Ok((stream, _peer)) => {
-                    shared.lock().ledger.count_connection();
+                    let outages = {
+                        let mut state = shared.lock();
+                        state.ledger.count_connection();
+                        state.ledger.outages()
+                    };
                     connections.spawn(accept_connection(
                         stream,
                         Arc::clone(&shared),
                         Arc::clone(&builder),
                         tls.clone(),
+                        outages,
                     ));
                 }
                 Err(error) => {
@@ -465,23 +486,28 @@ async fn accept_connection(
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
+    outages: u64,
 ) {
     // Answers are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let Some(tls) = tls else { return serve_connection(stream, shared, builder).await };
+    let ctx = Arc::new(ConnCtx::new(outages));
+    let Some(tls) = tls else { return serve_connection(stream, shared, builder, ctx).await };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-        Ok(Ok(stream)) => serve_connection(stream, shared, builder).await,
+        Ok(Ok(stream)) => serve_connection(stream, shared, builder, ctx).await,
         // A client that does not trust the certificate ends here.
         Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => tracing::debug!("TLS handshake timed out"),
     }
 }
 
-async fn serve_connection<S>(stream: S, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    ctx: Arc<ConnCtx>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new(ConnCtx::default());
     let service = {
         let ctx = Arc::clone(&ctx);
         service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&ctx), req))
@@ -516,7 +542,7 @@ async fn handle(
         (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/__sim/stats") => respond::json_response(StatusCode::OK, &shared.stats()),
         (&Method::GET, path) => match node_path(path) {
-            Some(number) => token_check(&shared, number, bearer_token(&req)),
+            Some(number) => token_check(&shared, &ctx, number, bearer_token(&req))?,
             None => GraphError::not_found(path).into_response("simulator"),
         },
         (_, path) => GraphError::not_found(path).into_response("simulator"),
@@ -528,20 +554,28 @@ async fn handle(
 /// sender asks), the read a sender makes to learn whether a token works.
 /// Answered at once, without latency or faults, and counted apart from
 /// messages: no limit sees it.
-fn token_check(shared: &Shared, number: &str, given: Option<&str>) -> Response<Body> {
+fn token_check(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    number: &str,
+    given: Option<&str>,
+) -> Result<Response<Body>, ResetFault> {
     let known = shared.wabas_of.contains_key(number);
     let accepted = known && shared.token_ok(number, given);
     let fbtrace_id = {
         let mut guard = shared.lock();
         let State { ledger, rng } = &mut *guard;
+        if ctx.cut_off(ledger) {
+            return Err(ResetFault);
+        }
         ledger.count_token_check(known && !accepted);
         trace_id(rng)
     };
-    match (known, accepted) {
+    Ok(match (known, accepted) {
         (false, _) => GraphError::unknown_number(number, "get").into_response(&fbtrace_id),
         (true, false) => GraphError::bad_token().into_response(&fbtrace_id),
         (true, true) => respond::node(number),
-    }
+    })
 }
 
 /// `/{version}/{phone_number_id}` → the number id.
@@ -640,6 +674,10 @@ fn judge(
     let config = &shared.config;
     let mut guard = shared.lock();
     let State { ledger, rng } = &mut *guard;
+    if ctx.cut_off(ledger) {
+        // Not counted: see `ConnCtx::outages_at_accept`.
+        return (Action::Reset, Duration::ZERO);
+    }
     let t = shared.start.elapsed();
     let delay = latency::sample(&config.latency, rng);
     let fbtrace_id = trace_id(rng);

@@ -637,6 +637,52 @@ async fn an_outage_refuses_connections_drops_open_ones_then_serves_again() {
     sim.shutdown().await;
 }
 
+/// A request body that sends its first bytes and then never ends.
+struct HalfSent(bool);
+
+impl hyper::body::Body for HalfSent {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"{\"to\":")))))
+    }
+}
+
+/// A request whose body was still arriving when the outage began never
+/// reached the simulator's side of the cut: it is not judged or counted,
+/// although hyper's handler for it runs on after the connection is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_off_by_an_outage_is_not_counted() {
+    let sim = start(config(1_000)).await;
+    let io = TokioIo::new(TcpStream::connect(sim.local_addr()).await.unwrap());
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::post("/v21.0/1001/messages")
+        .header("host", "sim")
+        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .body(HalfSent(false))
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(request).await });
+    // Time for the server to start the request's handler, which then waits
+    // for the rest of the body (nothing observable tells when).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.refuse_connections(Duration::from_millis(500)).await;
+    assert!(tokio::time::timeout(Duration::from_secs(2), pending).await.expect("ended").unwrap().is_err());
+    // Time for the orphaned handler to see its body fail and finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = sim.stats();
+    assert_eq!((stats.requests, stats.outages), (0, 1), "{stats:?}");
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_outage_comes_at_its_time_and_ends() {
     let after = Duration::from_millis(700);
