@@ -426,17 +426,23 @@ impl ConsumerContext for IngestContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.shared.partitions_of(tpl);
                 if partitions.is_empty() {
                     return;
                 }
+                // librdkafka keeps a partition's pause across a lost
+                // assignment and its return: resumed here, so that what it
+                // does matches the flags below, or a partition paused before
+                // the loss would never be read again.
+                if let Err(error) = consumer.resume(&self.shared.tpl(partitions.iter().copied())) {
+                    tracing::warn!(%error, ?partitions, "could not resume newly assigned jobs partitions");
+                }
                 let mut state = self.shared.lock();
-                // Newly assigned partitions start unpaused (whatever was asked
-                // before librdkafka assigned them); hold them back too while
-                // backpressure is on.
+                // Newly assigned partitions start unpaused; hold them back
+                // too while backpressure is on.
                 for partition in &partitions {
                     if let Some(owned) = state.owned.get_mut(partition) {
                         owned.paused = false;

@@ -698,3 +698,36 @@ async fn read_all(ingest: &Ingest, count: usize) -> (Vec<(i32, i64)>, Leases) {
     assert!(next_within(ingest, Duration::from_secs(1)).await.is_none(), "nothing done is read again");
     (records.iter().map(|r| (r.partition, r.offset)).collect(), leases)
 }
+
+/// A partition paused for the memory budget when its assignment is lost is
+/// read again once it is assigned back: librdkafka keeps a partition's
+/// pause across the loss, so the new assignment must resume it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_paused_when_its_assignment_was_lost_is_read_again() {
+    init_logs();
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let topic = "lost-paused.jobs";
+    kafka.create_topic(topic, 1).unwrap();
+    let count = 30;
+    produce(&kafka, topic, count).await;
+    let mut settings = KafkaSettings { max_in_memory: 10, resume_below: 5, ..settings(&kafka, topic) };
+    settings.extra.insert("max.poll.interval.ms".into(), "60000".into());
+    let (ingest, mut events) = Ingest::connect(&settings).unwrap();
+    assert_eq!(next_event(&mut events).await, Assignment::Assigned(vec![0]));
+    // Ten jobs held: the budget pauses the partition.
+    let (_, leases) = read(&ingest, 10).await;
+    assert_eq!(ingest.paused().memory, 1);
+
+    kafka.broker_down(1);
+    let lost = timeout(Duration::from_secs(30), events.recv()).await.unwrap().unwrap();
+    assert_eq!(lost, Assignment::Revoked(vec![0]), "the assignment is lost with the session");
+    // The engine gives the lost jobs up; the budget is free again.
+    drop(leases);
+    kafka.broker_up(1);
+    let again = timeout(Duration::from_secs(60), events.recv()).await.unwrap().unwrap();
+    assert_eq!(again, Assignment::Assigned(vec![0]));
+    assert_eq!(ingest.paused().any, 0, "nothing holds the partition back");
+    // Nothing was done: every record is read again, from the first.
+    let first = next_within(&ingest, Duration::from_secs(20)).await;
+    assert_eq!(first.as_ref().map(|(record, _)| record.offset), Some(0), "the partition is read again");
+}
