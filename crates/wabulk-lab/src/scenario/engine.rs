@@ -239,6 +239,14 @@ impl Exposition {
         self.samples().find_map(|(series, value)| (series == name).then_some(value))
     }
 
+    /// The sum of every series of `name`, whatever its labels.
+    pub(super) fn sum(&self, name: &str) -> f64 {
+        self.samples()
+            .filter(|(series, _)| series.split('{').next() == Some(name))
+            .map(|(_, value)| value)
+            .sum()
+    }
+
     /// A histogram's cumulative buckets (upper bound, count), `+Inf` included.
     pub(super) fn buckets(&self, histogram: &str) -> Vec<(f64, u64)> {
         let prefix = format!("{histogram}_bucket{{le=\"");
@@ -286,5 +294,9 @@ mod tests {
         assert_eq!(e.value("process_cpu_seconds_total"), Some(1.25));
         assert_eq!(e.value("wabulk_inflight_requests"), None);
         assert_eq!(e.buckets("wabulk_send_latency_seconds"), vec![(0.005, 3), (0.01, 5), (f64::INFINITY, 9)]);
+        // Every label set of one name, and nothing of a longer name.
+        assert_eq!(e.sum("wabulk_send_latency_seconds_bucket"), 17.0);
+        assert_eq!(e.sum("wabulk_backlog_jobs"), 42.0);
+        assert_eq!(e.sum("wabulk_jobs_parked_total"), 0.0);
     }
 }
