@@ -5,14 +5,15 @@
 //! Each job in memory holds a [`Hold`] on its number's and its WABA's
 //! [`Load`] (jobs and bytes), released when the job leaves (its `Pending`
 //! dropped). A number is over its share when it holds more jobs than it
-//! sends in `park_after` at its tier, or more than a quarter of the budget
-//! in bytes; a WABA, when its numbers together hold more than half of the
-//! budget. The new jobs of a number over its share, or of a WABA over its
-//! share, are parked (`backlog`) until about when the number's jobs in
-//! memory and those parked before them will have gone (each one tier
-//! interval after the previous), and the offsets they held are released:
-//! the parking topics hold the number's queue, which comes back at about
-//! the rate it is sent.
+//! sends in `park_after` at its tier, or more than half of the budget in
+//! bytes; a WABA, when its numbers together hold more than three quarters
+//! of the budget. The new jobs of a number over its share, or of a WABA
+//! over its share, are parked (`backlog`) until about when half of the
+//! number's jobs in memory and those parked before them will have gone
+//! (each one tier interval after the previous), and the offsets they held
+//! are released: the parking topics hold the number's queue, which comes
+//! back at about the rate it is sent, to a number that still has work. A
+//! job coming back is admitted up to one and a half times the share.
 //!
 //! Pair order: a job parked for a backlog may come back after later jobs of
 //! its pair were read. So, per number, the pairs with a job parked for a
@@ -44,6 +45,12 @@ const PAIR_GAP: chrono::Duration = chrono::Duration::seconds(6);
 /// How long after its due time a parked job is taken to have come back: the
 /// parking topics' lateness, generously.
 const RETURN_GRACE: chrono::Duration = chrono::Duration::seconds(10);
+
+/// How far over its share a number may go with jobs coming back, as a
+/// multiple of the share: parked jobs are due halfway through the jobs in
+/// memory, so they come back to a number still holding about half its
+/// share, and are admitted up to one and a half.
+const RETURN_MARK: f64 = 1.5;
 
 /// Look for forgotten pairs and idle numbers once per this many decisions.
 const SWEEP_EVERY: u32 = 4096;
@@ -146,7 +153,8 @@ pub(super) struct Backlogs {
 impl Backlogs {
     /// `park_after`: the longest wait a number's jobs in memory may add up
     /// to; `budget_bytes`: the instance's memory budget (a number may hold a
-    /// quarter of it, a WABA half).
+    /// half of it, a WABA three quarters: a high-tier number's few seconds
+    /// of work fit, and no number or WABA takes all of it).
     pub(super) fn new(park_after: Duration, budget_bytes: usize) -> Self {
         Backlogs {
             loads: HashMap::new(),
@@ -154,8 +162,8 @@ impl Backlogs {
             parked: HashMap::new(),
             next_due: HashMap::new(),
             park_after,
-            share_bytes: budget_bytes / 4,
-            waba_share_bytes: budget_bytes / 2,
+            share_bytes: budget_bytes / 2,
+            waba_share_bytes: budget_bytes / 4 * 3,
             decisions: 0,
         }
     }
@@ -178,9 +186,12 @@ impl Backlogs {
         let now_ms = arrival.now.timestamp_millis();
         let (jobs, bytes) = load(&self.loads, arrival.phone);
         let (_, waba_bytes) = load(&self.waba_loads, arrival.waba);
-        let over = jobs as f64 >= f64::from(arrival.mps.max(1)) * self.park_after.as_secs_f64()
-            || bytes.saturating_add(arrival.bytes) > self.share_bytes
-            || waba_bytes.saturating_add(arrival.bytes) > self.waba_share_bytes;
+        // A job coming back is parked again only past half as much again:
+        // it comes back while its number still has work in memory.
+        let mark = if arrival.returned_due_ms.is_some() { RETURN_MARK } else { 1.0 };
+        let over = jobs as f64 >= f64::from(arrival.mps.max(1)) * self.park_after.as_secs_f64() * mark
+            || (bytes.saturating_add(arrival.bytes) as f64) > self.share_bytes as f64 * mark
+            || (waba_bytes.saturating_add(arrival.bytes) as f64) > self.waba_share_bytes as f64 * mark;
         let pairs = self.parked.get(&arrival.phone);
         let pair_due = pairs.and_then(|pairs| pairs.get(&arrival.recipient)).copied();
         let pair_waiting = pair_due.is_some_and(|due| due + RETURN_GRACE.num_milliseconds() > now_ms);
@@ -192,9 +203,11 @@ impl Backlogs {
         if !park {
             return Decision::Admit;
         }
-        // After the jobs in memory and those parked before it.
+        // Halfway through the jobs in memory, and after those parked before
+        // it: back while the number still has as much again to send, so
+        // that a return a little late leaves it no idle second.
         let mps = f64::from(arrival.mps.max(1));
-        let drain_us = (jobs as f64 / mps * 1e6).max(1e6) as i64;
+        let drain_us = (jobs as f64 / mps * 1e6 / 2.0).max(1e6) as i64;
         let next_due = self.next_due.entry(arrival.phone).or_default();
         let due_us = (arrival.now.timestamp_micros().saturating_add(drain_us)).max(*next_due);
         *next_due = due_us.saturating_add((1e6 / mps) as i64);
@@ -237,22 +250,22 @@ mod tests {
     }
 
     /// A number at 10 msg/s with a 60 s horizon is over its share at 600
-    /// jobs in memory; its next job waits until they have gone.
+    /// jobs in memory; its next job waits until half of them have gone.
     #[test]
-    fn a_number_over_its_share_parks_until_its_jobs_in_memory_have_gone() {
+    fn a_number_over_its_share_parks_until_half_its_jobs_in_memory_have_gone() {
         let mut backlogs = Backlogs::new(Duration::from_secs(60), 1 << 30);
         let holds: Vec<Hold> = (0..599).map(|_| backlogs.hold((1, 100), 500)).collect();
         assert_eq!(backlogs.decide(&Arrival::new((1, 100), 7, 10, 500, at(0))), Decision::Admit);
         let mut holds = holds;
         holds.push(backlogs.hold((1, 100), 500));
-        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(0))), Decision::Park(at(60)));
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(0))), Decision::Park(at(30)));
         // Another number is not held back.
         assert_eq!(backlogs.decide(&Arrival::new((2, 100), 8, 10, 500, at(0))), Decision::Admit);
         // Under its share again, a new recipient is admitted, but recipient 8
         // waits behind its parked job, 6 s after it.
         holds.truncate(100);
         assert_eq!(backlogs.decide(&Arrival::new((1, 100), 9, 10, 500, at(1))), Decision::Admit);
-        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(1))), Decision::Park(at(66)));
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(1))), Decision::Park(at(36)));
     }
 
     /// Jobs parked one after another are due one tier interval apart: they
@@ -271,22 +284,39 @@ mod tests {
         assert_eq!(dues, expected);
     }
 
-    /// The bytes share: a quarter of the budget, whatever the tier.
+    /// A job coming back is admitted up to one and a half times its
+    /// number's share, a new one only up to the share.
     #[test]
-    fn a_number_holding_a_quarter_of_the_budget_parks() {
-        let mut backlogs = Backlogs::new(Duration::from_secs(60), 400_000);
-        let _holds: Vec<Hold> = (0..99).map(|_| backlogs.hold((1, 100), 1_000)).collect();
+    fn a_job_coming_back_is_admitted_up_to_half_as_much_again() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
+        let _holds: Vec<Hold> = (0..12).map(|_| backlogs.hold((1, 100), 500)).collect();
+        assert!(matches!(backlogs.decide(&Arrival::new((1, 100), 7, 10, 500, at(0))), Decision::Park(_)));
+        let back = Arrival {
+            returned_due_ms: Some(at(0).timestamp_millis()),
+            ..Arrival::new((1, 100), 8, 10, 500, at(0))
+        };
+        assert_eq!(backlogs.decide(&back), Decision::Admit);
+        let _more: Vec<Hold> = (0..3).map(|_| backlogs.hold((1, 100), 500)).collect();
+        assert!(matches!(backlogs.decide(&back), Decision::Park(_)));
+    }
+
+    /// The bytes share: half of the budget, whatever the tier.
+    #[test]
+    fn a_number_holding_half_of_the_budget_parks() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(600), 400_000);
+        let _holds: Vec<Hold> = (0..199).map(|_| backlogs.hold((1, 100), 1_000)).collect();
         assert_eq!(backlogs.decide(&Arrival::new((1, 100), 7, 1000, 1_000, at(0))), Decision::Admit);
         let _more = backlogs.hold((1, 100), 1_000);
         assert!(matches!(backlogs.decide(&Arrival::new((1, 100), 8, 1000, 1_000, at(0))), Decision::Park(_)));
     }
 
-    /// A WABA whose numbers together hold half of the budget parks the jobs
-    /// of each, though none is over its own share; another WABA's are not.
+    /// A WABA whose numbers together hold three quarters of the budget parks
+    /// the jobs of each, though none is over its own share; another WABA's
+    /// are not.
     #[test]
-    fn a_waba_holding_half_of_the_budget_parks() {
-        let mut backlogs = Backlogs::new(Duration::from_secs(60), 400_000);
-        let _holds: Vec<Hold> = (0..199).map(|n| backlogs.hold((n % 4, 100), 1_000)).collect();
+    fn a_waba_holding_three_quarters_of_the_budget_parks() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(600), 400_000);
+        let _holds: Vec<Hold> = (0..299).map(|n| backlogs.hold((n % 4, 100), 1_000)).collect();
         assert_eq!(backlogs.decide(&Arrival::new((0, 100), 7, 1000, 1_000, at(0))), Decision::Admit);
         let _more = backlogs.hold((0, 100), 1_000);
         assert!(matches!(backlogs.decide(&Arrival::new((1, 100), 8, 1000, 1_000, at(0))), Decision::Park(_)));
@@ -299,7 +329,7 @@ mod tests {
     #[test]
     fn a_job_coming_back_keeps_its_pair_in_order() {
         let mut backlogs = Backlogs::new(Duration::from_secs(1), 1 << 30);
-        let holds: Vec<Hold> = (0..10).map(|_| backlogs.hold((1, 100), 500)).collect();
+        let holds: Vec<Hold> = (0..20).map(|_| backlogs.hold((1, 100), 500)).collect();
         let Decision::Park(first) = backlogs.decide(&Arrival::new((1, 100), 7, 10, 500, at(0))) else {
             panic!()
         };
