@@ -253,7 +253,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(options) => {
-            let summary = wabulk_lab::demo::run(options).await?;
+            let summary = unless_stopped(wabulk_lab::demo::run(options)).await?;
             Ok(if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Simulate { listen, tls, ca_out, config, latency_scale, print_config } => {
@@ -308,7 +308,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 work_dir: out.clone(),
                 engine_binary: None,
             };
-            let report = wabulk_lab::scenario::run(&loaded, &options).await?;
+            let report = unless_stopped(wabulk_lab::scenario::run(&loaded, &options)).await?;
             wabulk_lab::scenario::print_summary(&report);
             let written = report.write_to(&out)?;
             println!(
@@ -349,6 +349,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path, std::env::vars())
         .with_context(|| format!("configuration {} is not valid", path.display()))
+}
+
+/// Runs a lab run (the demo, a capacity run) until it ends or SIGTERM or
+/// SIGINT comes. On the signal the run is dropped, and with it the engine
+/// process it started (killed by its `Drop`), so that nothing is left
+/// running; only SIGKILL, which no process can catch, leaves the engine.
+async fn unless_stopped<T>(run: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::select! {
+        result = run => result,
+        () = stop_signal() => anyhow::bail!("stopped by a signal; the run's engine was stopped with it"),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
