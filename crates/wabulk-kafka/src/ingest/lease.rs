@@ -103,6 +103,12 @@ impl Lease {
     pub fn offset(&self) -> i64 {
         self.offset
     }
+
+    /// What its record costs against the memory budget in bytes: its key
+    /// and value plus [`RECORD_OVERHEAD`](crate::RECORD_OVERHEAD).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl Drop for Lease {

@@ -324,12 +324,11 @@ impl Ingest {
     pub async fn next(&self) -> Result<(Record, Lease), KafkaError> {
         let mut records = self.records.lock().await;
         loop {
-            let (ownership, record) = match records.recv().await {
+            let (ownership, record, bytes) = match records.recv().await {
                 None => return Err(KafkaError::Closed),
                 Some(Polled::Fatal(error)) => return Err(KafkaError::Consume(error)),
-                Some(Polled::Record { ownership, record }) => (ownership, record),
+                Some(Polled::Record { ownership, record, bytes }) => (ownership, record, bytes),
             };
-            let bytes = record_bytes(&record);
             if let Some(lease) = self.shared.hand_out(ownership, record.partition, record.offset, bytes) {
                 return Ok((record, lease));
             }

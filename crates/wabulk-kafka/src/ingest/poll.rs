@@ -41,6 +41,8 @@ pub(super) enum Polled {
     Record {
         ownership: Arc<Ownership>,
         record: Record,
+        /// What it costs against the memory budget, as charged.
+        bytes: usize,
     },
     Fatal(RdKafkaError),
 }
@@ -91,10 +93,11 @@ pub(super) fn poll_loop(
             payload: message.payload().unwrap_or_default().to_vec(),
             returned: crate::Returned::read(message.headers()),
         };
-        let Some(ownership) = shared.buffer(record.partition, super::record_bytes(&record)) else {
+        let bytes = super::record_bytes(&record);
+        let Some(ownership) = shared.buffer(record.partition, bytes) else {
             continue;
         };
-        if records.send(Polled::Record { ownership, record }).is_err() {
+        if records.send(Polled::Record { ownership, record, bytes }).is_err() {
             break;
         }
     }

@@ -79,44 +79,24 @@ impl IngestStage {
         let (waba, mps) = match routed {
             Ok(routed) => routed,
             Err(reason) => {
-                let pending = Pending {
-                    job,
-                    lease,
-                    waba: 0,
-                    received_at,
-                    attempts_spent: 0,
-                    waits: 0,
-                    parked_since: None,
-                    _hold: None,
-                };
+                let pending = Pending::new(job, lease, 0, received_at, None);
                 self.settle.exit(writes, pending, Exit::Rejected(reason), 0);
                 return;
             }
         };
         let parked_since = record.returned.as_ref().and_then(|returned| parked_since(returned.since_ms));
         if self.registry.is_halted(waba) && waited_too_long(&self.setup, parked_since, received_at) {
-            let pending = Pending {
-                job,
-                lease,
-                waba,
-                received_at,
-                attempts_spent: 0,
-                waits: 0,
-                parked_since,
-                _hold: None,
-            };
+            let pending = Pending::new(job, lease, waba, received_at, parked_since);
             self.settle.exit(writes, pending, halted_too_long(&self.setup), 0);
             return;
         }
-        let bytes =
-            record.payload.len() + record.key.as_ref().map_or(0, Vec::len) + wabulk_kafka::RECORD_OVERHEAD;
+        let bytes = lease.bytes();
         if let Some((due, reason)) = self.parking_of(&job, (waba, mps), &record, bytes, received_at) {
             self.settle.park(writes, record, lease, due, reason);
             return;
         }
         let hold = Some(self.backlogs.hold((job.phone_number_id.get(), waba), bytes));
-        let pending =
-            Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0, parked_since, _hold: hold };
+        let pending = Pending { _hold: hold, ..Pending::new(job, lease, waba, received_at, parked_since) };
         let now = self.clock.now();
         let envelope = Envelope {
             phone: pending.job.phone_number_id.get(),

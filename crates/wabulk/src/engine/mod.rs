@@ -118,6 +118,19 @@ pub struct Pending {
     _hold: Option<backlog::Hold>,
 }
 
+impl Pending {
+    /// A job just read: no try yet, holding nothing of its number's load.
+    fn new(
+        job: Job,
+        lease: Lease,
+        waba: u64,
+        received_at: DateTime<Utc>,
+        parked_since: Option<DateTime<Utc>>,
+    ) -> Self {
+        Pending { job, lease, waba, received_at, attempts_spent: 0, waits: 0, parked_since, _hold: None }
+    }
+}
+
 /// Runs the engine until `stop` resolves (or the Kafka consumer fails), then
 /// stops reading and sending, lets the requests in flight and the results
 /// being written finish until the drain deadline (`drain_timeout` after the
