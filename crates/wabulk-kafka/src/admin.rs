@@ -88,24 +88,26 @@ fn topics_list(topics: &[TopicSpec]) -> String {
     topics.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// How many partitions `topic` has (the parking tiers are created with as
-/// many as the jobs topic); `extra` as in [`create_topic_specs`]. Blocks
-/// for a round trip.
-pub fn topic_partition_count(
+/// How many partitions each of `topics` has, for those that exist (the
+/// parking tiers are created with as many as the jobs topic); `extra` as in
+/// [`create_topic_specs`]. One metadata request for the cluster's topics:
+/// blocks for a round trip.
+pub fn topic_partition_counts(
     brokers: &str,
     extra: &BTreeMap<String, String>,
-    topic: &str,
+    topics: &[String],
     timeout: Duration,
-) -> Result<i32, KafkaError> {
+) -> Result<BTreeMap<String, i32>, KafkaError> {
     let metadata = watermark_reader(brokers, extra)?
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|source| KafkaError::Metadata { topic: topic.into(), source: Some(source) })?;
-    metadata
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaError::Metadata { topic: topics.join(", "), source: Some(source) })?;
+    Ok(metadata
         .topics()
         .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
-        .ok_or_else(|| KafkaError::Metadata { topic: topic.into(), source: None })
+        .filter(|t| topics.iter().any(|name| name == t.name()))
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| (t.name().to_owned(), i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+        .collect())
 }
 
 fn watermark_reader(

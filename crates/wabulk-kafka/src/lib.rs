@@ -36,7 +36,7 @@ mod reader;
 mod settings;
 mod tracker;
 
-pub use admin::{create_topic_specs, create_topics, topic_partition_count, topic_record_count, TopicSpec};
+pub use admin::{create_topic_specs, create_topics, topic_partition_counts, topic_record_count, TopicSpec};
 pub use embedded::EmbeddedKafka;
 pub use error::{KafkaError, Refusal};
 pub use features::{client_build, ClientBuild};

@@ -122,6 +122,15 @@ impl WabaRegistry {
         }
     }
 
+    /// When the WABA may make its next call, if not at `now` (its rolling
+    /// hour is full, or an 80007 pause runs), with its hourly cap. A WABA
+    /// not met yet has made no call.
+    pub fn closed_until(&self, waba: u64, now: Moment) -> Option<(Moment, u64)> {
+        let cell = self.read().get(&waba).map(Arc::clone)?;
+        let mut window = cell.window();
+        window.check(now, 1).err().map(|refusal| (refusal.0, window.cap()))
+    }
+
     /// Calls in each WABA's rolling hour, for the `wabulk_waba_hourly_calls` gauge.
     pub fn usage(&self, now: Moment) -> Vec<(u64, u64, u64)> {
         self.read()
@@ -233,5 +242,19 @@ mod tests {
         let mut window = cell.window();
         assert_eq!((window.used(ms(HOUR + 100)), window.cap()), (0, 2));
         assert_eq!(window.check(ms(HOUR + 100), 2), Ok(()));
+    }
+
+    #[test]
+    fn a_wabas_closed_until_is_its_full_hours_end_or_its_pause() {
+        let wabas = WabaRegistry::new(2);
+        assert_eq!(wabas.closed_until(9, ms(0)), None, "not met yet");
+        wabas.get_or_insert(9).window().acquire_up_to(ms(1_000), 1);
+        assert_eq!(wabas.closed_until(9, ms(2_000)), None, "room for one more");
+        wabas.get_or_insert(9).window().acquire_up_to(ms(2_000), 1);
+        let (opens, cap) = wabas.closed_until(9, ms(3_000)).expect("cap used");
+        assert_eq!(cap, 2);
+        assert!(opens > ms(HOUR) && opens <= ms(HOUR + 1_100), "the first call leaves the hour: {opens:?}");
+        wabas.get_or_insert(9).window().pause_until(ms(5 * HOUR));
+        assert_eq!(wabas.closed_until(9, ms(3 * HOUR)), Some((ms(5 * HOUR), 2)), "80007 pause");
     }
 }

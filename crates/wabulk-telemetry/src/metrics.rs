@@ -41,7 +41,7 @@ pub const RESULT_STATUSES: [&str; 4] =
 pub const PAUSE_REASONS: [&str; 3] = ["memory", "partition_share", "window"];
 
 /// The `reason` values of `wabulk_jobs_parked_total`.
-pub const PARK_REASONS: [&str; 3] = ["not_before", "halted", "backlog"];
+pub const PARK_REASONS: [&str; 4] = ["not_before", "halted", "backlog", "waba_cap"];
 
 /// The `reason` values of `wabulk_produce_refusals_total`: the labels of
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
@@ -219,9 +219,17 @@ pub struct Metrics {
     /// being acknowledged to the acknowledgement of the offset commit that
     /// covers it.
     pub commit_lag: Histogram,
+    /// `wabulk_parked_return_lateness_seconds`: from a parked job's due time
+    /// to Kafka's acknowledgement of its write back to the jobs topic, as
+    /// the parking mover saw it.
+    pub parked_return_lateness: Histogram,
+    /// `wabulk_parked_jobs`: records in the parking topics' partitions this
+    /// instance's mover owns (high watermark − committed position), sampled
+    /// every few seconds.
+    pub parked_jobs: IntGauge,
     /// `wabulk_scheduling_delay_seconds`: how late the engine's runtime ran
     /// a task that was due, peak of the last 30 s. Every number's window is
-    /// widened by twice this (at most 100 ms), so it is also the rate the
+    /// widened by twice this (at most 250 ms), so it is also the rate the
     /// host's load costs: 10 ms here slows every number by 2 %.
     pub scheduling_delay: Gauge,
     /// `wabulk_departures_held_total`: requests held at their number's
@@ -444,6 +452,17 @@ impl Metrics {
                 "wabulk_commit_lag_seconds",
                 "Time from a job's result being acknowledged to the acknowledgement of the offset commit covering it.",
                 COMMIT_LAG_BUCKETS,
+            ),
+            parked_return_lateness: histogram(
+                &r,
+                "wabulk_parked_return_lateness_seconds",
+                "Time from a parked job's due time to the acknowledgement of its write back to the jobs topic.",
+                COMMIT_LAG_BUCKETS,
+            ),
+            parked_jobs: gauge(
+                &r,
+                "wabulk_parked_jobs",
+                "Records in the parking topics' partitions this instance moves, waiting for their due time.",
             ),
             scheduling_delay: float_gauge(
                 &r,

@@ -97,7 +97,7 @@ impl Parked {
 /// readable due header was not parked (or not by wabulk).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Returned {
-    /// The reason the engine gave (`not_before`, `halted`, `backlog`).
+    /// The reason the engine gave (`not_before`, `halted`, `backlog`, `waba_cap`).
     pub reason: String,
     /// When it was due, in unix milliseconds.
     pub due_ms: u64,

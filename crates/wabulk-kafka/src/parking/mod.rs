@@ -277,7 +277,7 @@ pub fn tier_retention(delay: Duration) -> Duration {
 /// Creates the tier topics ([`ParkingSettings::topic_specs`]) with the
 /// client properties of `kafka`; existing topics are left as they are. Give
 /// it the jobs topic's partition count
-/// ([`topic_partition_count`](crate::topic_partition_count)).
+/// ([`topic_partition_counts`](crate::topic_partition_counts)).
 pub async fn create_parking_topics(
     kafka: &KafkaSettings,
     parking: &ParkingSettings,

@@ -36,6 +36,10 @@ use chrono::{DateTime, Utc};
 /// The parking reason of a job parked behind its number's backlog.
 pub(super) const BACKLOG: &str = "backlog";
 
+/// The parking reason of a job whose WABA may make no call for longer than
+/// `park_after` (its rolling hour is full, or Meta paused it with 80007).
+pub(super) const WABA_CAP: &str = "waba_cap";
+
 /// How far apart the parked jobs of one pair are due: more than the
 /// parking topics' lateness on a healthy cluster, so that they come back in
 /// order, and no sooner than the pair could send them anyway (one message
@@ -144,6 +148,9 @@ pub(super) struct Backlogs {
     /// one tier interval after the last one, so that parked jobs come back
     /// at about the rate the number sends them, not all at once.
     next_due: HashMap<u64, i64>,
+    /// Per WABA, the same for jobs parked while it may make no call: one
+    /// hourly cap's average interval after the last one.
+    next_waba_due: HashMap<u64, i64>,
     park_after: Duration,
     share_bytes: usize,
     waba_share_bytes: usize,
@@ -161,6 +168,7 @@ impl Backlogs {
             waba_loads: HashMap::new(),
             parked: HashMap::new(),
             next_due: HashMap::new(),
+            next_waba_due: HashMap::new(),
             park_after,
             share_bytes: budget_bytes / 2,
             waba_share_bytes: budget_bytes / 4 * 3,
@@ -220,6 +228,40 @@ impl Backlogs {
         Decision::Park(due)
     }
 
+    /// When a job of a WABA that may make no call before `opens` is due:
+    /// then, after the WABA's jobs parked before it (spaced at the average
+    /// rate its hourly cap allows, so that they come back as fast as it can
+    /// send them), and [`PAIR_GAP`] after a job of its pair parked before
+    /// it. Its pair is remembered as for a backlog, so that the pair's later
+    /// jobs wait behind it.
+    pub(super) fn park_for_waba(
+        &mut self,
+        arrival: &Arrival,
+        opens: DateTime<Utc>,
+        hourly_cap: u64,
+    ) -> DateTime<Utc> {
+        let now_ms = arrival.now.timestamp_millis();
+        let next_due = self.next_waba_due.entry(arrival.waba).or_default();
+        let due_us = opens.timestamp_micros().max(*next_due);
+        *next_due = due_us.saturating_add((3_600e6 / hourly_cap.max(1) as f64) as i64);
+        let mut due = DateTime::<Utc>::from_timestamp_micros(due_us).unwrap_or(opens);
+        let pair_due =
+            self.parked.get(&arrival.phone).and_then(|pairs| pairs.get(&arrival.recipient)).copied();
+        if let Some(last) = pair_due.filter(|due| due + RETURN_GRACE.num_milliseconds() > now_ms) {
+            due = due.max(DateTime::<Utc>::from_timestamp_millis(last).unwrap_or(due) + PAIR_GAP);
+        }
+        self.parked.entry(arrival.phone).or_default().insert(arrival.recipient, due.timestamp_millis());
+        due
+    }
+
+    /// The WABAs with jobs in memory.
+    pub(super) fn wabas_in_memory(&self) -> impl Iterator<Item = u64> + '_ {
+        self.waba_loads
+            .iter()
+            .filter(|(_, load)| load.jobs.load(Ordering::Relaxed) > 0)
+            .map(|(&waba, _)| waba)
+    }
+
     /// Forgets pairs whose parked job is back, and numbers and WABAs holding
     /// nothing.
     fn sweep(&mut self, now: DateTime<Utc>) {
@@ -229,6 +271,7 @@ impl Backlogs {
             !pairs.is_empty()
         });
         self.next_due.retain(|_, due| *due > before.saturating_mul(1000));
+        self.next_waba_due.retain(|_, due| *due > before.saturating_mul(1000));
         let held = |_: &u64, load: &mut Arc<Load>| Arc::strong_count(load) > 1;
         self.loads.retain(held);
         self.waba_loads.retain(held);
@@ -282,6 +325,29 @@ mod tests {
             .collect();
         let expected: Vec<_> = (0..5).map(|k| at(1) + chrono::Duration::milliseconds(50 * k)).collect();
         assert_eq!(dues, expected);
+    }
+
+    /// Jobs of a WABA that may make no call before `opens` are due from then
+    /// on, one average interval of its hourly cap apart, whatever their
+    /// number; a later job of a pair waits [`PAIR_GAP`] behind the pair's,
+    /// and under its share again, a new job of that pair is parked too.
+    #[test]
+    fn a_closed_wabas_jobs_are_due_from_its_opening_at_its_caps_rate() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(60), 1 << 30);
+        let opens = at(600);
+        let due = |backlogs: &mut Backlogs, phone, recipient| {
+            backlogs.park_for_waba(&Arrival::new((phone, 100), recipient, 80, 500, at(0)), opens, 3_600)
+        };
+        assert_eq!(due(&mut backlogs, 1, 7), at(600));
+        assert_eq!(due(&mut backlogs, 2, 8), at(601), "another number of the WABA, one second later");
+        assert_eq!(due(&mut backlogs, 1, 7), at(606), "6 s behind its pair's job");
+        assert_eq!(due(&mut backlogs, 1, 9), at(603));
+        assert_eq!(
+            backlogs.decide(&Arrival::new((1, 100), 7, 80, 500, at(1))),
+            Decision::Park(at(612)),
+            "the pair's next job waits behind its parked ones"
+        );
+        assert_eq!(backlogs.decide(&Arrival::new((1, 100), 10, 80, 500, at(1))), Decision::Admit);
     }
 
     /// A job coming back is admitted up to one and a half times its

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wabulk_kafka::{Ingest, Lease, Record};
 use wabulk_limits::{Clock, Moment};
@@ -13,7 +14,7 @@ use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
 
-use super::backlog::{Arrival, Backlogs, Decision, BACKLOG};
+use super::backlog::{Arrival, Backlogs, Decision, BACKLOG, WABA_CAP};
 use super::settle::{parked_since, Settle};
 use super::shutdown::Shutdown;
 use super::Pending;
@@ -31,20 +32,34 @@ pub(super) struct IngestStage {
     /// What each number holds in memory, and which of its pairs have a job
     /// parked behind its backlog.
     pub(super) backlogs: Backlogs,
+    /// Where the scheduler gives back the queued jobs of a WABA that may
+    /// make no call for longer than `park_after`, to be parked.
+    pub(super) capped_tx: mpsc::UnboundedSender<Vec<Pending>>,
 }
+
+/// How often the WABAs with jobs in memory are looked at for a closed hour.
+const CAP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl IngestStage {
     /// Reads until the stop begins or the consumer ends (which begins the
     /// stop); returns the consumer's error, if that was it, and the writes
     /// still under way, which the caller waits for within the deadline.
-    pub(super) async fn run(mut self, shutdown: Shutdown) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
+    pub(super) async fn run(
+        mut self,
+        shutdown: Shutdown,
+        mut capped: mpsc::UnboundedReceiver<Vec<Pending>>,
+    ) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
         let mut writes = JoinSet::new();
+        let mut cap_check = tokio::time::interval(CAP_CHECK_EVERY);
+        cap_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let failure = loop {
             tokio::select! {
                 biased;
                 () = shutdown.begun() => break None,
                 // Reap finished writes so the set stays small.
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
+                Some(jobs) = capped.recv() => self.park_capped(&mut writes, jobs),
+                _ = cap_check.tick() => self.take_capped_jobs(),
                 record = self.ingest.next() => match record {
                     Ok((record, lease)) => self.on_record(&mut writes, record, lease),
                     Err(error) => {
@@ -97,11 +112,16 @@ impl IngestStage {
         }
         let hold = Some(self.backlogs.hold((job.phone_number_id.get(), waba), bytes));
         let pending = Pending { _hold: hold, ..Pending::new(job, lease, waba, received_at, parked_since) };
+        self.enqueue(pending, mps);
+    }
+
+    /// Hands a job to the scheduler, where it waits for its limits.
+    fn enqueue(&self, pending: Pending, mps: u32) {
         let now = self.clock.now();
         let envelope = Envelope {
             phone: pending.job.phone_number_id.get(),
             recipient: pending.job.to.get(),
-            waba,
+            waba: pending.waba,
             mps,
             not_before: pending.job.not_before.map(|at| moment_of(now, at)),
             expires_at: pending.job.expires_at.map(|at| moment_of(now, at)),
@@ -144,13 +164,65 @@ impl IngestStage {
             returned_due_ms: record
                 .returned
                 .as_ref()
-                .filter(|returned| returned.reason == BACKLOG)
+                .filter(|returned| [BACKLOG, WABA_CAP].contains(&returned.reason.as_str()))
                 .and_then(|returned| i64::try_from(returned.due_ms).ok()),
             ..Arrival::new((job.phone_number_id.get(), waba), job.to.get(), mps, bytes, now)
         };
+        let moment = self.clock.now();
+        if let Some((opens, cap)) = self.registry.closed_until(waba, moment) {
+            let wait = opens.saturating_since(moment);
+            if wait > parking.park_after {
+                let opens = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                return Some((until(self.backlogs.park_for_waba(&arrival, opens, cap)), WABA_CAP));
+            }
+        }
         match self.backlogs.decide(&arrival) {
             Decision::Admit => None,
             Decision::Park(due) => Some((until(due), BACKLOG)),
+        }
+    }
+}
+
+impl IngestStage {
+    /// Asks the scheduler for the queued jobs of every WABA that holds jobs
+    /// in memory and may make no call for longer than `park_after`, to be
+    /// parked (they come back on `capped`). Jobs read while it stays closed
+    /// are parked as they come (`parking_of`).
+    fn take_capped_jobs(&self) {
+        let Some(parking) = self.setup.parking.as_ref().filter(|_| self.settle.can_park()) else { return };
+        let now = self.clock.now();
+        for waba in self.backlogs.wabas_in_memory() {
+            let closed = self.registry.closed_until(waba, now);
+            if closed.is_some_and(|(opens, _)| opens.saturating_since(now) > parking.park_after) {
+                let matching = Arc::new(move |p: &Pending| p.waba == waba);
+                let _ = self.scheduler.send(Command::Purge { matching, to: Some(self.capped_tx.clone()) });
+            }
+        }
+    }
+
+    /// Parks jobs taken back from a closed WABA (in its pairs' order) until
+    /// it may call again, spaced at its hourly cap's rate. A WABA open again
+    /// by now (its jobs raced the purge) gets its jobs back in memory.
+    fn park_capped(&mut self, writes: &mut JoinSet<()>, jobs: Vec<Pending>) {
+        let (now, moment) = (Utc::now(), self.clock.now());
+        let mut to_park = Vec::with_capacity(jobs.len());
+        for pending in jobs {
+            let Some((opens, cap)) = self.registry.closed_until(pending.waba, moment) else {
+                // Routed when it was read: its tier is the same now.
+                let mps = route(&self.setup, &pending.job).map_or(self.setup.default_mps, |(_, mps)| mps);
+                self.enqueue(pending, mps);
+                continue;
+            };
+            let opens = now
+                + chrono::Duration::from_std(opens.saturating_since(moment)).unwrap_or(chrono::Duration::MAX);
+            let job = &pending.job;
+            let arrival = Arrival::new((job.phone_number_id.get(), pending.waba), job.to.get(), 0, 0, now);
+            let due = self.backlogs.park_for_waba(&arrival, opens, cap);
+            let due = job.expires_at.map_or(due, |expires| expires.min(due));
+            to_park.push((pending, due));
+        }
+        if !to_park.is_empty() {
+            self.settle.park_jobs(writes, to_park, WABA_CAP);
         }
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use wabulk_kafka::{create_parking_topics, topic_partition_count, Ingest, Lease, Mover, Output, Parker};
+use wabulk_kafka::{create_parking_topics, topic_partition_counts, Ingest, Lease, Mover, Output, Parker};
 use wabulk_model::Job;
 use wabulk_scheduler::{Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::{SchedulingDelay, Sender};
@@ -53,18 +53,35 @@ use settle::Settle;
 /// How long the parking mover may take to finish its writes at a stop.
 const PARKING_STOP: Duration = Duration::from_secs(5);
 
+/// How often the records parked in this instance's tier partitions are
+/// counted (a few round trips to the brokers each time).
+const PARKED_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
 /// Creates the parking topics (as many partitions as the jobs topic; the
 /// existing ones are left as they are), connects the parker and starts the
-/// mover.
-async fn start_parking(setup: &EngineSetup, parking: &Parking) -> anyhow::Result<(Arc<Parker>, Mover)> {
+/// mover, which reports each return's lateness to `metrics`.
+async fn start_parking(
+    setup: &EngineSetup,
+    parking: &Parking,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<Parker>, Arc<Mover>)> {
     let kafka = &setup.kafka;
-    let partitions = partition_count(kafka, &kafka.jobs_topic).await?;
-    let mut missing = Vec::new();
-    for topic in parking.settings.tier_topics() {
-        if partition_count(kafka, &topic).await.is_err() {
-            missing.push(topic);
-        }
-    }
+    let tier_topics = parking.settings.tier_topics();
+    let counts = {
+        let (brokers, extra) = (kafka.brokers.clone(), kafka.extra.clone());
+        let mut topics = tier_topics.clone();
+        topics.push(kafka.jobs_topic.clone());
+        tokio::task::spawn_blocking(move || {
+            topic_partition_counts(&brokers, &extra, &topics, Duration::from_secs(10))
+        })
+        .await
+        .context("topic metadata")?
+        .context("cannot read the cluster's topics")?
+    };
+    let partitions = *counts
+        .get(&kafka.jobs_topic)
+        .with_context(|| format!("cannot read the partitions of {}", kafka.jobs_topic))?;
+    let missing: Vec<&String> = tier_topics.iter().filter(|topic| !counts.contains_key(*topic)).collect();
     if !missing.is_empty() {
         tracing::info!(topics = ?missing, "creating the parking topics");
         create_parking_topics(kafka, &parking.settings, partitions, Duration::from_secs(10))
@@ -79,23 +96,31 @@ async fn start_parking(setup: &EngineSetup, parking: &Parking) -> anyhow::Result
     }
     let parker = Parker::connect(kafka, &parking.settings).context("cannot start the parking producer")?;
     let mover = Mover::start(kafka, &parking.settings).context("cannot start the parking mover")?;
+    let lateness = metrics.parked_return_lateness.clone();
+    mover.set_lateness_listener(Box::new(move |late| lateness.observe(late.as_secs_f64())));
     tracing::info!(
         prefix = %parking.settings.topic_prefix,
         park_after = ?parking.park_after,
         "parking: jobs due later than park_after wait in Kafka"
     );
-    Ok((Arc::new(parker), mover))
+    Ok((Arc::new(parker), Arc::new(mover)))
 }
 
-/// How many partitions `topic` has (asks the broker: blocks a thread).
-async fn partition_count(kafka: &wabulk_kafka::KafkaSettings, topic: &str) -> anyhow::Result<i32> {
-    let (brokers, extra, name) = (kafka.brokers.clone(), kafka.extra.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        topic_partition_count(&brokers, &extra, &name, Duration::from_secs(10))
-    })
-    .await
-    .context("topic metadata")?
-    .with_context(|| format!("cannot read the partitions of {topic}"))
+/// Keeps `wabulk_parked_jobs` up to date until `shutdown` begins.
+async fn sample_parked(mover: Arc<Mover>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    loop {
+        let counting = Arc::clone(&mover);
+        let counted = tokio::task::spawn_blocking(move || counting.parked(Duration::from_secs(2))).await;
+        match counted {
+            Ok(Ok(tiers)) => metrics.parked_jobs.set(tiers.iter().map(|tier| tier.records).sum()),
+            Ok(Err(error)) => tracing::debug!(%error, "could not count the parked records"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PARKED_SAMPLE_EVERY) => {}
+            () = shutdown.begun() => return,
+        }
+    }
 }
 
 /// A job inside the engine, from its record to its exit.
@@ -181,8 +206,10 @@ pub async fn run(
     metrics.create_zero_series(phones.iter().map(String::as_str), wabas.iter().map(String::as_str));
     let (parker, mover) = match &setup.parking {
         Some(parking) => {
-            let (parker, mover) = start_parking(&setup, parking).await?;
-            (Some(parker), Some(mover))
+            let (parker, mover) = start_parking(&setup, parking, &metrics).await?;
+            let sampler =
+                tokio::spawn(sample_parked(Arc::clone(&mover), Arc::clone(&metrics), shutdown.clone()));
+            (Some(parker), Some((mover, sampler)))
         }
         None => (None, None),
     };
@@ -195,6 +222,7 @@ pub async fn run(
         jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
     };
 
+    let (capped_tx, capped_rx) = mpsc::unbounded_channel();
     let ingest_stage = IngestStage {
         setup: Arc::clone(&setup),
         registry: Arc::clone(&registry),
@@ -207,8 +235,9 @@ pub async fn run(
             setup.parking.as_ref().map_or(Duration::MAX, |parking| parking.park_after),
             setup.kafka.max_in_memory_bytes,
         ),
+        capped_tx,
     };
-    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone()));
+    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone(), capped_rx));
 
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let (taken_tx, taken_rx) = mpsc::unbounded_channel();
@@ -259,9 +288,14 @@ pub async fn run(
     for task in shard_tasks {
         task.abort();
     }
-    if let Some(mover) = mover {
+    if let Some((mover, sampler)) = mover {
+        let _ = sampler.await;
         // What it holds past this is moved again by the tiers' next owner.
-        tokio::task::spawn_blocking(move || mover.shutdown(PARKING_STOP)).await.context("parking stop")?;
+        if let Some(mover) = Arc::into_inner(mover) {
+            tokio::task::spawn_blocking(move || mover.shutdown(PARKING_STOP))
+                .await
+                .context("parking stop")?;
+        }
     }
     // The final commit blocks on librdkafka.
     tokio::task::spawn_blocking(move || {

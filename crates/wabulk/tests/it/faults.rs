@@ -239,6 +239,7 @@ async fn token_error_halts_the_waba_and_keeps_its_jobs() {
         id: WABA_B.into(),
         token_env: TOKEN_B_ENV.into(),
         numbers: numbers_b.to_vec(),
+        hourly_call_cap: None,
     });
     toml.http_listen = format!("127.0.0.1:{port}");
     // B's jobs are parked until the next check of its token: soon, so that
@@ -387,6 +388,7 @@ async fn a_halted_waba_resumes_once_its_token_is_accepted_again() {
         id: WABA_B.into(),
         token_env: TOKEN_B_ENV.into(),
         numbers: numbers_b.to_vec(),
+        hourly_call_cap: None,
     });
     toml.graph.push(format!("token_check_interval_ms = {CHECK_EVERY_MS}"));
     toml.limits.push("mps_margin_percent = 5.0".into());

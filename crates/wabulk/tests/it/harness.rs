@@ -161,6 +161,8 @@ pub(crate) struct OtherWaba {
     pub(crate) id: String,
     pub(crate) token_env: String,
     pub(crate) numbers: Vec<Number>,
+    /// `hourly_call_cap`; the default (per-number figure) when `None`.
+    pub(crate) hourly_call_cap: Option<u64>,
 }
 
 impl EngineToml {
@@ -230,7 +232,11 @@ impl EngineToml {
                     number.id, waba.id, number.mps
                 );
             }
-            let _ = writeln!(text, "[[wabas]]\nid = {:?}\ntoken_env = {:?}\n", waba.id, waba.token_env);
+            let _ = writeln!(text, "[[wabas]]\nid = {:?}\ntoken_env = {:?}", waba.id, waba.token_env);
+            if let Some(cap) = waba.hourly_call_cap {
+                let _ = writeln!(text, "hourly_call_cap = {cap}");
+            }
+            let _ = writeln!(text);
         }
         let _ = writeln!(text, "[http]\nlisten = {:?}\n", self.http_listen);
         let _ = writeln!(text, "[parking]");

@@ -237,6 +237,7 @@ async fn a_halted_waba_holds_back_nothing() {
         id: HALTED_WABA.into(),
         token_env: HALTED_TOKEN_ENV.into(),
         numbers: halted.clone(),
+        hourly_call_cap: None,
     });
     let env = |var: &str| match var {
         TOKEN_ENV => Some(TOKEN.to_owned()),
@@ -386,6 +387,109 @@ async fn a_slow_numbers_backlog_holds_back_nothing() {
             "recipient {recipient} out of order: {finished:?}"
         );
     }
+    assert_eq!(violations(&stats), 0);
+}
+
+/// A WABA at its hourly cap waits in Kafka, not in memory: a WABA capped
+/// at 100 calls an hour gets 5,000 jobs for its two 80 msg/s numbers. Its
+/// cap is used within a second or so; the rest (held in memory, they would
+/// wait there an hour, their offsets uncommitted) are parked until the hour
+/// allows them, so every offset of the jobs topic is committed within
+/// seconds; then 500 jobs of another WABA go out at once, and the capped
+/// WABA never exceeds its cap at the simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waba_at_its_hourly_cap_waits_in_kafka() {
+    const CAPPED_WABA: &str = "102290129340411";
+    const CAPPED_ENV: &str = "WABULK_IT_PARKING_CAPPED_TOKEN";
+    const CAP: u64 = 100;
+    const CAPPED_JOBS: usize = 5_000;
+    const HEALTHY_JOBS: usize = 500;
+    const PARTITIONS: i32 = 4;
+    init_logs();
+    let capped: Vec<Number> =
+        (0..2).map(|i| Number::new(&format!("10654035224{:04}", 5000 + i), 80)).collect();
+    let healthy = [Number::new(URGENT, 1000)];
+    let mut sim = sim_config(&healthy, Latency::Fixed(Duration::from_millis(20)));
+    for number in &capped {
+        sim.numbers.push(SimNumber { id: number.id.clone(), mps: number.mps, waba_id: CAPPED_WABA.into() });
+    }
+    sim.wabas.push(SimWaba { id: CAPPED_WABA.into(), token: TOKEN.into(), hourly_cap: CAP });
+    let stack = Stack::start(sim, PARTITIONS).await;
+    let group = "it-parking-capped";
+    let mut toml = EngineToml::new(&stack, group, &healthy);
+    toml.other_wabas.push(OtherWaba {
+        id: CAPPED_WABA.into(),
+        token_env: CAPPED_ENV.into(),
+        numbers: capped.clone(),
+        hourly_call_cap: Some(CAP),
+    });
+    let env = |var: &str| (var == TOKEN_ENV || var == CAPPED_ENV).then(|| TOKEN.to_owned());
+    let engine = InProcessEngine::start(toml.setup_with_env(&env));
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    engine_reading(&writer, &results, URGENT).await;
+
+    let jobs: Vec<(&str, Vec<u8>)> = (0..CAPPED_JOBS)
+        .map(|n| {
+            let phone = capped[n % capped.len()].id.as_str();
+            (phone, job(&format!("capped-{n:05}"), phone, n as u64, None, None))
+        })
+        .collect();
+    let started = Instant::now();
+    write_all(&writer, &jobs).await;
+    // Every record read is resolved (sent or parked) once the committed
+    // positions reach the end of the topic.
+    let brokers = stack.brokers();
+    let unresolved = || {
+        let written = record_counts(&brokers, &[JOBS.to_owned()])[JOBS];
+        let committed: i64 = committed(&brokers, group, JOBS, PARTITIONS).iter().map(|c| c.offset).sum();
+        written - committed
+    };
+    let released = wait_for(Duration::from_secs(60), || unresolved() == 0).await;
+    let released_took = started.elapsed();
+    let healthy_jobs: Vec<(&str, Vec<u8>)> = (0..HEALTHY_JOBS)
+        .map(|n| (URGENT, job(&format!("healthy-{n:03}"), URGENT, 5_000_000 + n as u64, None, None)))
+        .collect();
+    let written = Instant::now();
+    write_all(&writer, &healthy_jobs).await;
+    let all_healthy = results
+        .wait_until(Duration::from_secs(10), |records| {
+            records.iter().filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"healthy-"))).count()
+                >= HEALTHY_JOBS
+        })
+        .await;
+    let healthy_took = written.elapsed();
+    let left = unresolved();
+    engine.stop().await;
+    let all = results.results();
+    results.stop().await;
+    let stats = stack.stop().await;
+    let capped_requests: u64 = capped.iter().map(|n| stats.numbers[&n.id].requests).sum();
+    println!(
+        "waba cap: {CAPPED_JOBS} jobs of a WABA capped at {CAP} an hour resolved in {:.1} s ({capped_requests} \
+         requested); {HEALTHY_JOBS} jobs of another WABA answered {:.1} s after being written; results {:?}",
+        released_took.as_secs_f64(),
+        healthy_took.as_secs_f64(),
+        status_counts(&all)
+    );
+    assert!(
+        released,
+        "{left} records of the jobs topic not resolved 60 s after the capped WABA's jobs were written"
+    );
+    assert!(
+        all_healthy,
+        "only {} of {HEALTHY_JOBS} healthy jobs sent within 10 s",
+        of(&all, "healthy-").len()
+    );
+    assert!(capped_requests >= CAP / 2, "{capped_requests} requests: the cap was not reached, no scenario");
+    assert!(capped_requests <= CAP, "{capped_requests} requests for a WABA capped at {CAP}");
+    let capped_results = of(&all, "capped-");
+    assert_eq!(
+        capped_results.len() as u64,
+        capped_requests,
+        "a result for each capped job sent, none for the parked"
+    );
+    assert!(capped_results.iter().all(|r| r.status == Status::Sent), "{:?}", status_counts(&all));
     assert_eq!(violations(&stats), 0);
 }
 

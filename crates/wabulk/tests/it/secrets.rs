@@ -83,6 +83,7 @@ async fn tokens_never_appear_in_logs_metrics_results_or_dlq() {
         id: WABA_B.into(),
         token_env: TOKEN_B_ENV.into(),
         numbers: vec![Number::new(PHONE_B, 80)],
+        hourly_call_cap: None,
     });
     toml.http_listen = format!("127.0.0.1:{port}");
     let config = toml.write(dir.path());
