@@ -43,6 +43,9 @@ pub const PAUSE_REASONS: [&str; 3] = ["memory", "partition_share", "window"];
 /// The `reason` values of `wabulk_jobs_parked_total`.
 pub const PARK_REASONS: [&str; 4] = ["not_before", "halted", "backlog", "waba_cap"];
 
+/// The `kind` values of `wabulk_parking_moves_total`.
+pub const PARKING_MOVES: [&str; 3] = ["returned", "reparked", "unreadable"];
+
 /// The `reason` values of `wabulk_produce_refusals_total`: the labels of
 /// `wabulk_kafka::Refusal` (this crate does not depend on the Kafka one).
 pub const PRODUCE_REFUSALS: [&str; 4] = ["too_large", "unknown_topic", "not_authorised", "invalid_record"];
@@ -227,6 +230,13 @@ pub struct Metrics {
     /// instance's mover owns (high watermark − committed position), sampled
     /// every few seconds.
     pub parked_jobs: IntGauge,
+    /// `wabulk_parking_moves_total{kind}`: records the parking mover wrote
+    /// on, by [`PARKING_MOVES`]: back to the jobs topic, into a shorter
+    /// tier, or (without readable parking headers) to the jobs topic at once.
+    pub parking_moves: IntCounterVec,
+    /// `wabulk_parking_mover_in_flight`: records the mover holds until they
+    /// are due or has written and Kafka not yet acknowledged.
+    pub parking_mover_in_flight: IntGauge,
     /// `wabulk_scheduling_delay_seconds`: how late the engine's runtime ran
     /// a task that was due, peak of the last 30 s. Every number's window is
     /// widened by twice this (at most 250 ms), so it is also the rate the
@@ -464,6 +474,17 @@ impl Metrics {
                 "wabulk_parked_jobs",
                 "Records in the parking topics' partitions this instance moves, waiting for their due time.",
             ),
+            parking_moves: counter_vec(
+                &r,
+                "wabulk_parking_moves_total",
+                "Records the parking mover wrote on: back to the jobs topic, into a shorter tier, or unreadable.",
+                &["kind"],
+            ),
+            parking_mover_in_flight: gauge(
+                &r,
+                "wabulk_parking_mover_in_flight",
+                "Records the parking mover holds until due or has written and Kafka not yet acknowledged.",
+            ),
             scheduling_delay: float_gauge(
                 &r,
                 "wabulk_scheduling_delay_seconds",
@@ -521,6 +542,9 @@ impl Metrics {
         }
         for reason in PARK_REASONS {
             m.jobs_parked.with_label_values(&[reason]);
+        }
+        for kind in PARKING_MOVES {
+            m.parking_moves.with_label_values(&[kind]);
         }
         for reason in PAUSE_REASONS {
             m.partitions_paused_by_reason.with_label_values(&[reason]);

@@ -53,6 +53,9 @@ use settle::Settle;
 /// How long the parking mover may take to finish its writes at a stop.
 const PARKING_STOP: Duration = Duration::from_secs(5);
 
+/// How often the parking mover's counts are sampled.
+const MOVER_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the records parked in this instance's tier partitions are
 /// counted (a few round trips to the brokers each time).
 const PARKED_SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -106,18 +109,33 @@ async fn start_parking(
     Ok((Arc::new(parker), Arc::new(mover)))
 }
 
-/// Keeps `wabulk_parked_jobs` up to date until `shutdown` begins.
+/// Keeps the parking mover's metrics up to date until `shutdown` begins.
 async fn sample_parked(mover: Arc<Mover>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    let mut counted_at: Option<tokio::time::Instant> = None;
     loop {
-        let counting = Arc::clone(&mover);
-        let counted = tokio::task::spawn_blocking(move || counting.parked(Duration::from_secs(2))).await;
-        match counted {
-            Ok(Ok(tiers)) => metrics.parked_jobs.set(tiers.iter().map(|tier| tier.records).sum()),
-            Ok(Err(error)) => tracing::debug!(%error, "could not count the parked records"),
-            Err(_) => return,
+        let stats = mover.stats();
+        let moves = [
+            ("returned", stats.tiers.iter().map(|t| t.returned).sum::<u64>()),
+            ("reparked", stats.tiers.iter().map(|t| t.reparked).sum()),
+            ("unreadable", stats.tiers.iter().map(|t| t.unreadable).sum()),
+        ];
+        for (kind, total) in moves {
+            let counter = metrics.parking_moves.with_label_values(&[kind]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        metrics.parking_mover_in_flight.set(stats.in_flight as i64);
+        if counted_at.is_none_or(|at| at.elapsed() >= PARKED_SAMPLE_EVERY) {
+            counted_at = Some(tokio::time::Instant::now());
+            let counting = Arc::clone(&mover);
+            let counted = tokio::task::spawn_blocking(move || counting.parked(Duration::from_secs(2))).await;
+            match counted {
+                Ok(Ok(tiers)) => metrics.parked_jobs.set(tiers.iter().map(|tier| tier.records).sum()),
+                Ok(Err(error)) => tracing::debug!(%error, "could not count the parked records"),
+                Err(_) => return,
+            }
         }
         tokio::select! {
-            () = tokio::time::sleep(PARKED_SAMPLE_EVERY) => {}
+            () = tokio::time::sleep(MOVER_SAMPLE_EVERY) => {}
             () = shutdown.begun() => return,
         }
     }
