@@ -102,8 +102,26 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     say(format!("Kafka: {} on {brokers}", broker.describe()));
 
     let sim_config = simulator_config(scenario);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("simulator port")?;
-    let sim = Simulator::start(sim_config.clone(), listener).await.context("cannot start the simulator")?;
+    // The referee runs on threads of its own, as Meta's servers do: work of
+    // the lab's own (the broker, the readers, the load, the samples) never
+    // holds its handlers back and bunches the arrivals it times.
+    let sim_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("graph-sim")
+        .enable_all()
+        .build()
+        .context("the simulator's runtime")?;
+    let sim = {
+        let config = sim_config.clone();
+        sim_runtime
+            .spawn(async move {
+                let listener =
+                    tokio::net::TcpListener::bind("127.0.0.1:0").await.context("simulator port")?;
+                Simulator::start(config, listener).await.context("cannot start the simulator")
+            })
+            .await
+            .context("the simulator's start")??
+    };
     say(format!("Graph API simulator on {} ({})", sim.base_url(), describe_latency(&sim_config)));
 
     let listen = match options.http_listen {
@@ -219,7 +237,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     }
     let stats = sim.stats();
     let first_requests = sim.first_requests();
-    sim.shutdown().await;
+    let _ = sim_runtime.spawn(sim.shutdown()).await;
+    sim_runtime.shutdown_background();
     let kept = {
         let (brokers, topic) = (brokers.clone(), config.kafka.jobs_topic.clone());
         tokio::task::spawn_blocking(move || {

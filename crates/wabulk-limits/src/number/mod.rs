@@ -93,6 +93,9 @@ pub struct NumberLimiter {
     slow_until: u64,
     /// How many times the limit is halved while slowed; grows with repeated 130429s.
     slow_halvings: u32,
+    /// When the limit was last halved: a 130429 for a request sent before
+    /// it describes the excess already answered.
+    slowed_at: u64,
     /// Nothing is allowed before this (handover, 131057 upgrade, 131048 spam pause).
     paused_until: u64,
     /// GCRA theoretical arrival time in ns: the instant the next send would be
@@ -157,6 +160,7 @@ impl NumberLimiter {
             slowed: full,
             slow_until: 0,
             slow_halvings: 0,
+            slowed_at: 0,
             paused_until: 0,
             tat: 0,
             sends: VecDeque::with_capacity(full.limit as usize),
@@ -210,12 +214,23 @@ impl NumberLimiter {
         k
     }
 
-    /// After error 130429: halve the effective limit (minimum 1) until
-    /// `now + for_`. Another call while still slowed halves again and extends
-    /// the end (never shortens it); afterwards the full limit applies again.
-    pub fn slow_down(&mut self, now: Moment, for_: Duration) {
+    /// After error 130429 for a request sent at `sent`: halve the effective
+    /// limit (minimum 1) until `now + for_`. While still slowed, a call
+    /// extends the end (never shortens it), and halves again only for a
+    /// request sent after the last halving: the answers to requests that
+    /// were already on their way (one bunch on the wire is tens of them at
+    /// a high tier) report one excess, not one each. Afterwards the full
+    /// limit applies again.
+    pub fn slow_down(&mut self, now: Moment, for_: Duration, sent: Moment) {
         let t = now.as_nanos();
-        self.slow_halvings = if t < self.slow_until { (self.slow_halvings + 1).min(31) } else { 1 };
+        let slowed = t < self.slow_until;
+        if !slowed {
+            self.slow_halvings = 1;
+            self.slowed_at = t;
+        } else if sent.as_nanos() >= self.slowed_at {
+            self.slow_halvings = (self.slow_halvings + 1).min(31);
+            self.slowed_at = t;
+        }
         self.slow_until = self.slow_until.max(t.saturating_add(duration_nanos(for_)));
         self.slowed =
             Pace::new((self.full.limit >> self.slow_halvings).max(1), self.full.window, self.burst_override);

@@ -83,24 +83,39 @@ fn after_handover_refuses_before_one_second_and_gives_no_burst() {
 #[test]
 fn slow_down_halves_repeatedly_then_recovers() {
     let mut l = NumberLimiter::new(1000, 2.0);
-    l.slow_down(ms(0), Duration::from_secs(10));
+    l.slow_down(ms(0), Duration::from_secs(10), ms(0));
     assert_eq!(l.effective_limit(ms(0)), 500);
-    l.slow_down(ms(1_000), Duration::from_secs(10));
+    l.slow_down(ms(1_000), Duration::from_secs(10), ms(500));
     assert_eq!(l.effective_limit(ms(1_000)), 250);
     assert_eq!(l.effective_limit(ms(10_999)), 250, "the second call extended the end");
     assert_eq!(l.effective_limit(ms(11_000)), 1000);
-    l.slow_down(ms(20_000), Duration::from_secs(1));
+    l.slow_down(ms(20_000), Duration::from_secs(1), ms(19_500));
     assert_eq!(l.effective_limit(ms(20_000)), 500, "a new slow-down starts from one halving");
     let mut one = NumberLimiter::new(1, 0.0);
-    one.slow_down(ms(0), Duration::from_secs(1));
+    one.slow_down(ms(0), Duration::from_secs(1), ms(0));
     assert_eq!(one.effective_limit(ms(0)), 1, "never below one");
+}
+
+/// Forty requests of one bunch answered 130429 one after another: one
+/// halving, not forty; a request sent after the halving and refused too
+/// halves again.
+#[test]
+fn the_answers_to_one_bunch_halve_once() {
+    let mut l = NumberLimiter::new(1000, 1.0);
+    for k in 0..40 {
+        l.slow_down(ms(2_000 + 10 * k), Duration::from_secs(10), ms(1_500 + k));
+    }
+    assert_eq!(l.effective_limit(ms(2_400)), 500, "one excess, one halving");
+    assert_eq!(l.effective_limit(ms(12_389)), 500, "each answer extended the end");
+    l.slow_down(ms(3_000), Duration::from_secs(10), ms(2_500));
+    assert_eq!(l.effective_limit(ms(3_000)), 250, "sent at the halved rate and refused again");
 }
 
 #[test]
 fn slowed_window_blocks_until_the_half_limit_is_free_or_the_slow_down_ends() {
     let mut l = NumberLimiter::with_burst_tolerance(10, 0.0, u32::MAX);
     assert_eq!(l.acquire_up_to(ms(0), 10), 10);
-    l.slow_down(ms(100), Duration::from_millis(5_000));
+    l.slow_down(ms(100), Duration::from_millis(5_000), ms(100));
     // Five of the last ten leave only when all ten have: at 1 s.
     assert_eq!(l.check(ms(100)), Err(NotUntil(ms(1_000))));
     assert_eq!(l.acquire_up_to(ms(1_000), 10), 5);
@@ -108,7 +123,7 @@ fn slowed_window_blocks_until_the_half_limit_is_free_or_the_slow_down_ends() {
     // A slow-down that ends before the window frees answers its end.
     let mut l = NumberLimiter::with_burst_tolerance(10, 0.0, u32::MAX);
     assert_eq!(l.acquire_up_to(ms(0), 6), 6);
-    l.slow_down(ms(0), Duration::from_millis(300));
+    l.slow_down(ms(0), Duration::from_millis(300), ms(0));
     assert_eq!(l.check(ms(0)), Err(NotUntil(ms(300))));
 }
 
@@ -214,7 +229,7 @@ fn run(mps: u32, margin: f64, window_only: bool, steps: Vec<(u64, Op)>) -> Resul
                 // The hard guarantee: never more than the limit in (t - 1 s, t].
                 prop_assert!(got == 0 || in_window(&log, t) <= limit, "t={}", t);
             }
-            Op::SlowDown(d) => l.slow_down(now, Duration::from_nanos(d)),
+            Op::SlowDown(d) => l.slow_down(now, Duration::from_nanos(d), now),
             Op::Pause(d) => {
                 paused = paused.max(t + d);
                 l.pause_until(ns(t + d));

@@ -85,12 +85,14 @@ struct InFlight {
     expires_at: Option<Moment>,
     enqueued_at: Moment,
     attempts: u32,
+    /// When it left the shard.
+    sent_at: Moment,
 }
 
 impl InFlight {
     /// The queue entry again, for a job that came back to be retried.
     fn back<J>(self, job: J) -> Entry<J> {
-        let InFlight { not_before, expires_at, enqueued_at, attempts } = self;
+        let InFlight { not_before, expires_at, enqueued_at, attempts, sent_at: _ } = self;
         Entry { job, not_before, expires_at, enqueued_at, attempts }
     }
 }
@@ -368,6 +370,7 @@ impl<J> Shard<J> {
         let Some(flight) = queue.in_flight.take() else {
             return Err(job);
         };
+        let sent_at = flight.sent_at;
         queue.jobs.push_front(flight.back(job));
         number.last_used = now;
         let until = now + after;
@@ -379,7 +382,7 @@ impl<J> Shard<J> {
             Scope::Request => queue.hold_until = Some(until),
             Scope::Number => {
                 if reason == RetryReason::NumberLimit {
-                    number.limiter.slow_down(now, slow_down_for);
+                    number.limiter.slow_down(now, slow_down_for, sent_at);
                 }
                 number.limiter.pause_until(until);
             }
@@ -510,6 +513,7 @@ impl<J> Shard<J> {
                 expires_at: entry.expires_at,
                 enqueued_at: entry.enqueued_at,
                 attempts: attempt,
+                sent_at: now,
             });
             out.push(Ready::Send(Dispatch {
                 ticket: Ticket { phone, recipient },

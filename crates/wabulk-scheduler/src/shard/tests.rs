@@ -240,6 +240,46 @@ fn number_retry_pauses_every_recipient_of_the_number() {
     assert_eq!(h.send_times(200), vec![4 * SEC]);
 }
 
+/// Forty requests that left together are all answered 130429: the number
+/// is slowed down once (half its tier), not halved forty times; a request
+/// sent after that and refused again halves it again.
+#[test]
+fn the_130429s_of_one_bunch_slow_the_number_once() {
+    let mut h = Harness::new(config());
+    for recipient in 0..100 {
+        h.enqueue(1, recipient, 1000, ms(0));
+    }
+    for t in 0..100 {
+        h.poll(ms(SEC + t));
+    }
+    let sent: Vec<Dispatch<u64>> = h.sends.drain(..).map(|(_, dispatch)| dispatch).collect();
+    assert!(sent.len() >= 40, "{} sent in the first 100 ms", sent.len());
+    let retry = |h: &mut Harness, dispatch: Dispatch<u64>, at| {
+        h.shard.retry(
+            dispatch.ticket,
+            dispatch.job,
+            Scope::Number,
+            RetryReason::NumberLimit,
+            Duration::ZERO,
+            at,
+        )
+    };
+    let answered = ms(SEC + 500);
+    for dispatch in sent.into_iter().take(40) {
+        retry(&mut h, dispatch, answered).unwrap();
+    }
+    assert_eq!(h.shard.numbers[&1].limiter.effective_limit(answered), 500, "one bunch, one halving");
+    h.enqueue(1, 1_000, 1000, ms(3 * SEC));
+    h.poll(ms(3 * SEC));
+    let later = h.sends.pop().expect("the number sends again, slower").1;
+    retry(&mut h, later, ms(3 * SEC + 500)).unwrap();
+    assert_eq!(
+        h.shard.numbers[&1].limiter.effective_limit(ms(3 * SEC + 500)),
+        250,
+        "refused at half rate too"
+    );
+}
+
 #[test]
 fn waba_pause_reaches_numbers_in_other_shards() {
     let wabas = Arc::new(WabaRegistry::new(1_000_000));

@@ -751,25 +751,26 @@ pub(crate) struct Committed {
     pub(crate) partition: i32,
     /// The committed position: the next offset the group reads.
     pub(crate) offset: i64,
-    /// The engine's commit metadata (`v1:` and the finished offsets above
+    /// The engine's commit metadata (`v2:` and the finished offsets above
     /// `offset`, relative to it).
     pub(crate) metadata: String,
 }
 
 impl Committed {
-    /// The finished offsets above the committed one that the metadata lists.
+    /// The finished offsets above the committed one that the metadata lists
+    /// (`v2:`: each range's distance from the previous one's end, `g` or `g+l`).
     pub(crate) fn finished_above(&self) -> Vec<i64> {
-        let ranges = self.metadata.strip_prefix("v1:").unwrap_or_default();
-        ranges
-            .split(',')
-            .filter(|r| !r.is_empty())
-            .flat_map(|range| {
-                let (a, b) = range.split_once('-').unwrap_or((range, range));
-                let (a, b): (i64, i64) =
-                    (a.parse().expect("an offset in the metadata"), b.parse().expect("an offset"));
-                (a..=b).map(|relative| self.offset + relative)
-            })
-            .collect()
+        let ranges = self.metadata.strip_prefix("v2:").expect("the engine's metadata format");
+        let mut end = self.offset;
+        let mut finished = Vec::new();
+        for range in ranges.split(',').filter(|r| !r.is_empty()) {
+            let (gap, extra) = range.split_once('+').unwrap_or((range, "0"));
+            let (gap, extra): (i64, i64) =
+                (gap.parse().expect("a distance"), extra.parse().expect("a length"));
+            finished.extend(end + gap..=end + gap + extra);
+            end += gap + extra;
+        }
+        finished
     }
 }
 
