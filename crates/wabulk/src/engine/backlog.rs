@@ -59,6 +59,22 @@ const RETURN_MARK: f64 = 1.5;
 /// Look for forgotten pairs and idle numbers once per this many decisions.
 const SWEEP_EVERY: u32 = 4096;
 
+/// The next due time of `key`'s parked jobs (unix µs): no sooner than
+/// `earliest_us`, and `interval_us` after the one before, so that they come
+/// back one by one rather than all at once.
+fn spaced(next_due: &mut HashMap<u64, i64>, key: u64, earliest_us: i64, interval_us: i64) -> i64 {
+    let next = next_due.entry(key).or_default();
+    let due_us = earliest_us.max(*next);
+    *next = due_us.saturating_add(interval_us);
+    due_us
+}
+
+/// Whether a parked job due at `due_ms` is not yet taken to be back at
+/// `now_ms` (the parking topics' lateness, [`RETURN_GRACE`]).
+fn not_back_yet(due_ms: i64, now_ms: i64) -> bool {
+    due_ms + RETURN_GRACE.num_milliseconds() > now_ms
+}
+
 /// (jobs, bytes) held by `key`.
 fn load(loads: &HashMap<u64, Arc<Load>>, key: u64) -> (usize, usize) {
     loads
@@ -200,9 +216,8 @@ impl Backlogs {
         let over = jobs as f64 >= f64::from(arrival.mps.max(1)) * self.park_after.as_secs_f64() * mark
             || (bytes.saturating_add(arrival.bytes) as f64) > self.share_bytes as f64 * mark
             || (waba_bytes.saturating_add(arrival.bytes) as f64) > self.waba_share_bytes as f64 * mark;
-        let pairs = self.parked.get(&arrival.phone);
-        let pair_due = pairs.and_then(|pairs| pairs.get(&arrival.recipient)).copied();
-        let pair_waiting = pair_due.is_some_and(|due| due + RETURN_GRACE.num_milliseconds() > now_ms);
+        let pair_due = self.pair_due(arrival);
+        let pair_waiting = pair_due.is_some_and(|due| not_back_yet(due, now_ms));
         let park = match arrival.returned_due_ms {
             // Coming back: parked again only behind nothing of its pair.
             Some(due) => over && pair_due.is_none_or(|last| last <= due),
@@ -216,16 +231,9 @@ impl Backlogs {
         // that a return a little late leaves it no idle second.
         let mps = f64::from(arrival.mps.max(1));
         let drain_us = (jobs as f64 / mps * 1e6 / 2.0).max(1e6) as i64;
-        let next_due = self.next_due.entry(arrival.phone).or_default();
-        let due_us = (arrival.now.timestamp_micros().saturating_add(drain_us)).max(*next_due);
-        *next_due = due_us.saturating_add((1e6 / mps) as i64);
-        let mut due = DateTime::<Utc>::from_timestamp_micros(due_us).unwrap_or(arrival.now);
-        if let Some(last) = pair_due.filter(|_| pair_waiting) {
-            let after_pair = DateTime::<Utc>::from_timestamp_millis(last).unwrap_or(due) + PAIR_GAP;
-            due = due.max(after_pair);
-        }
-        self.parked.entry(arrival.phone).or_default().insert(arrival.recipient, due.timestamp_millis());
-        Decision::Park(due)
+        let earliest_us = arrival.now.timestamp_micros().saturating_add(drain_us);
+        let due_us = spaced(&mut self.next_due, arrival.phone, earliest_us, (1e6 / mps) as i64);
+        Decision::Park(self.behind_pair(arrival, due_us, pair_due.filter(|_| pair_waiting)))
     }
 
     /// When a job of a WABA that may make no call before `opens` is due:
@@ -240,14 +248,25 @@ impl Backlogs {
         opens: DateTime<Utc>,
         hourly_cap: u64,
     ) -> DateTime<Utc> {
+        let interval_us = (3_600e6 / hourly_cap.max(1) as f64) as i64;
+        let due_us = spaced(&mut self.next_waba_due, arrival.waba, opens.timestamp_micros(), interval_us);
         let now_ms = arrival.now.timestamp_millis();
-        let next_due = self.next_waba_due.entry(arrival.waba).or_default();
-        let due_us = opens.timestamp_micros().max(*next_due);
-        *next_due = due_us.saturating_add((3_600e6 / hourly_cap.max(1) as f64) as i64);
-        let mut due = DateTime::<Utc>::from_timestamp_micros(due_us).unwrap_or(opens);
-        let pair_due =
-            self.parked.get(&arrival.phone).and_then(|pairs| pairs.get(&arrival.recipient)).copied();
-        if let Some(last) = pair_due.filter(|due| due + RETURN_GRACE.num_milliseconds() > now_ms) {
+        let pair_waiting = self.pair_due(arrival).filter(|&due| not_back_yet(due, now_ms));
+        self.behind_pair(arrival, due_us, pair_waiting)
+    }
+
+    /// When the last job of the arrival's pair parked for a backlog or a
+    /// closed WABA is due (unix ms), if one is remembered.
+    fn pair_due(&self, arrival: &Arrival) -> Option<i64> {
+        self.parked.get(&arrival.phone).and_then(|pairs| pairs.get(&arrival.recipient)).copied()
+    }
+
+    /// The due time of a job parked at `due_us` (unix µs), at least
+    /// [`PAIR_GAP`] after its pair's job still parked (`pair_waiting`, unix
+    /// ms), remembered as its pair's last.
+    fn behind_pair(&mut self, arrival: &Arrival, due_us: i64, pair_waiting: Option<i64>) -> DateTime<Utc> {
+        let mut due = DateTime::<Utc>::from_timestamp_micros(due_us).unwrap_or(arrival.now);
+        if let Some(last) = pair_waiting {
             due = due.max(DateTime::<Utc>::from_timestamp_millis(last).unwrap_or(due) + PAIR_GAP);
         }
         self.parked.entry(arrival.phone).or_default().insert(arrival.recipient, due.timestamp_millis());

@@ -168,32 +168,40 @@ impl IngestStage {
                 .and_then(|returned| i64::try_from(returned.due_ms).ok()),
             ..Arrival::new((job.phone_number_id.get(), waba), job.to.get(), mps, bytes, now)
         };
-        let moment = self.clock.now();
-        if let Some((opens, cap)) = self.registry.closed_until(waba, moment) {
-            let wait = opens.saturating_since(moment);
-            if wait > parking.park_after {
-                let opens = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                return Some((until(self.backlogs.park_for_waba(&arrival, opens, cap)), WABA_CAP));
-            }
+        if let Some((opens, cap)) = self.closed_longer_than(waba, parking.park_after, now) {
+            return Some((until(self.backlogs.park_for_waba(&arrival, opens, cap)), WABA_CAP));
         }
         match self.backlogs.decide(&arrival) {
             Decision::Admit => None,
             Decision::Park(due) => Some((until(due), BACKLOG)),
         }
     }
-}
 
-impl IngestStage {
+    /// When `waba` may call again (wall-clock time, `now` being the
+    /// present), and its hourly cap, if it may make no call for longer than
+    /// `longer_than`: its rolling hour is at the cap, or an 80007 pause runs.
+    fn closed_longer_than(
+        &self,
+        waba: u64,
+        longer_than: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, u64)> {
+        let moment = self.clock.now();
+        let (opens, cap) = self.registry.closed_until(waba, moment)?;
+        let wait = opens.saturating_since(moment);
+        (wait > longer_than)
+            .then(|| (now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX), cap))
+    }
+
     /// Asks the scheduler for the queued jobs of every WABA that holds jobs
     /// in memory and may make no call for longer than `park_after`, to be
     /// parked (they come back on `capped`). Jobs read while it stays closed
     /// are parked as they come (`parking_of`).
     fn take_capped_jobs(&self) {
         let Some(parking) = self.setup.parking.as_ref().filter(|_| self.settle.can_park()) else { return };
-        let now = self.clock.now();
+        let now = Utc::now();
         for waba in self.backlogs.wabas_in_memory() {
-            let closed = self.registry.closed_until(waba, now);
-            if closed.is_some_and(|(opens, _)| opens.saturating_since(now) > parking.park_after) {
+            if self.closed_longer_than(waba, parking.park_after, now).is_some() {
                 let matching = Arc::new(move |p: &Pending| p.waba == waba);
                 let _ = self.scheduler.send(Command::Purge { matching, to: Some(self.capped_tx.clone()) });
             }
@@ -204,17 +212,16 @@ impl IngestStage {
     /// it may call again, spaced at its hourly cap's rate. A WABA open again
     /// by now (its jobs raced the purge) gets its jobs back in memory.
     fn park_capped(&mut self, writes: &mut JoinSet<()>, jobs: Vec<Pending>) {
-        let (now, moment) = (Utc::now(), self.clock.now());
+        let now = Utc::now();
         let mut to_park = Vec::with_capacity(jobs.len());
         for pending in jobs {
-            let Some((opens, cap)) = self.registry.closed_until(pending.waba, moment) else {
+            let Some((opens, cap)) = self.closed_longer_than(pending.waba, std::time::Duration::ZERO, now)
+            else {
                 // Routed when it was read: its tier is the same now.
                 let mps = route(&self.setup, &pending.job).map_or(self.setup.default_mps, |(_, mps)| mps);
                 self.enqueue(pending, mps);
                 continue;
             };
-            let opens = now
-                + chrono::Duration::from_std(opens.saturating_since(moment)).unwrap_or(chrono::Duration::MAX);
             let job = &pending.job;
             let arrival = Arrival::new((job.phone_number_id.get(), pending.waba), job.to.get(), 0, 0, now);
             let due = self.backlogs.park_for_waba(&arrival, opens, cap);

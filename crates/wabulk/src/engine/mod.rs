@@ -33,7 +33,7 @@ use wabulk_kafka::{create_parking_topics, topic_partition_counts, Ingest, Lease,
 use wabulk_model::Job;
 use wabulk_scheduler::{Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::{SchedulingDelay, Sender};
-use wabulk_telemetry::{Health, Metrics};
+use wabulk_telemetry::{Health, Metrics, PARKING_MOVES};
 
 use crate::setup::{EngineSetup, Parking};
 use crate::writes::Refusals;
@@ -115,11 +115,11 @@ async fn sample_parked(mover: Arc<Mover>, metrics: Arc<Metrics>, shutdown: Shutd
     loop {
         let stats = mover.stats();
         let moves = [
-            ("returned", stats.tiers.iter().map(|t| t.returned).sum::<u64>()),
-            ("reparked", stats.tiers.iter().map(|t| t.reparked).sum()),
-            ("unreadable", stats.tiers.iter().map(|t| t.unreadable).sum()),
+            stats.tiers.iter().map(|t| t.returned).sum::<u64>(),
+            stats.tiers.iter().map(|t| t.reparked).sum(),
+            stats.tiers.iter().map(|t| t.unreadable).sum(),
         ];
-        for (kind, total) in moves {
+        for (kind, total) in PARKING_MOVES.into_iter().zip(moves) {
             let counter = metrics.parking_moves.with_label_values(&[kind]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
