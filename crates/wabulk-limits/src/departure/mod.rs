@@ -55,6 +55,13 @@ impl DepartureWindow {
     pub fn limit(&self) -> u32 {
         self.limit as u32
     }
+
+    /// Changes the limit (at least 1) from the next departure on, keeping
+    /// the most recent departures, which are all a check needs.
+    pub fn set_limit(&mut self, limit: u32) {
+        let old = std::mem::replace(&mut self.limit, limit.max(1) as usize);
+        crate::number::keep_recent(&mut self.departures, old, self.limit);
+    }
 }
 
 /// How much every number's window is widened now: set from the host's

@@ -254,6 +254,23 @@ impl NumberLimiter {
         self.slowed = Pace::new(self.slowed.limit, window, self.burst_override);
     }
 
+    /// Changes the tier to `mps` (at least 1) from now on, keeping the sends
+    /// already made: a raised tier has room at once, a lowered one waits
+    /// until the window holds fewer than the new limit. A slow-down running
+    /// keeps its halvings of the new tier.
+    pub fn set_mps(&mut self, mps: u32) {
+        let mps = mps.max(1);
+        if mps == self.mps {
+            return;
+        }
+        let old_limit = self.full.limit as usize;
+        self.mps = mps;
+        let window = self.full.window;
+        self.full = Pace::new(mps, window, self.burst_override);
+        self.slowed = Pace::new((self.full.limit >> self.slow_halvings).max(1), window, self.burst_override);
+        keep_recent(&mut self.sends, old_limit, self.full.limit as usize);
+    }
+
     /// Nothing allowed before `until`; keeps the later of the existing and the new pause.
     pub fn pause_until(&mut self, until: Moment) {
         self.paused_until = self.paused_until.max(until.as_nanos());
@@ -339,5 +356,22 @@ impl NumberLimiter {
             }
             self.sends.push_back(at);
         }
+    }
+}
+
+/// Resizes a log that keeps the `old` most recent instants to keep the `new`
+/// most recent. Instants a full log dropped are unknown, but none is later
+/// than its oldest: a raised limit counts them at that instant, which may
+/// refuse a little more for one window, never less.
+pub(crate) fn keep_recent(log: &mut VecDeque<u64>, old: usize, new: usize) {
+    if new > old && log.len() >= old {
+        if let Some(&oldest) = log.front() {
+            for _ in log.len()..new {
+                log.push_front(oldest);
+            }
+        }
+    }
+    while log.len() > new {
+        log.pop_front();
     }
 }
