@@ -54,6 +54,10 @@ pub struct ParkingConfig {
     /// (`not_before_too_far`): a date that far is more likely a mistake than
     /// a plan, and the topics' retention must outlast the wait.
     pub max_wait_days: u32,
+    /// How often the parked jobs of a WABA Meta stopped with no known end
+    /// (banned) come back to look again: once it is lifted they go out
+    /// within this. Lower reacts sooner; higher moves fewer records.
+    pub held_recheck_ms: u64,
 }
 
 impl Default for ParkingConfig {
@@ -63,6 +67,7 @@ impl Default for ParkingConfig {
             topic_prefix: "wabulk.parked".into(),
             park_after_ms: 60_000,
             max_wait_days: 30,
+            held_recheck_ms: 600_000,
         }
     }
 }
@@ -75,6 +80,10 @@ pub struct KafkaConfig {
     pub jobs_topic: String,
     pub results_topic: String,
     pub dlq_topic: String,
+    /// Meta's account events (throughput upgrades, bans, restrictions,
+    /// messaging limits), written by the webhook receiver and read whole by
+    /// every engine instance; compacted (CONTRACT §1).
+    pub account_events_topic: String,
     /// Jobs larger than this go to the DLQ unread.
     pub max_job_bytes: usize,
     /// The memory budget for jobs read and not yet resolved, in bytes (each
@@ -137,6 +146,9 @@ pub struct LimitsConfig {
     pub mps_margin_percent: f64,
     pub waba_hourly_calls_per_number: u64,
     pub strict_phones: bool,
+    /// A number's tier once Meta announces its throughput upgrade
+    /// (`phone_number_quality_update`, `THROUGHPUT_UPGRADE`).
+    pub upgraded_mps: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +158,10 @@ pub struct PhoneConfig {
     pub waba_id: String,
     #[serde(default)]
     pub mps: Option<u32>,
+    /// The number as Meta displays it (digits, country code first): Meta's
+    /// throughput-upgrade webhook names a number only this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_phone_number: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +196,13 @@ pub struct WebhooksConfig {
     pub max_body_bytes: usize,
     /// A body must arrive whole within this, else 408.
     pub body_timeout_ms: u64,
+    /// PEM certificate chain (the server's own first) and its private key:
+    /// both set, the listener serves HTTPS; neither, plain HTTP (behind a
+    /// TLS-terminating proxy). Read at start: a renewed pair takes a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for WebhooksConfig {
@@ -193,7 +216,32 @@ impl Default for WebhooksConfig {
             inbound_topic: "wabulk.inbound".into(),
             max_body_bytes: 1 << 20,
             body_timeout_ms: 10_000,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
+    }
+}
+
+impl WebhooksConfig {
+    /// The listener's certificate and key, read and matched; `None` for
+    /// plain HTTP. Errors name the key of the file at fault.
+    pub fn server_tls(&self) -> Result<Option<wabulk_webhooks::ServerTls>, ConfigError> {
+        const CERT: &str = "webhooks.tls_cert_file";
+        const KEY: &str = "webhooks.tls_key_file";
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => return Err(invalid(KEY, format!("must be set too when {CERT} is"))),
+            (None, Some(_)) => return Err(invalid(CERT, format!("must be set too when {KEY} is"))),
+        };
+        wabulk_webhooks::ServerTls::from_pem_files(Path::new(cert), Path::new(key)).map(Some).map_err(|e| {
+            let at_fault = match e {
+                wabulk_webhooks::TlsFilesError::Certificate { .. } => CERT.to_owned(),
+                wabulk_webhooks::TlsFilesError::Key { .. } => KEY.to_owned(),
+                wabulk_webhooks::TlsFilesError::Mismatch { .. } => format!("{CERT} / {KEY}"),
+            };
+            invalid(at_fault, e.to_string())
+        })
     }
 }
 
@@ -207,6 +255,7 @@ impl Default for KafkaConfig {
             jobs_topic: kafka.jobs_topic,
             results_topic: kafka.results_topic,
             dlq_topic: kafka.dlq_topic,
+            account_events_topic: "wabulk.account_events".into(),
             max_job_bytes: wabulk_model::DEFAULT_MAX_JOB_BYTES,
             max_in_memory_bytes: kafka.max_in_memory_bytes,
             properties: kafka.extra,
@@ -242,6 +291,7 @@ impl Default for LimitsConfig {
             mps_margin_percent: 1.0,
             waba_hourly_calls_per_number: 1_800_000,
             strict_phones: false,
+            upgraded_mps: 1000,
         }
     }
 }
@@ -305,6 +355,9 @@ impl Config {
             // more than holding the job.
             return Err(invalid("parking.park_after_ms", "must be at least 2000"));
         }
+        if self.parking.held_recheck_ms < 1_000 {
+            return Err(invalid("parking.held_recheck_ms", "must be at least 1000"));
+        }
         if !(1..=365).contains(&self.parking.max_wait_days) {
             return Err(invalid("parking.max_wait_days", "must be 1 to 365"));
         }
@@ -316,6 +369,9 @@ impl Config {
         }
         if !(0.0..50.0).contains(&limits.mps_margin_percent) {
             return Err(invalid("limits.mps_margin_percent", "must be 0 or more and under 50"));
+        }
+        if limits.upgraded_mps == 0 {
+            return Err(invalid("limits.upgraded_mps", "must be at least 1"));
         }
         if limits.waba_hourly_calls_per_number == 0 {
             return Err(invalid("limits.waba_hourly_calls_per_number", "must be at least 1"));
@@ -359,6 +415,7 @@ impl Config {
             ("kafka.jobs_topic", &self.kafka.jobs_topic),
             ("kafka.results_topic", &self.kafka.results_topic),
             ("kafka.dlq_topic", &self.kafka.dlq_topic),
+            ("kafka.account_events_topic", &self.kafka.account_events_topic),
         ] {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty"));
@@ -386,6 +443,7 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            webhooks.server_tls()?;
         }
         let mut phones = BTreeMap::new();
         for (i, phone) in self.phones.iter().enumerate() {
@@ -398,6 +456,14 @@ impl Config {
             }
             if phones.insert(phone.id.as_str(), i).is_some() {
                 return Err(invalid(format!("phones[{i}].id"), format!("{} is listed twice", phone.id)));
+            }
+            if let Some(display) = &phone.display_phone_number {
+                if display_digits(display).is_none() {
+                    return Err(invalid(
+                        format!("phones[{i}].display_phone_number"),
+                        "must be a phone number: digits, with an optional + and spaces or dashes",
+                    ));
+                }
             }
         }
         let mut wabas = BTreeMap::new();
@@ -543,6 +609,15 @@ fn apply_env_overrides(
         }
     }
     Ok(())
+}
+
+
+/// A displayed phone number as bare digits (`+1 555-078-3881` →
+/// `15550783881`), or `None` when it is not one.
+pub fn display_digits(number: &str) -> Option<String> {
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    let only_number = number.trim_start_matches('+').chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-');
+    (only_number && (5..=20).contains(&digits.len())).then_some(digits)
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct Parking {
     pub settings: ParkingSettings,
     /// A job whose `not_before` is further away than this is parked.
     pub park_after: Duration,
+    /// How often parked jobs of a WABA Meta stopped with no end come back.
+    pub held_recheck: Duration,
 }
 
 /// How many retries a job may have: attempts that reached the Graph API
@@ -76,6 +78,12 @@ pub struct EngineSetup {
     pub drain_timeout: Duration,
     /// How often a halted WABA's token is checked.
     pub token_check_interval: Duration,
+    /// Where Meta's account events are read from.
+    pub account_events_topic: String,
+    /// A number's tier after Meta's throughput upgrade.
+    pub upgraded_mps: u32,
+    /// Configured numbers by their displayed number (digits only).
+    pub displayed: HashMap<String, u64>,
 }
 
 /// Token group of WABAs using the default token.
@@ -87,10 +95,14 @@ impl EngineSetup {
         let read_token = |var: &str| env(var).filter(|v| !v.trim().is_empty()).map(AccessToken::new);
         let default_token = read_token(&config.graph.token_env);
         let mut phones = HashMap::new();
+        let mut displayed = HashMap::new();
         for phone in &config.phones {
             let id = NumericId::parse(&phone.id).expect("validated").get();
             let waba = NumericId::parse(&phone.waba_id).expect("validated").get();
             phones.insert(id, Phone { waba, mps: phone.mps.unwrap_or(config.limits.default_mps) });
+            if let Some(digits) = phone.display_phone_number.as_deref().and_then(crate::display_digits) {
+                displayed.insert(digits, id);
+            }
         }
         let mut wabas = HashMap::new();
         let mut groups: HashMap<String, TokenGroup> = HashMap::new();
@@ -160,6 +172,7 @@ impl EngineSetup {
                     ..ParkingSettings::default()
                 },
                 park_after: Duration::from_millis(config.parking.park_after_ms),
+                held_recheck: Duration::from_millis(config.parking.held_recheck_ms),
             }),
             max_wait: Duration::from_secs(u64::from(config.parking.max_wait_days) * 86_400),
             parse: ParseOptions { max_bytes: config.kafka.max_job_bytes },
@@ -173,6 +186,9 @@ impl EngineSetup {
             http_listen: config.http.listen.parse().expect("validated"),
             drain_timeout: Duration::from_millis(graph.request_timeout_ms) + Duration::from_secs(5),
             token_check_interval: Duration::from_millis(graph.token_check_interval_ms),
+            account_events_topic: config.kafka.account_events_topic.clone(),
+            upgraded_mps: limits.upgraded_mps,
+            displayed,
         })
     }
 }

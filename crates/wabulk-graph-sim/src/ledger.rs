@@ -145,6 +145,14 @@ pub(crate) struct WabaOver {
 }
 
 impl Ledger {
+    /// A number's tier from now on (Meta's upgrade): later arrivals are
+    /// judged against it.
+    pub(crate) fn set_mps(&mut self, phone_number_id: &str, mps: u32) {
+        if let Some(&i) = self.number_index.get(phone_number_id) {
+            self.numbers[i].mps = mps;
+        }
+    }
+
     pub(crate) fn new(config: &SimConfig) -> Ledger {
         let wabas: Vec<WabaState> = config
             .wabas

@@ -146,6 +146,6 @@ mod webhooks;
 pub use config::{
     example_config, ConfigError, Faults, ForcedError, Latency, Outage, SimConfig, SimNumber, SimWaba,
 };
-pub use server::{SimHandle, Simulator, UnknownWaba};
+pub use server::{SimHandle, Simulator, UnknownNumber, UnknownWaba};
 pub use stats::{NumberStats, SimStats, Violations, DUPLICATE_LIST_CAP};
 pub use webhooks::WebhookConfig;

@@ -35,7 +35,7 @@ use crate::ledger::{Arrival, Ledger, PairState};
 use crate::respond::{self, Body, GraphError};
 use crate::stats::SimStats;
 use crate::tls::SimTls;
-use crate::webhooks::{self, Accepted, WebhookCounters};
+use crate::webhooks::{self, Accepted, Order, WebhookCounters};
 
 /// Largest request body read; Cloud API message bodies are a few kilobytes, so
 /// anything bigger is answered 100 instead of being buffered.
@@ -215,6 +215,30 @@ impl SimHandle {
         Ok(())
     }
 
+    /// Meta's throughput upgrade of a number: from now on it may send `mps`
+    /// messages per second (the referee judges it so), and, with webhooks
+    /// configured, a `phone_number_quality_update` (`THROUGHPUT_UPGRADE`)
+    /// announces it, naming the number by its displayed number, which in
+    /// the simulator is its id.
+    pub fn upgrade_number(&self, phone_number_id: &str, mps: u32) -> Result<(), UnknownNumber> {
+        let waba_id =
+            self.shared.wabas_of.get(phone_number_id).ok_or_else(|| UnknownNumber(phone_number_id.to_owned()))?;
+        self.shared.lock().ledger.set_mps(phone_number_id, mps);
+        let value = serde_json::json!({ "display_phone_number": phone_number_id, "event": "THROUGHPUT_UPGRADE",
+            "current_limit": "TIER_UNLIMITED" });
+        self.post_account_event(waba_id, "phone_number_quality_update", value);
+        Ok(())
+    }
+
+    /// Posts one change of `field` (`account_update`, ...) for `waba_id`, as
+    /// Meta's webhooks would, in order with the statuses; `false` when the
+    /// simulator sends no webhooks. Changes nothing else: a ban's effect on
+    /// sends is not simulated.
+    pub fn post_account_event(&self, waba_id: &str, field: &str, value: serde_json::Value) -> bool {
+        let order = Order::Account { waba_id: waba_id.to_owned(), field: field.to_owned(), value };
+        self.shared.webhooks.as_ref().is_some_and(|webhooks| webhooks.send(order).is_ok())
+    }
+
     /// Stops accepting, drops every connection (pending and hanging requests
     /// included) and waits until the accept loop is gone.
     pub async fn shutdown(mut self) {
@@ -237,6 +261,11 @@ impl Drop for SimHandle {
 #[error("unknown waba {0:?}")]
 pub struct UnknownWaba(pub String);
 
+/// [`SimHandle::upgrade_number`] named a number the simulator was not started with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown number {0:?}")]
+pub struct UnknownNumber(pub String);
+
 /// State shared by every connection of one simulator.
 struct Shared {
     config: SimConfig,
@@ -253,7 +282,7 @@ struct Shared {
     /// Turns true at shutdown; hanging requests wait on it.
     shutdown: watch::Receiver<bool>,
     /// Accepted messages for the webhook task, when webhooks are configured.
-    webhooks: Option<mpsc::UnboundedSender<Accepted>>,
+    webhooks: Option<mpsc::UnboundedSender<Order>>,
     webhook_counters: Arc<WebhookCounters>,
     /// Number id → its WABA id, for the notifications.
     wabas_of: HashMap<String, String>,
@@ -268,7 +297,7 @@ impl Shared {
     fn new(
         config: SimConfig,
         shutdown: watch::Receiver<bool>,
-        webhooks: Option<mpsc::UnboundedSender<Accepted>>,
+        webhooks: Option<mpsc::UnboundedSender<Order>>,
     ) -> Shared {
         let waba_tokens: HashMap<&str, &str> =
             config.wabas.iter().map(|w| (w.id.as_str(), w.token.as_str())).collect();
@@ -718,13 +747,13 @@ fn judge(
             let seq = ledger.accept(n, &message.to, t, pair, message.callback_data.as_deref());
             let wamid = format!("wamid.SIM{seq:016X}");
             if let Some(webhooks) = &shared.webhooks {
-                let _ = webhooks.send(Accepted {
+                let _ = webhooks.send(Order::Accepted(Accepted {
                     wamid: wamid.clone(),
                     phone_number_id: number.to_owned(),
                     waba_id: shared.wabas_of.get(number).cloned().unwrap_or_default(),
                     recipient: message.to.clone(),
                     callback_data: message.callback_data.clone(),
-                });
+                }));
             }
             Action::Answer(respond::accepted(&message.to, &wamid))
         }

@@ -72,6 +72,17 @@ pub(crate) struct Accepted {
     pub(crate) callback_data: Option<String>,
 }
 
+/// What the webhook task is told.
+#[derive(Debug)]
+pub(crate) enum Order {
+    /// A message was accepted: its statuses follow.
+    Accepted(Accepted),
+    /// A change of an account or number (`account_update`,
+    /// `phone_number_quality_update`, ...), posted as it is, in order with
+    /// the statuses.
+    Account { waba_id: String, field: String, value: Value },
+}
+
 /// Counters of the webhook side, shared with the stats.
 #[derive(Debug, Default)]
 pub(crate) struct WebhookCounters {
@@ -110,7 +121,7 @@ impl Ord for Due {
 pub(crate) async fn run(
     config: WebhookConfig,
     seed: Option<u64>,
-    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+    mut orders: mpsc::UnboundedReceiver<Order>,
     counters: Arc<WebhookCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -137,9 +148,18 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
-            message = accepted.recv() => {
-                let Some(message) = message else { return };
-                plan(&config, &mut rng, &mut due, &mut seq, message);
+            order = orders.recv() => {
+                match order {
+                    Some(Order::Accepted(message)) => plan(&config, &mut rng, &mut due, &mut seq, message),
+                    Some(Order::Account { waba_id, field, value }) => {
+                        let body = json!({ "object": "whatsapp_business_account", "entry": [{
+                            "id": waba_id, "time": std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                            "changes": [{ "field": field, "value": value }] }] });
+                        outbox.push_back((serde_json::to_vec(&body).expect("JSON"), 0));
+                    }
+                    None => return,
+                }
                 continue;
             }
             () = sleep_until(wake) => {}

@@ -1,7 +1,9 @@
 //! [`TopicReader`]: reads a whole topic from the beginning, with no consumer
 //! group and no commits. For tests and tools that check what the engine
-//! wrote (`wabulk.results`, `wabulk.dlq`); the engine itself never uses it.
+//! wrote (`wabulk.results`, `wabulk.dlq`), and for the engine's reading of
+//! a topic every instance reads whole (Meta's account events).
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -13,6 +15,7 @@ use crate::{KafkaError, Record};
 
 pub struct TopicReader {
     consumer: StreamConsumer<Logging>,
+    topic: String,
 }
 
 impl std::fmt::Debug for TopicReader {
@@ -26,6 +29,17 @@ impl TopicReader {
     /// `timeout` for the topic's metadata; must be called within a Tokio
     /// runtime.
     pub fn connect(brokers: &str, topic: &str, timeout: Duration) -> Result<TopicReader, KafkaError> {
+        Self::connect_with(brokers, &BTreeMap::new(), topic, timeout)
+    }
+
+    /// [`TopicReader::connect`] with the client properties `extra` (as in
+    /// [`KafkaSettings::extra`](crate::KafkaSettings::extra): TLS, SASL).
+    pub fn connect_with(
+        brokers: &str,
+        extra: &BTreeMap<String, String>,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<TopicReader, KafkaError> {
         let config = client_config(
             brokers,
             &[
@@ -33,7 +47,7 @@ impl TopicReader {
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "false"),
             ],
-            &Default::default(),
+            extra,
             &[],
         );
         let consumer: StreamConsumer<Logging> = config
@@ -56,7 +70,23 @@ impl TopicReader {
                 .map_err(|e| metadata_error(Some(e)))?;
         }
         consumer.assign(&tpl).map_err(|e| metadata_error(Some(e)))?;
-        Ok(TopicReader { consumer })
+        Ok(TopicReader { consumer, topic: topic.to_owned() })
+    }
+
+    /// Each partition's end (the offset its next record will have): what
+    /// was written before this call is read once every partition has been
+    /// read up to it. Blocks for a round trip per partition.
+    pub fn ends(&self, timeout: Duration) -> Result<HashMap<i32, i64>, KafkaError> {
+        let assigned = self.consumer.assignment().map_err(KafkaError::Consume)?;
+        let mut ends = HashMap::new();
+        for element in assigned.elements() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, element.partition(), timeout)
+                .map_err(|e| KafkaError::Metadata { topic: self.topic.clone(), source: Some(e) })?;
+            ends.insert(element.partition(), high);
+        }
+        Ok(ends)
     }
 
     /// The next record of any partition; waits for one.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use wabulk_limits::{PairRule, WindowAllowance};
 
+use crate::LiveTiers;
+
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// The pair rule with its safety margin (docs/platform.md "The pair rule,
@@ -22,6 +24,9 @@ pub struct SchedulerConfig {
     /// Widens every number's window by the host's scheduling delay; shared
     /// with the sender's departure gates, which see the same value.
     pub window_allowance: Arc<WindowAllowance>,
+    /// Tiers raised while running; a number met for the first time takes
+    /// its tier from here before its job's envelope.
+    pub tiers: Arc<LiveTiers>,
 }
 
 impl Default for SchedulerConfig {
@@ -32,6 +37,7 @@ impl Default for SchedulerConfig {
             slow_down_for: Duration::from_secs(10),
             max_batch: 256,
             window_allowance: Arc::default(),
+            tiers: Arc::default(),
         }
     }
 }

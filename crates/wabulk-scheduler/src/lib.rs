@@ -14,9 +14,11 @@
 mod config;
 mod runner;
 mod shard;
+mod tiers;
 mod waba;
 
 pub use config::SchedulerConfig;
 pub use runner::{Command, Scheduler, SchedulerStats, Stopped, TokioClock};
 pub use shard::{Dispatch, Envelope, Ready, Shard, ThrottleCounts, Ticket};
+pub use tiers::LiveTiers;
 pub use waba::{TokenGroup, WabaCell, WabaRegistry};

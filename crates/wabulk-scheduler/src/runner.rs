@@ -71,6 +71,12 @@ pub enum Command<J> {
     },
     /// A halted WABA was resumed in the registry; numbers may send again.
     Resume,
+    /// The number's tier changed (a throughput upgrade): its limiter keeps
+    /// its sends and applies `mps` from now on.
+    SetTier {
+        phone: u64,
+        mps: u32,
+    },
     /// Take the queued jobs `matching` selects out of every shard: each
     /// shard's batch goes to `to` (pairs in order), or is dropped without it
     /// (partitions revoked: their records are read again by the next owner).
@@ -88,6 +94,7 @@ impl<J> std::fmt::Debug for Command<J> {
             Command::Retry { .. } => "Retry",
             Command::Halt { .. } => "Halt",
             Command::Resume => "Resume",
+            Command::SetTier { .. } => "SetTier",
             Command::Purge { .. } => "Purge",
         };
         f.write_str(name)
@@ -208,6 +215,7 @@ impl<J: Send + 'static> Scheduler<J> {
     pub fn send(&self, command: Command<J>) -> Result<(), Stopped> {
         let phone = match &command {
             Command::Enqueue(envelope) => envelope.phone,
+            Command::SetTier { phone, .. } => *phone,
             Command::Finish(ticket) | Command::Retry { ticket, .. } | Command::Halt { ticket, .. } => {
                 ticket.phone
             }
@@ -333,6 +341,7 @@ fn apply<J>(shard: &mut Shard<J>, command: Command<J>, now: Moment) {
         }
         Command::Halt { ticket, job } => shard.halt(ticket, job, now),
         Command::Resume => shard.wake_halted(),
+        Command::SetTier { phone, mps } => shard.set_tier(phone, mps),
         Command::Purge { matching, to } => {
             let taken = shard.purge(matching.as_ref());
             if let Some(to) = to.filter(|_| !taken.is_empty()) {

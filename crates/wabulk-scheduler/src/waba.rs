@@ -23,6 +23,9 @@ pub struct WabaCell {
     /// Set when the token is invalid (190 and friends): nothing is sent until
     /// an operator fixes the token and the WABA is resumed.
     halted: AtomicBool,
+    /// Set when Meta stopped the account (banned, restricted; announced by
+    /// an account webhook): nothing is sent until another lifts it.
+    held: AtomicBool,
     token_group: TokenGroup,
     /// Registered from the configuration: never dropped.
     configured: bool,
@@ -38,6 +41,15 @@ impl WabaCell {
     pub fn is_halted(&self) -> bool {
         self.halted.load(Ordering::Acquire)
     }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Whether its numbers may send nothing: halted or held.
+    pub fn is_stopped(&self) -> bool {
+        self.is_halted() || self.is_held()
+    }
 }
 
 /// Whether dropping `cell` loses nothing: it is not configured, no number
@@ -46,7 +58,7 @@ impl WabaCell {
 /// naming the WABA again then gets a new cell that decides exactly as this
 /// one would have.
 fn forgettable(cell: &Arc<WabaCell>, now: Moment) -> bool {
-    if cell.configured || Arc::strong_count(cell) > 1 || cell.is_halted() {
+    if cell.configured || Arc::strong_count(cell) > 1 || cell.is_stopped() {
         return false;
     }
     let mut window = cell.window();
@@ -74,6 +86,7 @@ impl WabaRegistry {
         let cell = Arc::new(WabaCell {
             window: Mutex::new(WabaWindow::new(hourly_cap)),
             halted: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             token_group,
             configured: true,
         });
@@ -89,6 +102,7 @@ impl WabaRegistry {
             Arc::new(WabaCell {
                 window: Mutex::new(WabaWindow::new(default_cap)),
                 halted: AtomicBool::new(false),
+            held: AtomicBool::new(false),
                 token_group: TokenGroup::MAX,
                 configured: false,
             })
@@ -109,6 +123,22 @@ impl WabaRegistry {
     /// Whether the WABA is halted (a WABA not met yet is not).
     pub fn is_halted(&self, waba: u64) -> bool {
         self.read().get(&waba).is_some_and(|cell| cell.is_halted())
+    }
+
+    pub fn is_held(&self, waba: u64) -> bool {
+        self.read().get(&waba).is_some_and(|cell| cell.is_held())
+    }
+
+    /// Meta stopped the account: none of its numbers sends until
+    /// [`WabaRegistry::release`]. Returns whether it was sending until now.
+    pub fn hold(&self, waba: u64) -> bool {
+        !self.get_or_insert(waba).held.swap(true, Ordering::AcqRel)
+    }
+
+    /// Lifts a hold; the shards must then be woken ([`crate::Command::Resume`]).
+    /// Returns whether it was held.
+    pub fn release(&self, waba: u64) -> bool {
+        self.read().get(&waba).is_some_and(|cell| cell.held.swap(false, Ordering::AcqRel))
     }
 
     pub fn halt(&self, waba: u64) {

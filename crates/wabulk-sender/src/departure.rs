@@ -156,6 +156,11 @@ impl DepartureGate {
         }
     }
 
+    /// Changes the tier from the next departure on (a throughput upgrade).
+    pub fn set_limit(&self, mps: u32) {
+        self.window.lock().unwrap_or_else(|e| e.into_inner()).set_limit(mps);
+    }
+
     /// Requests held at the gate since it was made.
     pub fn held_total(&self) -> u64 {
         self.held.load(Ordering::Relaxed)

@@ -41,7 +41,11 @@ pub const RESULT_STATUSES: [&str; 4] =
 pub const PAUSE_REASONS: [&str; 3] = ["memory", "partition_share", "window"];
 
 /// The `reason` values of `wabulk_jobs_parked_total`.
-pub const PARK_REASONS: [&str; 4] = ["not_before", "halted", "backlog", "waba_cap"];
+pub const PARK_REASONS: [&str; 5] = ["not_before", "halted", "backlog", "waba_cap", "account"];
+
+/// The `change` values of `wabulk_account_changes_total`: what Meta's
+/// account events changed in sending.
+pub const ACCOUNT_CHANGES: [&str; 4] = ["throughput_upgrade", "hold", "release", "messaging_limit"];
 
 /// The `kind` values of `wabulk_parking_moves_total`.
 pub const PARKING_MOVES: [&str; 3] = ["returned", "reparked", "unreadable"];
@@ -58,6 +62,32 @@ pub const WEBHOOK_STATUSES: [&str; 7] =
 /// The `outcome` values of `wabulk_webhook_requests_total`.
 pub const WEBHOOK_OUTCOMES: [&str; 6] =
     ["ok", "bad_signature", "malformed", "kafka_error", "too_large", "timeout"];
+
+/// The `code` values of `wabulk_status_errors_total`: every code of
+/// docs/platform.md's error table (its 200–299 permission range by 200
+/// alone: those fail the request, never a later status), then the codes
+/// Meta reports only in `failed` statuses. Any other code counts as
+/// [`OVERFLOW_LABEL`]. A fixed list, so that the series exist at 0 and a
+/// sender cannot grow the label set.
+#[rustfmt::skip]
+pub const STATUS_ERROR_CODES: [&str; 50] = [
+    // Limits.
+    "130429", "131056", "80007", "4", "17", "131048", "131057",
+    // Transient and media.
+    "1", "2", "131000", "131016", "133004", "131053",
+    // Token and permission.
+    "190", "0", "10", "200",
+    // Account locked, payment, blocked, not registered.
+    "131031", "131042", "368", "133010", "33",
+    // Bad request or template.
+    "100", "131008", "131009", "131051", "132000", "132001", "132002", "132003", "132004", "132005",
+    "132006", "132007", "132008", "132009", "132010", "132011", "132012", "132013", "132014", "132015",
+    "132016",
+    // Undeliverable, outside the window, ecosystem limits.
+    "131026", "131047", "131049", "130472", "131021",
+    // Only in failed statuses: marketing opt-out, media download.
+    "131050", "131052",
+];
 
 /// The `reason` values of `wabulk_messages_failed_total`: every
 /// `FailReason::label()`, then `expired` (what `Exit::failed_reason` answers).
@@ -186,6 +216,16 @@ pub struct Metrics {
     /// `wabulk_waba_halted{waba_id}`: 1 while sending for the WABA is halted
     /// because its token is invalid, else 0.
     pub waba_halted: IntGaugeVec,
+    /// `wabulk_waba_held{waba_id}`: 1 while Meta has stopped the WABA
+    /// (banned, deleted, restricted from messaging: an account event), else 0.
+    pub waba_held: IntGaugeVec,
+    /// `wabulk_messaging_limit{waba_id}`: the business portfolio's messaging
+    /// limit Meta last announced for the WABA (unique recipients per 24 h;
+    /// -1: unlimited). Absent until Meta announces one.
+    pub messaging_limit: IntGaugeVec,
+    /// `wabulk_account_changes_total{change}`: account events applied, by
+    /// what they changed (one of [`ACCOUNT_CHANGES`]).
+    pub account_changes: IntCounterVec,
     /// `wabulk_phone_effective_rate{phone_number_id}`: what the limiter allows
     /// now, messages/s, after the safety margin and any slow-down.
     pub phone_effective_rate: IntGaugeVec,
@@ -250,10 +290,15 @@ pub struct Metrics {
     /// `dlq`; `reason` one of `wabulk_kafka::Refusal::label()`), counted once
     /// per write. A dead letter refused as too large is cut and written again.
     pub produce_refusals: IntCounterVec,
-    /// `wabulk_statuses_total{status}`: statuses Meta reported through the
-    /// webhook, once Kafka acknowledged their records ([`WEBHOOK_STATUSES`],
-    /// other values as `other`).
+    /// `wabulk_statuses_total{phone_number_id,status}`: statuses Meta
+    /// reported through the webhook, once Kafka acknowledged their records
+    /// ([`WEBHOOK_STATUSES`], other values as `other`); counted with
+    /// [`Metrics::count_status`].
     pub statuses: IntCounterVec,
+    /// `wabulk_status_errors_total{code}`: the errors of `failed` statuses,
+    /// by Meta's code ([`STATUS_ERROR_CODES`], else `other`); counted with
+    /// [`Metrics::count_failed_status`].
+    pub status_errors: IntCounterVec,
     /// `wabulk_webhook_requests_total{outcome}`: webhook notifications by how
     /// they were answered ([`WEBHOOK_OUTCOMES`]).
     pub webhook_requests: IntCounterVec,
@@ -399,6 +444,24 @@ impl Metrics {
                 "1 while sending for the WABA is halted because its token is invalid.",
                 &["waba_id"],
             ),
+            waba_held: gauge_vec(
+                &r,
+                "wabulk_waba_held",
+                "1 while Meta has stopped the WABA (banned, deleted or restricted, by an account event).",
+                &["waba_id"],
+            ),
+            messaging_limit: gauge_vec(
+                &r,
+                "wabulk_messaging_limit",
+                "Messaging limit Meta last announced for the WABA's portfolio, recipients per 24 h; -1 unlimited.",
+                &["waba_id"],
+            ),
+            account_changes: counter_vec(
+                &r,
+                "wabulk_account_changes_total",
+                "Account events from Meta applied to sending, by what they changed.",
+                &["change"],
+            ),
             phone_effective_rate: gauge_vec(
                 &r,
                 "wabulk_phone_effective_rate",
@@ -505,7 +568,13 @@ impl Metrics {
                 &r,
                 "wabulk_statuses_total",
                 "Message statuses Meta reported through the webhook, written to the statuses topic.",
-                &["status"],
+                &["phone_number_id", "status"],
+            ),
+            status_errors: counter_vec(
+                &r,
+                "wabulk_status_errors_total",
+                "Errors of failed message statuses Meta reported through the webhook, by error code.",
+                &["code"],
             ),
             webhook_requests: counter_vec(
                 &r,
@@ -534,8 +603,9 @@ impl Metrics {
         for limit in THROTTLE_LIMITS {
             m.throttled.with_label_values(&[limit]);
         }
-        for status in WEBHOOK_STATUSES.iter().chain([&OVERFLOW_LABEL]) {
-            m.statuses.with_label_values(&[status]);
+        // `statuses` needs the numbers: `create_zero_series` makes them.
+        for code in STATUS_ERROR_CODES.iter().chain([&OVERFLOW_LABEL]) {
+            m.status_errors.with_label_values(&[code]);
         }
         for outcome in WEBHOOK_OUTCOMES {
             m.webhook_requests.with_label_values(&[outcome]);
@@ -615,10 +685,12 @@ impl Metrics {
             for reason in FAILED_REASONS {
                 self.messages_failed.with_label_values(&[phone, reason]);
             }
+            self.create_status_series(phone);
         }
         for waba in wabas {
             let waba = self.waba_label(waba);
             self.waba_halted.with_label_values(&[waba]);
+            self.waba_held.with_label_values(&[waba]);
             self.waba_hourly_calls.with_label_values(&[waba]);
         }
         for reason in RETRY_REASONS {
@@ -630,10 +702,56 @@ impl Metrics {
         for code in ACTED_ON_API_ERROR_CODES {
             self.api_errors.with_label_values(&[code]);
         }
+        for change in ACCOUNT_CHANGES {
+            self.account_changes.with_label_values(&[change]);
+        }
     }
 }
 
 impl Metrics {
+    /// Creates at 0 `wabulk_statuses_total` of each status for each of
+    /// `phones` (admitted as labels, within the series cap): what the
+    /// webhook receiver counts. [`Metrics::create_zero_series`] calls it for
+    /// the engine; `wabulk webhooks`, alone, calls it with the configured
+    /// numbers.
+    pub fn create_status_zero_series<'a>(&self, phones: impl IntoIterator<Item = &'a str>) {
+        for phone in phones {
+            self.create_status_series(self.phone_label(phone));
+        }
+    }
+
+    fn create_status_series(&self, phone_label: &str) {
+        for status in WEBHOOK_STATUSES.iter().chain([&OVERFLOW_LABEL]) {
+            self.statuses.with_label_values(&[phone_label, status]);
+        }
+    }
+
+    /// Counts one status Meta reported for a message of `phone_number_id`
+    /// (`wabulk_statuses_total`): the number through [`Metrics::phone_label`]
+    /// (`other` when the notification names none), the status through
+    /// [`Metrics::status_label`].
+    pub fn count_status(&self, phone_number_id: Option<&str>, status: &str) {
+        let phone = phone_number_id.map_or(OVERFLOW_LABEL, |id| self.phone_label(id));
+        self.statuses.with_label_values(&[phone, self.status_label(status)]).inc();
+    }
+
+    /// Counts the errors of one `failed` status (`wabulk_status_errors_total`):
+    /// one per error, by its code, `other` for a code not in
+    /// [`STATUS_ERROR_CODES`] or none; a failed status without any error
+    /// counts once as `other`, so that every failure shows.
+    pub fn count_failed_status(&self, codes: impl IntoIterator<Item = Option<i64>>) {
+        let mut counted = false;
+        for code in codes {
+            counted = true;
+            let code = code.map(|c| c.to_string());
+            let label = code.as_deref().filter(|c| STATUS_ERROR_CODES.contains(c)).unwrap_or(OVERFLOW_LABEL);
+            self.status_errors.with_label_values(&[label]).inc();
+        }
+        if !counted {
+            self.status_errors.with_label_values(&[OVERFLOW_LABEL]).inc();
+        }
+    }
+
     /// Counts a job's exit on its number's series: `sent`, or `failed` with
     /// the exit's reason; rejections on `wabulk_rejected_total`. The number's
     /// series are resolved on its first job; after that nothing is formatted

@@ -24,6 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::{Health, Metrics};
@@ -39,6 +41,11 @@ const MAX_CONNECTIONS: usize = 64;
 /// a client that connects and says nothing (1 s .. 60 s is sensible: lower
 /// drops slow links, higher lets idle sockets hold slots longer).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to finish the TLS handshake. Each handshake
+/// runs in its connection's own task, so a slow or silent client holds only
+/// its own slot, and only this long.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after an accept error such as file-descriptor exhaustion, so that the
 /// loop does not spin while the condition lasts.
@@ -78,7 +85,7 @@ pub async fn serve(
         let response = respond(&req, &metrics, &health);
         async move { response }
     };
-    serve_http1(listener, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
+    serve_http1(listener, None, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
 }
 
 /// An HTTP/1.1 server: `handler` answers each request, at most
@@ -87,8 +94,14 @@ pub async fn serve(
 /// stops accepting and lets the responses in progress finish for at most
 /// `drain`. Accept errors are logged and retried. Shared with the webhook
 /// receiver.
+///
+/// With `tls`, every connection is HTTPS: its handshake (at most 10 s) runs
+/// in the connection's task, and one that fails or times out closes that
+/// connection only. The configuration's ALPN list should offer `http/1.1`
+/// alone, since that is all this server speaks.
 pub async fn serve_http1<H, Fut>(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     max_connections: usize,
     drain: Duration,
     handler: H,
@@ -101,6 +114,10 @@ where
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let tls = tls.map(TlsAcceptor::from);
+    // Ends the handshakes still pending when shutdown begins: a silent client
+    // must not hold the drain for the handshake timeout.
+    let (stop_handshakes, handshakes_stopped) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
 
@@ -113,8 +130,8 @@ where
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept(), if connections.len() < max_connections => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(err) => {
                         if !is_per_connection(&err) {
                             warn!(error = %err, "HTTP listener: accept failed; retrying");
@@ -128,11 +145,27 @@ where
                     let answer = handler(req);
                     async move { Ok::<_, Infallible>(answer.await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                // Taken here, not in the task, so that a shutdown that begins
+                // while the task starts still reaches this connection.
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
+                let mut handshakes_stopped = handshakes_stopped.clone();
                 connections.spawn(async move {
+                    let served = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                        Some(acceptor) => {
+                            let handshake = tokio::select! {
+                                stream = tls_handshake(&acceptor, stream, peer) => stream,
+                                _ = handshakes_stopped.wait_for(|&stopped| stopped) => None,
+                            };
+                            let Some(stream) = handshake else { return };
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                    };
                     // A client going away mid-response is its business, not an
                     // engine problem: debug level.
-                    if let Err(err) = conn.await {
+                    if let Err(err) = served {
                         debug!(error = %err, "HTTP connection ended with an error");
                     }
                 });
@@ -143,11 +176,39 @@ where
     // Stop accepting at once: new connections are refused rather than left
     // waiting in the backlog while the engine exits.
     drop(listener);
+    let _ = stop_handshakes.send(true);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         debug!("HTTP connections still open after the drain timeout; dropping them");
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// The server side of one TLS handshake, or `None` when it failed or took
+/// too long. A client refusing our certificate is worth a warning (the
+/// configured chain may be incomplete); anything else (a port scan, plain
+/// HTTP sent to the HTTPS port) is the client's business.
+async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            let alert = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            if let Some(rustls::Error::AlertReceived(alert)) = alert {
+                warn!(%peer, ?alert, "TLS handshake refused by the client; is the certificate chain complete and trusted?");
+            } else {
+                debug!(%peer, error = %err, "TLS handshake failed");
+            }
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Accept errors that concern one incoming connection only (the next accept

@@ -25,7 +25,7 @@ async fn main() {
     let per_post = args.get(2).copied().unwrap_or(5) as usize;
 
     let kafka = EmbeddedKafka::start(1).expect("mock cluster");
-    for topic in ["wabulk.statuses", "wabulk.inbound", "wabulk.dlq"] {
+    for topic in ["wabulk.statuses", "wabulk.inbound", "wabulk.account_events", "wabulk.dlq"] {
         kafka.create_topic(topic, 8).expect("topic");
     }
     let secret = AppSecret::new("bench-secret");
@@ -35,6 +35,7 @@ async fn main() {
         verify_token: VerifyToken::new("v"),
         statuses_topic: "wabulk.statuses".into(),
         inbound_topic: "wabulk.inbound".into(),
+        account_events_topic: "wabulk.account_events".into(),
         dlq_topic: "wabulk.dlq".into(),
         max_body_bytes: ReceiverConfig::DEFAULT_MAX_BODY_BYTES,
         body_timeout: ReceiverConfig::DEFAULT_BODY_TIMEOUT,
@@ -43,7 +44,7 @@ async fn main() {
     let receiver = Arc::new(Receiver::new(config, producer, Arc::new(Metrics::new())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(wabulk_webhooks::serve(listener, receiver, std::future::pending()));
+    tokio::spawn(wabulk_webhooks::serve(listener, None, receiver, std::future::pending()));
 
     let stop = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(AtomicU64::new(0));

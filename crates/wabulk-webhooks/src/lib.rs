@@ -8,9 +8,12 @@
 //! which the engine sets to the job id) and one per inbound message to
 //! `wabulk.inbound`, answering Meta only once Kafka has them all.
 
+pub mod account;
 pub mod notification;
 mod receiver;
 mod signature;
+mod tls;
 
 pub use receiver::{serve, Receiver, ReceiverConfig, VerifyToken};
 pub use signature::{AppSecret, SignatureError};
+pub use tls::{ServerTls, TlsFilesError};

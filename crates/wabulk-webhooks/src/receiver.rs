@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -28,8 +28,10 @@ use wabulk_kafka::{JobWriter, KafkaError};
 use wabulk_model::DlqRecord;
 use wabulk_telemetry::Metrics;
 
+use crate::account::AccountEvent;
 use crate::notification::{parse, Parsed};
 use crate::signature::AppSecret;
+use crate::tls::ServerTls;
 
 /// Open connections at most; past it new ones wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -64,6 +66,9 @@ pub struct ReceiverConfig {
     pub verify_token: VerifyToken,
     pub statuses_topic: String,
     pub inbound_topic: String,
+    /// Where account events go, for every engine instance to apply
+    /// (`crate::account`).
+    pub account_events_topic: String,
     /// Where bodies with a good signature that cannot be read go.
     pub dlq_topic: String,
     /// Larger bodies answer 413. Meta's notifications are a few kilobytes.
@@ -168,7 +173,7 @@ impl Receiver {
         }
         let received_at = Utc::now();
         let published = match parse(&body, received_at) {
-            Ok(parsed) => self.publish(parsed).await.map(|()| Outcome::Ok),
+            Ok(parsed) => self.publish(parsed, received_at).await.map(|()| Outcome::Ok),
             Err(error) => {
                 tracing::warn!(%error, bytes = body.len(), "a signed webhook could not be read; its body goes to the DLQ");
                 self.dead_letter(&error.to_string(), &body).await.map(|()| Outcome::Malformed)
@@ -184,7 +189,7 @@ impl Receiver {
     }
 
     /// Every record of the notification, acknowledged by Kafka.
-    async fn publish(&self, parsed: Parsed) -> Result<(), KafkaError> {
+    async fn publish(&self, parsed: Parsed, received_at: DateTime<Utc>) -> Result<(), KafkaError> {
         let config = &self.config;
         let statuses =
             parsed.statuses.iter().map(|status| {
@@ -196,17 +201,29 @@ impl Receiver {
         let inbound = parsed.inbound.iter().map(|message| {
             self.producer.send(&config.inbound_topic, Some(message.phone_number_id.as_bytes()), &message.json)
         });
+        let events = parsed.events.iter().map(|event| {
+            let event = AccountEvent::new(event, received_at);
+            let json = serde_json::to_vec(&event).expect("an account event always serialises");
+            async move { self.producer.send(&config.account_events_topic, Some(event.key().as_bytes()), &json).await }
+        });
         try_join_all(statuses).await?;
         try_join_all(inbound).await?;
+        try_join_all(events).await?;
         for status in &parsed.statuses {
-            self.metrics.statuses.with_label_values(&[self.metrics.status_label(&status.status)]).inc();
+            self.metrics.count_status(status.phone_number_id.as_deref(), &status.status);
+            if status.status == "failed" {
+                // Meta's `errors[].code`, one count per error.
+                let errors = status.errors.as_ref().and_then(serde_json::Value::as_array);
+                let codes = errors.into_iter().flatten().map(|e| e.get("code").and_then(serde_json::Value::as_i64));
+                self.metrics.count_failed_status(codes);
+            }
         }
         for event in &parsed.events {
             tracing::info!(
                 field = %event.field,
                 waba_id = event.waba_id.as_deref().unwrap_or("?"),
                 value = %event.value,
-                "account event from Meta"
+                "account event from Meta; written to the account events topic"
             );
         }
         Ok(())
@@ -222,10 +239,12 @@ impl Receiver {
     }
 }
 
-/// Serves the receiver on `listener` until `shutdown` resolves, then lets
-/// the requests in progress finish (at most 10 s).
+/// Serves the receiver on `listener` (HTTPS with `tls`, else plain HTTP)
+/// until `shutdown` resolves, then lets the requests in progress finish (at
+/// most 10 s).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     receiver: Arc<Receiver>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -233,7 +252,8 @@ pub async fn serve(
         let receiver = Arc::clone(&receiver);
         async move { receiver.handle(req).await }
     };
-    wabulk_telemetry::serve_http1(listener, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
+    let tls = tls.map(|tls| tls.config());
+    wabulk_telemetry::serve_http1(listener, tls, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {

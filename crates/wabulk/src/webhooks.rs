@@ -13,8 +13,10 @@ use wabulk_webhooks::{AppSecret, Receiver, ReceiverConfig, VerifyToken};
 
 use crate::config::Config;
 
-/// Binds `[webhooks] listen` and serves the receiver until `shutdown`.
-/// Fails when the section is absent or a secret's variable is not set.
+/// Binds `[webhooks] listen` and serves the receiver until `shutdown`, over
+/// HTTPS when `tls_cert_file` and `tls_key_file` are set. Fails when the
+/// section is absent, a secret's variable is not set, or the certificate and
+/// key cannot be used.
 pub async fn start(
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
@@ -31,17 +33,21 @@ pub async fn start(
         verify_token: VerifyToken::new(secret(&webhooks.verify_token_env, "webhooks.verify_token_env")?),
         statuses_topic: webhooks.statuses_topic.clone(),
         inbound_topic: webhooks.inbound_topic.clone(),
+        account_events_topic: config.kafka.account_events_topic.clone(),
         dlq_topic: config.kafka.dlq_topic.clone(),
         max_body_bytes: webhooks.max_body_bytes,
         body_timeout: Duration::from_millis(webhooks.body_timeout_ms),
     };
+    // Read again, not only by validation: the files may have changed since.
+    let tls = webhooks.server_tls()?;
     let producer = JobWriter::connect(&config.kafka.brokers, &config.kafka.properties)
         .context("cannot start the webhook receiver's Kafka producer")?;
     let listener = tokio::net::TcpListener::bind(&webhooks.listen)
         .await
         .with_context(|| format!("webhooks.listen: cannot bind {}", webhooks.listen))?;
     let address = listener.local_addr().context("webhooks.listen")?;
-    tracing::info!(%address, path = %webhooks.path, "receiving Meta's webhooks");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, path = %webhooks.path, scheme, "receiving Meta's webhooks");
     let receiver = Arc::new(Receiver::new(receiver_config, producer, metrics));
-    Ok(tokio::spawn(wabulk_webhooks::serve(listener, receiver, shutdown)))
+    Ok(tokio::spawn(wabulk_webhooks::serve(listener, tls, receiver, shutdown)))
 }

@@ -304,8 +304,9 @@ impl<J> Shard<J> {
         let margin = self.config.mps_margin_percent;
         let rule = self.config.pair_rule;
         let wabas = &self.wabas;
+        let tiers = &self.config.tiers;
         let number = self.numbers.entry(phone).or_insert_with(|| NumberState {
-            limiter: NumberLimiter::after_handover(mps, margin, now),
+            limiter: NumberLimiter::after_handover(tiers.get(phone).unwrap_or(mps), margin, now),
             pairs: PairBudgets::new(rule),
             waba_id: waba,
             waba: wabas.get_or_insert(waba),
@@ -409,10 +410,18 @@ impl<J> Shard<J> {
         self.schedule_head(ticket.phone, ticket.recipient, now);
     }
 
+    /// Applies a changed tier to a number this shard holds (one met later
+    /// takes it from [`crate::LiveTiers`]).
+    pub fn set_tier(&mut self, phone: u64, mps: u32) {
+        if let Some(number) = self.numbers.get_mut(&phone) {
+            number.limiter.set_mps(mps);
+        }
+    }
+
     /// Puts numbers whose WABA was resumed back to work.
     pub fn wake_halted(&mut self) {
         for (&phone, number) in &mut self.numbers {
-            if number.activity == Activity::Halted && !number.waba.is_halted() {
+            if number.activity == Activity::Halted && !number.waba.is_stopped() {
                 number.activity = Activity::Active;
                 self.active.push_back(phone);
             }
@@ -454,7 +463,7 @@ impl<J> Shard<J> {
     fn dispatch_number(&mut self, phone: u64, now: Moment, out: &mut Vec<Ready<J>>) -> RoundEnd {
         let max_batch = self.config.max_batch;
         let Some(number) = self.numbers.get_mut(&phone) else { return RoundEnd::Drained };
-        if number.waba.is_halted() {
+        if number.waba.is_stopped() {
             return RoundEnd::Halted;
         }
         // Look this round's pairs up together first: with millions of pairs
@@ -637,7 +646,7 @@ impl<J> Shard<J> {
         // still to run after a purge: try again later.
         let slowed = limiter.effective_limit(now) < limiter.effective_limit(Moment::MAX);
         number.pairs.expire_idle(now);
-        let halted = number.activity == Activity::Halted || number.waba.is_halted();
+        let halted = number.activity == Activity::Halted || number.waba.is_stopped();
         if slowed || halted || !number.pairs.is_empty() || number.activity != Activity::Idle {
             let again = now + self.forget_after;
             number.forget_at = Some(again);

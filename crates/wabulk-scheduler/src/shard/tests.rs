@@ -779,3 +779,64 @@ proptest! {
         prop_assert_eq!(h.shard.numbers(), 0);
     }
 }
+
+/// The most sends of `phone` in any window of `window_ms` (ending at a send).
+fn fullest_window(h: &Harness, phone: u64, window_ms: u64) -> usize {
+    let times: Vec<u64> =
+        h.sends.iter().filter(|(_, d)| d.ticket.phone == phone).map(|(t, _)| t.as_millis()).collect();
+    (0..times.len()).map(|i| times[..=i].iter().filter(|&&t| t + window_ms > times[i]).count()).max().unwrap_or(0)
+}
+
+fn sends_between(h: &Harness, phone: u64, from_ms: u64, to_ms: u64) -> usize {
+    h.sends
+        .iter()
+        .filter(|(t, d)| d.ticket.phone == phone && (from_ms..to_ms).contains(&t.as_millis()))
+        .count()
+}
+
+#[test]
+fn a_raised_tier_applies_to_a_queued_number_and_to_one_met_later() {
+    let tiers = Arc::new(crate::LiveTiers::default());
+    let mut h = Harness::new(SchedulerConfig { tiers: Arc::clone(&tiers), ..config() });
+    for recipient in 0..3_000 {
+        h.enqueue(1, recipient, 80, ms(0));
+    }
+    h.run_until(ms(3 * SEC));
+    assert!(fullest_window(&h, 1, SEC) <= 80);
+    assert!(tiers.set(1, 1000));
+    h.shard.set_tier(1, 1000);
+    h.run_until(ms(5 * SEC));
+    assert!(fullest_window(&h, 1, SEC) <= 1000, "never over the new tier");
+    let last_second = sends_between(&h, 1, 4 * SEC, 5 * SEC);
+    assert!(last_second >= 950, "{last_second} sends in a second at 1000/s");
+
+    // Number 2's envelopes still say 80: the live tier wins.
+    assert!(tiers.set(2, 1000));
+    for recipient in 0..3_000 {
+        h.enqueue(2, recipient, 80, ms(5 * SEC));
+    }
+    h.run_until(ms(8 * SEC));
+    assert!(fullest_window(&h, 2, SEC) <= 1000);
+    let second = sends_between(&h, 2, 7 * SEC, 8 * SEC);
+    assert!(second >= 950, "{second} sends in a second at 1000/s");
+}
+
+#[test]
+fn a_held_waba_sends_nothing_until_released() {
+    let wabas = Arc::new(WabaRegistry::new(1_000_000));
+    let mut h = Harness::with_registry(config(), Arc::clone(&wabas));
+    for recipient in 0..100 {
+        h.enqueue(1, recipient, 80, ms(0));
+    }
+    h.run_until(ms(SEC));
+    assert!(wabas.hold(7));
+    assert!(!wabas.hold(7), "already held");
+    let sent = h.sends.len();
+    h.run_until(ms(60 * SEC));
+    assert_eq!(h.sends.len(), sent, "nothing sent while held");
+    assert_eq!(h.shard.held(), 100 - sent, "its jobs are kept");
+    assert!(wabas.release(7));
+    h.shard.wake_halted();
+    h.run_until(ms(63 * SEC));
+    assert_eq!(h.sends.len(), 100);
+}

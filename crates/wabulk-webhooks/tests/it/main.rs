@@ -12,10 +12,13 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use wabulk_kafka::{EmbeddedKafka, JobWriter, TopicReader};
 use wabulk_telemetry::Metrics;
-use wabulk_webhooks::{AppSecret, Receiver, ReceiverConfig, VerifyToken};
+use wabulk_webhooks::{AppSecret, Receiver, ReceiverConfig, ServerTls, VerifyToken};
+
+mod tls;
 
 const STATUSES: &str = "wabulk.statuses";
 const INBOUND: &str = "wabulk.inbound";
+const EVENTS: &str = "wabulk.account_events";
 const DLQ: &str = "wabulk.dlq";
 const PATH: &str = "/webhooks/whatsapp";
 const SECRET: &str = "app-secret-for-tests";
@@ -26,11 +29,17 @@ struct Running {
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     stop: tokio::sync::oneshot::Sender<()>,
+    /// `serve`'s task: it ends once the stop is sent and the drain is over.
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 async fn start(max_body_bytes: usize) -> Running {
+    start_serving(max_body_bytes, None).await
+}
+
+async fn start_serving(max_body_bytes: usize, tls: Option<ServerTls>) -> Running {
     let kafka = EmbeddedKafka::start(1).expect("mock cluster");
-    for topic in [STATUSES, INBOUND, DLQ] {
+    for topic in [STATUSES, INBOUND, EVENTS, DLQ] {
         kafka.create_topic(topic, 2).expect("topic");
     }
     let brokers = kafka.bootstrap_servers();
@@ -40,6 +49,7 @@ async fn start(max_body_bytes: usize) -> Running {
         verify_token: VerifyToken::new("verify-me"),
         statuses_topic: STATUSES.into(),
         inbound_topic: INBOUND.into(),
+        account_events_topic: EVENTS.into(),
         dlq_topic: DLQ.into(),
         max_body_bytes,
         body_timeout: Duration::from_secs(2),
@@ -50,10 +60,10 @@ async fn start(max_body_bytes: usize) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(wabulk_webhooks::serve(listener, receiver, async move {
+    let served = tokio::spawn(wabulk_webhooks::serve(listener, tls, receiver, async move {
         let _ = stopped.await;
     }));
-    Running { _kafka: kafka, brokers, addr, metrics, stop }
+    Running { _kafka: kafka, brokers, addr, metrics, stop, served }
 }
 
 /// One request on a fresh connection; the status and the body.
@@ -171,7 +181,9 @@ async fn signed_statuses_reach_kafka_and_unsigned_ones_nothing() {
 
     let counted = |outcome: &str| running.metrics.webhook_requests.with_label_values(&[outcome]).get();
     assert_eq!((counted("ok"), counted("bad_signature")), (1, 5));
-    assert_eq!(running.metrics.statuses.with_label_values(&["delivered"]).get(), 1);
+    let statuses = |status: &str| running.metrics.statuses.with_label_values(&["106540352242922", status]).get();
+    assert_eq!((statuses("sent"), statuses("delivered"), statuses("failed")), (1, 1, 1));
+    assert_eq!(running.metrics.status_errors.with_label_values(&["131026"]).get(), 1, "the failed one's code");
     let _ = running.stop.send(());
 }
 
@@ -227,5 +239,45 @@ async fn verification_echoes_the_challenge_only_for_our_token() {
     )
     .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
+    let _ = running.stop.send(());
+}
+
+/// Changes that are not about a message go whole to the account events
+/// topic, keyed so that compaction keeps the latest of each kind per
+/// account, and are answered 200 only once Kafka has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_events_reach_their_topic_keyed_per_kind_and_account() {
+    let running = start(ReceiverConfig::DEFAULT_MAX_BODY_BYTES).await;
+    let body = serde_json::to_vec(&json!({ "object": "whatsapp_business_account", "entry": [{
+        "id": "102290129340398", "time": 1_700_000_000, "changes": [
+            { "field": "phone_number_quality_update", "value": {
+                "display_phone_number": "15550783881", "event": "THROUGHPUT_UPGRADE", "current_limit": "TIER_UNLIMITED" } },
+            { "field": "account_update", "value": {
+                "event": "DISABLED_UPDATE", "ban_info": { "waba_ban_state": ["DISABLE"] } } }
+        ] }] }))
+    .expect("json");
+    let (code, _) = call(running.addr, post(&body, Some(&AppSecret::new(SECRET).sign(&body)))).await;
+    assert_eq!(code, StatusCode::OK);
+    let events = read(&running.brokers, EVENTS, 3, Duration::from_secs(3)).await;
+    let mut keys: Vec<String> =
+        events.iter().map(|r| String::from_utf8(r.key.clone().expect("keyed")).expect("UTF-8")).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "account_update:DISABLED_UPDATE:102290129340398",
+            "phone_number_quality_update:102290129340398:15550783881"
+        ]
+    );
+    let upgrade: wabulk_webhooks::account::AccountEvent = events
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("an account event"))
+        .find(|e: &wabulk_webhooks::account::AccountEvent| e.field == "phone_number_quality_update")
+        .expect("the upgrade");
+    assert_eq!(
+        upgrade.changes(),
+        [wabulk_webhooks::account::AccountChange::ThroughputUpgrade { display_phone_number: "15550783881".into() }]
+    );
+    assert!(read(&running.brokers, STATUSES, 1, Duration::from_millis(500)).await.is_empty(), "no status");
     let _ = running.stop.send(());
 }

@@ -14,6 +14,9 @@ use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
 
+use wabulk_webhooks::account::AccountChange;
+
+use super::account::{describe_limit, Accounts, HoldChange};
 use super::backlog::{Arrival, Backlogs, Decision, BACKLOG, WABA_CAP};
 use super::settle::{parked_since, Settle};
 use super::shutdown::Shutdown;
@@ -33,9 +36,15 @@ pub(super) struct IngestStage {
     /// parked behind its backlog.
     pub(super) backlogs: Backlogs,
     /// Where the scheduler gives back the queued jobs of a WABA that may
-    /// make no call for longer than `park_after`, to be parked.
+    /// make no call for longer than `park_after` or that Meta stopped, to be
+    /// parked.
     pub(super) capped_tx: mpsc::UnboundedSender<Vec<Pending>>,
+    /// Which WABAs Meta stopped (account events).
+    pub(super) accounts: Accounts,
 }
+
+/// The parking reason of a job whose WABA Meta stopped.
+const ACCOUNT: &str = "account";
 
 /// How often the WABAs with jobs in memory are looked at for a closed hour.
 const CAP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -48,6 +57,7 @@ impl IngestStage {
         mut self,
         shutdown: Shutdown,
         mut capped: mpsc::UnboundedReceiver<Vec<Pending>>,
+        mut account_changes: mpsc::UnboundedReceiver<AccountChange>,
     ) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
         let mut writes = JoinSet::new();
         let mut cap_check = tokio::time::interval(CAP_CHECK_EVERY);
@@ -59,7 +69,11 @@ impl IngestStage {
                 // Reap finished writes so the set stays small.
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
                 Some(jobs) = capped.recv() => self.park_capped(&mut writes, jobs),
-                _ = cap_check.tick() => self.take_capped_jobs(),
+                Some(change) = account_changes.recv() => self.on_account_change(change),
+                _ = cap_check.tick() => {
+                    self.release_expired_restrictions();
+                    self.take_capped_jobs();
+                }
                 record = self.ingest.next() => match record {
                     Ok((record, lease)) => self.on_record(&mut writes, record, lease),
                     Err(error) => {
@@ -100,9 +114,11 @@ impl IngestStage {
             }
         };
         let parked_since = record.returned.as_ref().and_then(|returned| parked_since(returned.since_ms));
-        if self.registry.is_halted(waba) && waited_too_long(&self.setup, parked_since, received_at) {
+        let (halted, held) = (self.registry.is_halted(waba), self.registry.is_held(waba));
+        if (halted || held) && waited_too_long(&self.setup, parked_since, received_at) {
             let pending = Pending::new(job, lease, waba, received_at, parked_since);
-            self.settle.exit(writes, pending, halted_too_long(&self.setup), 0);
+            let exit = if halted { halted_too_long(&self.setup) } else { held_too_long(&self.setup) };
+            self.settle.exit(writes, pending, exit, 0);
             return;
         }
         let bytes = lease.bytes();
@@ -160,6 +176,9 @@ impl IngestStage {
         if self.registry.is_halted(waba) {
             return Some((halted_until(&self.setup, job, now), "halted"));
         }
+        if self.registry.is_held(waba) {
+            return Some((until(self.accounts.recheck_at(waba, now)), ACCOUNT));
+        }
         let arrival = Arrival {
             returned_due_ms: record
                 .returned
@@ -214,7 +233,14 @@ impl IngestStage {
     fn park_capped(&mut self, writes: &mut JoinSet<()>, jobs: Vec<Pending>) {
         let now = Utc::now();
         let mut to_park = Vec::with_capacity(jobs.len());
+        let mut held = Vec::new();
         for pending in jobs {
+            if self.registry.is_held(pending.waba) {
+                let due = self.accounts.recheck_at(pending.waba, now);
+                let due = pending.job.expires_at.map_or(due, |expires| expires.min(due));
+                held.push((pending, due));
+                continue;
+            }
             let Some((opens, cap)) = self.closed_longer_than(pending.waba, std::time::Duration::ZERO, now)
             else {
                 // Routed when it was read: its tier is the same now.
@@ -230,6 +256,111 @@ impl IngestStage {
         }
         if !to_park.is_empty() {
             self.settle.park_jobs(writes, to_park, WABA_CAP);
+        }
+        if !held.is_empty() {
+            self.settle.park_jobs(writes, held, ACCOUNT);
+        }
+    }
+
+    /// Applies what one of Meta's account events changes (`account.rs`).
+    fn on_account_change(&mut self, change: AccountChange) {
+        let now = Utc::now();
+        match change {
+            AccountChange::ThroughputUpgrade { display_phone_number } => self.upgrade(&display_phone_number),
+            AccountChange::Hold { waba_id, until, why } => {
+                let Ok(waba) = waba_id.parse::<u64>() else { return };
+                if self.accounts.apply(waba, Some(until), now) == HoldChange::Hold {
+                    self.hold(waba, &why, until);
+                } else {
+                    self.release(waba);
+                }
+            }
+            AccountChange::Release { waba_id } => {
+                let Ok(waba) = waba_id.parse::<u64>() else { return };
+                if self.accounts.apply(waba, None, now) == HoldChange::Release {
+                    self.release(waba);
+                }
+            }
+            AccountChange::MessagingLimit { waba_id, limit } => {
+                let gauge =
+                    self.metrics.messaging_limit.with_label_values(&[self.metrics.waba_label(&waba_id)]);
+                let value = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+                if gauge.get() != value {
+                    gauge.set(value);
+                    self.metrics.account_changes.with_label_values(&["messaging_limit"]).inc();
+                    tracing::info!(%waba_id, limit = %describe_limit(limit), "Meta announced the messaging limit of this WABA's business portfolio");
+                }
+            }
+        }
+    }
+
+    /// Meta raised a number's throughput: its tier is raised at once, in the
+    /// scheduler and at its departure gate, and for every job read from now.
+    fn upgrade(&self, display_phone_number: &str) {
+        let Some(&phone) = self.setup.displayed.get(display_phone_number) else {
+            tracing::warn!(
+                display_phone_number,
+                "Meta raised the throughput of a number no [[phones]] entry names by display_phone_number; \
+                 its tier is unchanged"
+            );
+            return;
+        };
+        let tiers = &self.setup.scheduler.tiers;
+        let configured = self.setup.phones.get(&phone).map_or(self.setup.default_mps, |p| p.mps);
+        let current = tiers.get(phone).unwrap_or(configured);
+        let mps = self.setup.upgraded_mps;
+        if mps <= current || !tiers.set(phone, mps) {
+            return;
+        }
+        let _ = self.scheduler.send(Command::SetTier { phone, mps });
+        let label = phone.to_string();
+        self.metrics
+            .phone_rate_limit
+            .with_label_values(&[self.metrics.phone_label(&label)])
+            .set(i64::from(mps));
+        self.metrics.account_changes.with_label_values(&["throughput_upgrade"]).inc();
+        tracing::info!(
+            phone_number_id = phone,
+            from = current,
+            to = mps,
+            "Meta raised this number's throughput; its tier is raised now"
+        );
+    }
+
+    /// Meta stopped the WABA: nothing more is sent for it; its queued jobs
+    /// are parked (and new ones as they are read) until it is released.
+    fn hold(&self, waba: u64, why: &str, until: Option<DateTime<Utc>>) {
+        if !self.registry.hold(waba) {
+            return;
+        }
+        let label = waba.to_string();
+        self.metrics.waba_held.with_label_values(&[self.metrics.waba_label(&label)]).set(1);
+        self.metrics.account_changes.with_label_values(&["hold"]).inc();
+        let until = until.map_or_else(|| "until Meta lifts it".to_owned(), |at| at.to_rfc3339());
+        tracing::error!(waba_id = waba, event = why, %until, "Meta stopped this WABA; sending for it has stopped and its jobs wait (parked in Kafka when parking is on)");
+        if self.settle.can_park() {
+            let matching = Arc::new(move |p: &Pending| p.waba == waba);
+            let _ = self.scheduler.send(Command::Purge { matching, to: Some(self.capped_tx.clone()) });
+        }
+    }
+
+    fn release(&self, waba: u64) {
+        if !self.registry.release(waba) {
+            return;
+        }
+        let _ = self.scheduler.send(Command::Resume);
+        let label = waba.to_string();
+        self.metrics.waba_held.with_label_values(&[self.metrics.waba_label(&label)]).set(0);
+        self.metrics.account_changes.with_label_values(&["release"]).inc();
+        tracing::info!(
+            waba_id = waba,
+            "Meta lifted the stop of this WABA; sending resumes (parked jobs as they come back)"
+        );
+    }
+
+    fn release_expired_restrictions(&mut self) {
+        for waba in self.accounts.expired(Utc::now()) {
+            self.release(waba);
         }
     }
 }
@@ -267,6 +398,21 @@ pub(super) fn halted_too_long(setup: &EngineSetup) -> Exit {
     }
 }
 
+/// The exit of a job whose WABA Meta kept stopped past the horizon.
+fn held_too_long(setup: &EngineSetup) -> Exit {
+    Exit::Failed {
+        reason: FailReason::AccountBlocked,
+        error: ApiError {
+            code: ErrorCode::Engine("waba_held".into()),
+            message: format!(
+                "Meta kept the WABA stopped (banned or restricted) for more than {} days (parking.max_wait_days) \
+                 while the job waited",
+                setup.max_wait.as_secs() / 86_400
+            ),
+        },
+    }
+}
+
 /// The furthest `not_before` accepted.
 fn max_wait(setup: &EngineSetup) -> chrono::Duration {
     chrono::Duration::from_std(setup.max_wait).unwrap_or(chrono::Duration::MAX)
@@ -277,7 +423,7 @@ fn route(setup: &EngineSetup, job: &Job) -> Result<(u64, u32), RejectReason> {
     match setup.phones.get(&job.phone_number_id.get()) {
         Some(phone) => match job.waba_id {
             Some(waba) if waba.get() != phone.waba => Err(RejectReason::WabaMismatch),
-            _ => Ok((phone.waba, phone.mps)),
+            _ => Ok((phone.waba, live_tier(setup, job.phone_number_id.get()).unwrap_or(phone.mps))),
         },
         None if setup.strict_phones => Err(RejectReason::UnknownPhoneNumber),
         None => {
@@ -288,6 +434,15 @@ fn route(setup: &EngineSetup, job: &Job) -> Result<(u64, u32), RejectReason> {
             Ok((waba, setup.default_mps))
         }
     }
+}
+
+/// A tier raised while running, if any (one atomic load when none was).
+fn live_tier(setup: &EngineSetup, phone: u64) -> Option<u32> {
+    let tiers = &setup.scheduler.tiers;
+    if tiers.version() == 0 {
+        return None;
+    }
+    tiers.get(phone)
 }
 
 /// The token a WABA sends with: its own, else the default one.

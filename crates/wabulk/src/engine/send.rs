@@ -66,6 +66,8 @@ pub(super) struct SendStage {
     pub(super) token_checks: JoinSet<(u64, TokenCheck)>,
     /// Each number's departure gate, made on its first send.
     pub(super) gates: HashMap<u64, Arc<DepartureGate>>,
+    /// The version of the live tiers the gates were last brought to.
+    pub(super) tiers_seen: u64,
     /// How late this runtime is; sets the window allowance.
     pub(super) scheduling_delay: Arc<SchedulingDelay>,
     /// Scheduler throttle counters already added to the metric.
@@ -168,14 +170,25 @@ impl SendStage {
         true
     }
 
-    /// The number's departure gate, at its configured tier (the default
-    /// tier for numbers not in the configuration, as `route` gives them).
-    /// Made on the number's first send, which is also when its tier gauge
-    /// is set.
+    /// The number's departure gate, at its tier: a live one (a throughput
+    /// upgrade) or the configured one (the default tier for numbers not in
+    /// the configuration, as `route` gives them). Made on the number's
+    /// first send, which is also when its tier gauge is set.
     fn gate(&mut self, phone: u64) -> Arc<DepartureGate> {
+        let tiers = &self.setup.scheduler.tiers;
+        if tiers.version() != self.tiers_seen {
+            // A tier changed while running (a throughput upgrade).
+            self.tiers_seen = tiers.version();
+            for (phone, gate) in &self.gates {
+                if let Some(mps) = tiers.get(*phone) {
+                    gate.set_limit(mps);
+                }
+            }
+        }
         let (setup, metrics) = (&self.setup, &self.metrics);
         let gate = self.gates.entry(phone).or_insert_with(|| {
-            let mps = setup.phones.get(&phone).map_or(setup.default_mps, |p| p.mps);
+            let configured = setup.phones.get(&phone).map_or(setup.default_mps, |p| p.mps);
+            let mps = tiers.get(phone).unwrap_or(configured);
             let label = phone.to_string();
             metrics.phone_rate_limit.with_label_values(&[metrics.phone_label(&label)]).set(i64::from(mps));
             let margin = setup.scheduler.mps_margin_percent;

@@ -15,8 +15,8 @@ use wabulk_model::{JobResult, Status};
 
 use crate::harness::{
     by_id, free_port, http_get, init_logs, is_sent, limits_report, sample, sim_config, status_counts,
-    violations, Collector, EngineProcess, EngineToml, InProcessEngine, Number, OtherWaba, Program, Stack,
-    TempDir, JOBS, RESULTS, TOKEN, TOKEN_ENV, WABA,
+    violations, write_all, Collector, EngineProcess, EngineToml, InProcessEngine, Number, OtherWaba, Program,
+    Stack, TempDir, RESULTS, TOKEN, TOKEN_ENV, WABA,
 };
 
 /// A text job `id` from `phone` to `to`.
@@ -28,16 +28,6 @@ fn job(id: &str, phone: &str, to: &str) -> Vec<u8> {
         "message": { "type": "text", "text": { "body": "faults" } },
     }))
     .expect("json")
-}
-
-/// Writes (key, payload) pairs, 200 at a time so librdkafka batches them.
-async fn write_all(writer: &JobWriter, jobs: &[(String, Vec<u8>)]) {
-    for chunk in jobs.chunks(200) {
-        let sends = chunk.iter().map(|(key, payload)| writer.send(JOBS, Some(key.as_bytes()), payload));
-        for written in futures::future::join_all(sends).await {
-            written.expect("write a job");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,7 @@ impl Stack {
         kafka.create_topic(JOBS, jobs_partitions).expect("jobs topic");
         kafka.create_topic(RESULTS, 4).expect("results topic");
         kafka.create_topic(DLQ, 1).expect("dlq topic");
+        kafka.create_topic("wabulk.account_events", 1).expect("account events topic");
         // The mock cluster has no CreateTopics: the engine finds them made.
         for topic in wabulk_kafka::ParkingSettings::default().tier_topics() {
             kafka.create_topic(&topic, jobs_partitions).expect("parking topic");
@@ -152,6 +153,9 @@ pub(crate) struct EngineToml {
     pub(crate) parking: Vec<String>,
     /// Extra `key = value` lines of `[kafka]`.
     pub(crate) kafka: Vec<String>,
+    /// Each number's `display_phone_number` is its id, as the simulator
+    /// displays it (its account webhooks name numbers so).
+    pub(crate) display_numbers: bool,
 }
 
 /// A WABA other than [`WABA`] in an engine configuration: its numbers and
@@ -180,6 +184,7 @@ impl EngineToml {
             http_listen: "127.0.0.1:0".into(),
             parking: Vec::new(),
             kafka: Vec::new(),
+            display_numbers: false,
         }
     }
 
@@ -217,11 +222,12 @@ impl EngineToml {
         }
         let _ = writeln!(text);
         for number in &self.numbers {
-            let _ = writeln!(
-                text,
-                "[[phones]]\nid = {:?}\nwaba_id = {WABA:?}\nmps = {}\n",
-                number.id, number.mps
-            );
+            let _ =
+                writeln!(text, "[[phones]]\nid = {:?}\nwaba_id = {WABA:?}\nmps = {}", number.id, number.mps);
+            if self.display_numbers {
+                let _ = writeln!(text, "display_phone_number = {:?}", number.id);
+            }
+            let _ = writeln!(text);
         }
         let _ = writeln!(text, "[[wabas]]\nid = {WABA:?}\ntoken_env = {TOKEN_ENV:?}\n");
         for waba in &self.other_wabas {
@@ -829,4 +835,15 @@ pub(crate) fn record_counts(brokers: &str, topics: &[String]) -> BTreeMap<String
             (topic.clone(), count)
         })
         .collect()
+}
+
+/// Writes (key, payload) pairs to the jobs topic, 1,000 at a time so that
+/// librdkafka batches them.
+pub(crate) async fn write_all<K: AsRef<[u8]>>(writer: &JobWriter, jobs: &[(K, Vec<u8>)]) {
+    for chunk in jobs.chunks(1_000) {
+        let sends = chunk.iter().map(|(key, payload)| writer.send(JOBS, Some(key.as_ref()), payload));
+        for written in futures::future::join_all(sends).await {
+            written.expect("write a job");
+        }
+    }
 }

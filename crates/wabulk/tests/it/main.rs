@@ -3,6 +3,7 @@
 //! or as a `wabulk run` child process, all on 127.0.0.1. Each test starts its
 //! own cluster and simulator, so they run in parallel without sharing state.
 
+mod account;
 mod connectivity;
 mod crash;
 mod demo;

@@ -15,8 +15,8 @@ use wabulk_model::{JobResult, Status};
 
 use crate::harness::{
     committed, free_port, http_get, init_logs, record_counts, sample, sim_config, status_counts, violations,
-    wait_for, Collector, EngineProcess, EngineToml, InProcessEngine, Number, OtherWaba, Program, Stack,
-    TempDir, JOBS, MPS_MARGIN, RESULTS, TOKEN, TOKEN_ENV,
+    wait_for, write_all, Collector, EngineProcess, EngineToml, InProcessEngine, Number, OtherWaba, Program,
+    Stack, TempDir, JOBS, MPS_MARGIN, RESULTS, TOKEN, TOKEN_ENV,
 };
 
 const LATER: &str = "106540352242922";
@@ -42,15 +42,6 @@ fn job(
         job["expires_at"] = json!(at.to_rfc3339());
     }
     serde_json::to_vec(&job).expect("json")
-}
-
-async fn write_all(writer: &JobWriter, jobs: &[(&str, Vec<u8>)]) {
-    for chunk in jobs.chunks(1_000) {
-        let sends = chunk.iter().map(|(key, payload)| writer.send(JOBS, Some(key.as_bytes()), payload));
-        for written in futures::future::join_all(sends).await {
-            written.expect("job written");
-        }
-    }
 }
 
 /// Writes one job to send now and waits for its result: the engine is then

@@ -250,3 +250,178 @@ async fn every_sent_job_gets_its_later_statuses_through_a_receiver_outage() {
     let failed = by_job.values().filter(|s| s.iter().any(|s| s == "failed")).count();
     assert!(failed > 0 && failed < JOBS_N / 3, "about a tenth fail: {failed}");
 }
+
+/// A CA and a server certificate for 127.0.0.1 it signed: the chain (server
+/// first) and key as PEM, and a client trusting that CA alone.
+struct ReceiverPki {
+    chain_pem: String,
+    key_pem: String,
+    client: tokio_rustls::TlsConnector,
+}
+
+impl ReceiverPki {
+    fn generate() -> ReceiverPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "wabulk webhooks it CA");
+        let ca = ca.self_signed(&ca_key).expect("CA certificate");
+        let key = KeyPair::generate().expect("server key");
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+        let server = server.signed_by(&key, &ca, &ca_key).expect("server certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("trust the CA");
+        let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        ReceiverPki {
+            chain_pem: format!("{}{}", server.pem(), ca.pem()),
+            key_pem: key.serialize_pem(),
+            client: tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)),
+        }
+    }
+}
+
+/// [`request`] over HTTPS; `None` while nothing listens or the handshake fails.
+async fn request_tls(
+    addr: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+    head: &str,
+    body: &[u8],
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut stream = client.connect(name, stream).await.ok()?;
+    let head =
+        format!("{head}\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
+    let mut answer = Vec::new();
+    // A client closing without TLS close_notify is a read error; the answer is in by then.
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `wabulk webhooks` with `tls_cert_file` and `tls_key_file` serves HTTPS:
+/// a signed notification posted by a client trusting the CA is answered 200
+/// and its status lands on the statuses topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wabulk_webhooks_serves_https_with_the_configured_certificate() {
+    init_logs();
+    let kafka = wabulk_kafka::EmbeddedKafka::start(1).expect("mock cluster");
+    kafka.create_topic(STATUSES, 1).expect("statuses topic");
+    kafka.create_topic("wabulk.inbound", 1).expect("inbound topic");
+    let brokers = kafka.bootstrap_servers();
+    let dir = TempDir::new("webhooks-tls");
+    let pki = ReceiverPki::generate();
+    let (cert, key) = (dir.path().join("receiver.pem"), dir.path().join("receiver.key"));
+    std::fs::write(&cert, &pki.chain_pem).expect("write the chain");
+    std::fs::write(&key, &pki.key_pem).expect("write the key");
+    let port = free_port();
+    let config = dir.path().join("wabulk.toml");
+    let text = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\n\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n\
+         tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&config, text).expect("write the configuration");
+    let env = [("WABULK_APP_SECRET", APP_SECRET), ("WABULK_WEBHOOK_VERIFY_TOKEN", VERIFY_TOKEN)];
+
+    let check = Command::new(env!("CARGO_BIN_EXE_wabulk"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .envs(env)
+        .output()
+        .expect("check-config");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{shown}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(shown.contains("tls_key_file"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "key material shown:\n{shown}");
+
+    let mut receiver = Command::new(env!("CARGO_BIN_EXE_wabulk"))
+        .args(["webhooks", "--config"])
+        .arg(&config)
+        .envs(env)
+        .env("WABULK_HTTP__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wabulk webhooks");
+    let statuses = Collector::start(&brokers, STATUSES);
+    let body = serde_json::to_vec(&json!({ "object": "whatsapp_business_account", "entry": [{
+        "id": crate::harness::WABA, "changes": [{ "field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": { "phone_number_id": PHONE },
+            "statuses": [{ "id": "wamid.tls-1", "status": "delivered", "timestamp": "1700000000",
+                           "recipient_id": "15551230001", "biz_opaque_callback_data": "tls-1" }] } }] }] }))
+    .unwrap();
+    let signed = format!(
+        "POST /webhooks/whatsapp HTTP/1.1\r\nX-Hub-Signature-256: {}",
+        AppSecret::new(APP_SECRET).sign(&body)
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    let answered = loop {
+        match request_tls(addr, &pki.client, &signed, &body).await {
+            Some(status) => break status,
+            None if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => panic!("the receiver did not serve HTTPS on {addr}"),
+        }
+    };
+    assert_eq!(answered, 200);
+    // Plain HTTP to the same port gets no HTTP answer.
+    assert_eq!(request(addr, &signed, &body), None, "plain HTTP answered on the HTTPS port");
+
+    assert!(statuses.wait_until(Duration::from_secs(10), |r| !r.is_empty()).await, "no status record");
+    let records = statuses.records();
+    assert_eq!(records[0].key.as_deref(), Some(&b"tls-1"[..]), "keyed by the job id");
+    let _ = Command::new("kill").args(["-TERM", &receiver.id().to_string()]).status();
+    assert!(receiver.wait().expect("wait for the receiver").success(), "a graceful stop exits 0");
+    statuses.stop().await;
+}
+
+/// Half a pair, a key of another pair, a missing file: refused at start
+/// (here `check-config`, which loads them as `run` does) with the key to fix.
+#[test]
+fn check_config_refuses_unusable_tls_files_naming_the_key() {
+    let dir = TempDir::new("webhooks-tls-config");
+    let (pki, other) = (ReceiverPki::generate(), ReceiverPki::generate());
+    let cert = dir.path().join("receiver.pem");
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&cert, &pki.chain_pem).expect("write the chain");
+    std::fs::write(&other_key, &other.key_pem).expect("write the other key");
+    let missing = dir.path().join("absent.key");
+    let check = |keys: &str| {
+        let config = dir.path().join("wabulk.toml");
+        std::fs::write(&config, format!("[webhooks]\n{keys}")).expect("write the configuration");
+        let out = Command::new(env!("CARGO_BIN_EXE_wabulk"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .expect("check-config");
+        assert!(!out.status.success(), "{keys} accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let file = |path: &std::path::Path| format!("\"{}\"", path.display());
+
+    let said = check(&format!("tls_cert_file = {}\n", file(&cert)));
+    assert!(said.contains("webhooks.tls_key_file: must be set too"), "{said}");
+    let said = check(&format!("tls_key_file = {}\n", file(&other_key)));
+    assert!(said.contains("webhooks.tls_cert_file: must be set too"), "{said}");
+    let said = check(&format!("tls_cert_file = {}\ntls_key_file = {}\n", file(&cert), file(&missing)));
+    assert!(said.contains("webhooks.tls_key_file") && said.contains("absent.key"), "{said}");
+    let said = check(&format!("tls_cert_file = {}\ntls_key_file = {}\n", file(&cert), file(&other_key)));
+    assert!(
+        said.contains("webhooks.tls_cert_file / webhooks.tls_key_file") && said.contains("does not belong"),
+        "{said}"
+    );
+    assert!(!said.contains("PRIVATE KEY"), "key material in the error:\n{said}");
+}
