@@ -144,8 +144,8 @@ async fn a_sent_job_s_status_reaches_the_statuses_topic_with_its_job_id() {
 /// The delivery lifecycle end to end: the engine sends, the simulator posts
 /// each message's later statuses as Meta would (signed, some twice or out of
 /// order, some `failed`), and `wabulk webhooks` writes them to the statuses
-/// topic. The receiver is stopped for a while in the middle: the simulator's
-/// retries bring every status in all the same.
+/// topic. The receiver is stopped for 30 s in the middle: the simulator's
+/// retries (backoff up to 5 s) bring every status in all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sent_job_gets_its_later_statuses_through_a_receiver_outage() {
     init_logs();
@@ -201,7 +201,7 @@ async fn every_sent_job_gets_its_later_statuses_through_a_receiver_outage() {
     assert!(statuses.wait_until(Duration::from_secs(60), |r| r.len() >= 50).await, "no statuses arrive");
     let _ = Command::new("kill").args(["-TERM", &running.id().to_string()]).status();
     assert!(running.wait().expect("wait").success(), "the receiver stops gracefully");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let during = statuses.len();
     running = receiver();
 
