@@ -16,6 +16,6 @@ mod result;
 pub use dlq::DlqRecord;
 pub use exit::{Exit, EXPIRED_REASON, FAILED_REASONS};
 pub use ids::{IdError, NumericId, Recipient};
-pub use job::{Job, JobError, ParseOptions, RejectReason, DEFAULT_MAX_JOB_BYTES};
+pub use job::{Job, JobError, ParseOptions, Priority, RejectReason, DEFAULT_MAX_JOB_BYTES};
 pub use outcome::{ApiError, ErrorCode, FailReason, Outcome, RetryReason, Scope};
 pub use result::{JobResult, ResultError, Status};

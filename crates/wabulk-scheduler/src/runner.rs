@@ -383,6 +383,7 @@ mod tests {
                     mps: 20,
                     not_before: None,
                     expires_at: None,
+                    priority: Default::default(),
                     job: (i, recipient),
                 };
                 scheduler.send(Command::Enqueue(envelope)).unwrap();
@@ -447,6 +448,7 @@ mod tests {
                 mps: 80,
                 not_before: None,
                 expires_at: None,
+                priority: Default::default(),
                 job: phone,
             };
             scheduler.send(Command::Enqueue(envelope)).unwrap();

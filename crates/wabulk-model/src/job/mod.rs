@@ -47,6 +47,43 @@ impl Default for ParseOptions {
     }
 }
 
+/// Which lane of its business number a job waits in (CONTRACT §2): a ready
+/// `High` job goes before any ready `Normal` one, and `Normal` before
+/// `Bulk`; the lanes share the number's rate, and a pair's jobs keep their
+/// order whatever their lanes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// OTPs, alerts.
+    High,
+    #[default]
+    Normal,
+    /// Campaigns.
+    Bulk,
+}
+
+impl Priority {
+    /// Every lane, first served first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Bulk];
+
+    /// Its place in [`Priority::ALL`].
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+
+    fn is_normal(&self) -> bool {
+        *self == Priority::Normal
+    }
+}
+
 /// A valid job. Only [`Job::parse`] makes one from bytes, so every field has
 /// been checked.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +101,8 @@ pub struct Job {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
 }
 
 /// Why bytes are not a job. `Display` is the text of the DLQ record's `error`.
@@ -143,6 +182,9 @@ struct WireJob {
     expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     metadata: Option<Value>,
+    /// Read as text so that a wrong value names the field with the choices.
+    #[serde(default)]
+    priority: Option<String>,
 }
 
 impl Job {
@@ -184,6 +226,12 @@ impl Job {
             .map_err(|e| JobError::id("waba_id", e))?;
         let to = Recipient::normalise(&wire.to).map_err(|e| JobError::id("to", e))?;
         validate_message(&wire.message)?;
+        let priority = match wire.priority.as_deref() {
+            None => Priority::Normal,
+            Some(text) => Priority::ALL.into_iter().find(|p| p.label() == text).ok_or_else(|| {
+                JobError::field("priority", format!("is {text:?}; \"high\", \"normal\" or \"bulk\" are allowed"))
+            })?,
+        };
         Ok(Job {
             id: wire.id,
             phone_number_id,
@@ -193,6 +241,7 @@ impl Job {
             not_before: wire.not_before,
             expires_at: wire.expires_at,
             metadata: wire.metadata,
+            priority,
         })
     }
 

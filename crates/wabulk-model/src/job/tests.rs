@@ -138,8 +138,28 @@ fn invalid_utf8_and_not_json_are_reported() {
 #[test]
 fn unknown_top_level_fields_are_ignored() {
     let mut job = valid();
-    job["priority"] = json!("high");
+    job["lane"] = json!("fast");
     assert!(parse(&job).is_ok());
+}
+
+#[test]
+fn priority_is_one_of_three_lanes_and_survives_a_round_trip() {
+    assert_eq!(parse(&valid()).unwrap().priority, Priority::Normal);
+    for priority in Priority::ALL {
+        let mut job = valid();
+        job["priority"] = json!(priority.label());
+        let parsed = parse(&job).unwrap();
+        assert_eq!(parsed.priority, priority);
+        let again = Job::parse(&parsed.to_json(), &ParseOptions::default()).unwrap();
+        assert_eq!(again.priority, priority, "a parked job keeps its lane");
+    }
+    let mut job = valid();
+    job["priority"] = json!("urgent");
+    let err = parse(&job).unwrap_err();
+    assert_eq!(err.reason(), "invalid_field");
+    assert!(err.to_string().contains("priority") && err.to_string().contains("\"bulk\""), "{err}");
+    job["priority"] = json!(1);
+    assert_eq!(parse(&job).unwrap_err().reason(), "malformed");
 }
 
 fn arb_job() -> impl Strategy<Value = Value> {

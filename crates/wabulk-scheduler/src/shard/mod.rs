@@ -2,7 +2,9 @@
 //! hashed to it, driven with an explicit `now`.
 //!
 //! Per number there is a FIFO of *recipients* whose next job may go now
-//! (`ready`), and per recipient a FIFO of that pair's jobs. A pair that must
+//! (`ready`, one per priority lane: a pair sits in the lane of its head job,
+//! and a round serves `high` before `normal` before `bulk`), and per
+//! recipient a FIFO of that pair's jobs. A pair that must
 //! wait (pair budget, `not_before`, backoff) leaves `ready` and sits on the
 //! timer heap with its jobs behind it, so other recipients of the number are
 //! never held up by it. A pair has at most one request in flight, which is
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 use wabulk_limits::{Moment, NotUntil, NumberLimiter, PairBudgets, PairRule};
-use wabulk_model::{RetryReason, Scope};
+use wabulk_model::{Priority, RetryReason, Scope};
 
 use crate::config::SchedulerConfig;
 use crate::waba::{WabaCell, WabaRegistry};
@@ -36,6 +38,8 @@ pub struct Envelope<J> {
     pub mps: u32,
     pub not_before: Option<Moment>,
     pub expires_at: Option<Moment>,
+    /// The lane its pair waits in while it is the pair's head.
+    pub priority: Priority,
     pub job: J,
 }
 
@@ -77,6 +81,7 @@ struct Entry<J> {
     enqueued_at: Moment,
     /// Requests already made for this job.
     attempts: u32,
+    priority: Priority,
 }
 
 /// What the entry keeps while its job is out with the sender.
@@ -85,6 +90,7 @@ struct InFlight {
     expires_at: Option<Moment>,
     enqueued_at: Moment,
     attempts: u32,
+    priority: Priority,
     /// When it left the shard.
     sent_at: Moment,
 }
@@ -92,8 +98,42 @@ struct InFlight {
 impl InFlight {
     /// The queue entry again, for a job that came back to be retried.
     fn back<J>(self, job: J) -> Entry<J> {
-        let InFlight { not_before, expires_at, enqueued_at, attempts, sent_at: _ } = self;
-        Entry { job, not_before, expires_at, enqueued_at, attempts }
+        let InFlight { not_before, expires_at, enqueued_at, attempts, priority, sent_at: _ } = self;
+        Entry { job, not_before, expires_at, enqueued_at, attempts, priority }
+    }
+}
+
+/// A number's ready pairs, one FIFO per priority lane.
+#[derive(Default)]
+struct Lanes([VecDeque<u64>; 3]);
+
+impl Lanes {
+    fn push(&mut self, priority: Priority, recipient: u64) {
+        self.0[priority.lane()].push_back(recipient);
+    }
+
+    /// The pair to serve next: the oldest of the first lane that has one.
+    fn front(&self) -> Option<(usize, u64)> {
+        self.0.iter().enumerate().find_map(|(lane, pairs)| pairs.front().map(|&r| (lane, r)))
+    }
+
+    fn pop(&mut self, lane: usize) {
+        self.0[lane].pop_front();
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&u64) -> bool) {
+        for lane in &mut self.0 {
+            lane.retain(&mut keep);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(VecDeque::is_empty)
+    }
+
+    /// In serving order.
+    fn iter(&self) -> impl Iterator<Item = &u64> {
+        self.0.iter().flatten()
     }
 }
 
@@ -138,8 +178,9 @@ struct NumberState<J> {
     waba: Arc<WabaCell>,
     /// Recipients with jobs queued or in flight; empty queues are removed.
     queues: HashMap<u64, PairQueue<J>>,
-    /// Recipients whose head job may go now, in the order they became ready.
-    ready: VecDeque<u64>,
+    /// Recipients whose head job may go now, by lane, each in the order
+    /// they became ready.
+    ready: Lanes,
     activity: Activity,
     /// The last send, answer or retry: what forgetting the number is measured
     /// from. Only sends and retries change the limiter and the pair budgets,
@@ -300,7 +341,7 @@ impl<J> Shard<J> {
     /// Takes a job. A number met for the first time starts conservatively:
     /// another instance may have sent for it during the last second.
     pub fn enqueue(&mut self, envelope: Envelope<J>, now: Moment) {
-        let Envelope { phone, recipient, waba, mps, not_before, expires_at, job } = envelope;
+        let Envelope { phone, recipient, waba, mps, not_before, expires_at, priority, job } = envelope;
         let margin = self.config.mps_margin_percent;
         let rule = self.config.pair_rule;
         let wabas = &self.wabas;
@@ -311,12 +352,12 @@ impl<J> Shard<J> {
             waba_id: waba,
             waba: wabas.get_or_insert(waba),
             queues: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: Lanes::default(),
             activity: Activity::Idle,
             last_used: now,
             forget_at: None,
         });
-        let entry = Entry { job, not_before, expires_at, enqueued_at: now, attempts: 0 };
+        let entry = Entry { job, not_before, expires_at, enqueued_at: now, attempts: 0, priority };
         self.held += 1;
         match number.queues.get_mut(&recipient) {
             // Behind the pair's earlier jobs, whatever they are waiting for.
@@ -476,7 +517,7 @@ impl<J> Shard<J> {
         let mut sent = 0;
         let mut resched = Vec::new();
         let end = loop {
-            let Some(&recipient) = number.ready.front() else { break RoundEnd::Drained };
+            let Some((lane, recipient)) = number.ready.front() else { break RoundEnd::Drained };
             if sent == max_batch {
                 break RoundEnd::BatchFull;
             }
@@ -484,7 +525,7 @@ impl<J> Shard<J> {
             let head = queue.jobs.front().expect("a ready pair has a job");
             // Expired jobs leave without spending any budget.
             if head.expires_at.is_some_and(|at| at <= now) {
-                number.ready.pop_front();
+                number.ready.pop(lane);
                 let entry = queue.jobs.pop_front().expect("checked above");
                 self.held -= 1;
                 out.push(Ready::Expired {
@@ -503,7 +544,7 @@ impl<J> Shard<J> {
                 self.throttled.waba += 1;
                 break RoundEnd::Blocked(until);
             }
-            number.ready.pop_front();
+            number.ready.pop(lane);
             // Penalties and pauses may have arrived since the pair became ready.
             let hold = [head.not_before, queue.hold_until].into_iter().flatten().max();
             if hold.is_some_and(|at| at > now) || number.pairs.check(recipient, now).is_err() {
@@ -522,6 +563,7 @@ impl<J> Shard<J> {
                 expires_at: entry.expires_at,
                 enqueued_at: entry.enqueued_at,
                 attempts: attempt,
+                priority: entry.priority,
                 sent_at: now,
             });
             out.push(Ready::Send(Dispatch {
@@ -583,7 +625,7 @@ impl<J> Shard<J> {
             }
             None => {
                 queue.stage = Stage::Ready;
-                number.ready.push_back(recipient);
+                number.ready.push(head.priority, recipient);
                 if number.activity == Activity::Idle {
                     number.activity = Activity::Active;
                     self.active.push_back(phone);

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use wabulk_limits::PairRule;
 
 use super::*;
+use wabulk_model::Priority;
 
 const SEC: u64 = 1_000;
 
@@ -58,14 +59,22 @@ impl Harness {
         now: Moment,
     ) -> u64 {
         self.enqueue_envelope(
-            Envelope { phone, recipient, waba: 7, mps, not_before, expires_at, job: 0 },
+            Envelope { phone, recipient, waba: 7, mps, not_before, expires_at, priority: Priority::Normal, job: 0 },
             now,
         )
     }
 
     fn enqueue_waba(&mut self, phone: u64, recipient: u64, waba: u64, now: Moment) -> u64 {
-        let envelope =
-            Envelope { phone, recipient, waba, mps: 80, not_before: None, expires_at: None, job: 0 };
+        let envelope = Envelope {
+            phone,
+            recipient,
+            waba,
+            mps: 80,
+            not_before: None,
+            expires_at: None,
+            priority: Priority::Normal,
+            job: 0,
+        };
         self.enqueue_envelope(envelope, now)
     }
 
@@ -839,4 +848,37 @@ fn a_held_waba_sends_nothing_until_released() {
     h.shard.wake_halted();
     h.run_until(ms(63 * SEC));
     assert_eq!(h.sends.len(), 100);
+}
+
+#[test]
+fn ready_high_jobs_go_before_normal_and_normal_before_bulk_in_pair_order() {
+    let mut h = Harness::new(config());
+    let enqueue = |h: &mut Harness, recipient: u64, priority: Priority| {
+        let envelope = Envelope {
+            phone: 1,
+            recipient,
+            waba: 7,
+            mps: 20,
+            not_before: None,
+            expires_at: None,
+            priority,
+            job: 0,
+        };
+        h.enqueue_envelope(envelope, ms(0))
+    };
+    let bulk: Vec<u64> = (0..40).map(|r| enqueue(&mut h, 1_000 + r, Priority::Bulk)).collect();
+    let normal: Vec<u64> = (0..5).map(|r| enqueue(&mut h, 2_000 + r, Priority::Normal)).collect();
+    let high: Vec<u64> = (0..3).map(|r| enqueue(&mut h, 3_000 + r, Priority::High)).collect();
+    // Recipient 1000 already has a bulk job at its head: its high job waits
+    // behind it, in the bulk lane, to keep the pair's order.
+    let behind_bulk = enqueue(&mut h, 1_000, Priority::High);
+    h.run_until(ms(10 * SEC));
+    let order: Vec<u64> = h.sends.iter().map(|(_, d)| d.job).collect();
+    assert_eq!(order.len(), 49);
+    assert_eq!(&order[..3], &high[..], "high first, in arrival order");
+    assert_eq!(&order[3..8], &normal[..], "then normal");
+    assert_eq!(order[8], bulk[0], "then bulk");
+    assert_eq!(order[9], behind_bulk, "its pair's head once the bulk job before it went: high again");
+    assert_eq!(&order[10..], &bulk[1..], "then the rest of bulk");
+    assert!(fullest_window(&h, 1, SEC) <= 20, "the lanes share the number's rate");
 }

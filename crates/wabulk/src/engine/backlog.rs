@@ -135,6 +135,9 @@ pub(super) struct Arrival {
     /// When the job was parked for a backlog and came back: its due time
     /// (unix ms).
     pub(super) returned_due_ms: Option<i64>,
+    /// A `high` job is never parked for its number's backlog (only behind
+    /// a parked job of its pair): it must not wait for the bulk ahead.
+    pub(super) urgent: bool,
     pub(super) now: DateTime<Utc>,
 }
 
@@ -146,7 +149,7 @@ impl Arrival {
         bytes: usize,
         now: DateTime<Utc>,
     ) -> Self {
-        Arrival { phone, waba, recipient, mps, bytes, returned_due_ms: None, now }
+        Arrival { phone, waba, recipient, mps, bytes, returned_due_ms: None, urgent: false, now }
     }
 }
 
@@ -221,7 +224,7 @@ impl Backlogs {
         let park = match arrival.returned_due_ms {
             // Coming back: parked again only behind nothing of its pair.
             Some(due) => over && pair_due.is_none_or(|last| last <= due),
-            None => over || pair_waiting,
+            None => (over && !arrival.urgent) || pair_waiting,
         };
         if !park {
             return Decision::Admit;
@@ -328,6 +331,19 @@ mod tests {
         holds.truncate(100);
         assert_eq!(backlogs.decide(&Arrival::new((1, 100), 9, 10, 500, at(1))), Decision::Admit);
         assert_eq!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(1))), Decision::Park(at(36)));
+    }
+
+    /// A `high` job is admitted over its number's share, unless a job of its
+    /// pair is parked: the pair's order comes first.
+    #[test]
+    fn an_urgent_job_passes_the_backlog_but_not_its_pair() {
+        let mut backlogs = Backlogs::new(Duration::from_secs(60), 1 << 30);
+        let _holds: Vec<Hold> = (0..600).map(|_| backlogs.hold((1, 100), 500)).collect();
+        assert!(matches!(backlogs.decide(&Arrival::new((1, 100), 8, 10, 500, at(0))), Decision::Park(_)));
+        let urgent =
+            |recipient| Arrival { urgent: true, ..Arrival::new((1, 100), recipient, 10, 500, at(0)) };
+        assert_eq!(backlogs.decide(&urgent(9)), Decision::Admit);
+        assert!(matches!(backlogs.decide(&urgent(8)), Decision::Park(_)), "behind its pair's parked job");
     }
 
     /// Jobs parked one after another are due one tier interval apart: they

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wabulk_kafka::{Ingest, Lease, Record};
 use wabulk_limits::{Clock, Moment};
-use wabulk_model::{ApiError, ErrorCode, Exit, FailReason, Job, RejectReason};
+use wabulk_model::{ApiError, ErrorCode, Exit, FailReason, Job, Priority, RejectReason};
 use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
@@ -141,6 +141,7 @@ impl IngestStage {
             mps,
             not_before: pending.job.not_before.map(|at| moment_of(now, at)),
             expires_at: pending.job.expires_at.map(|at| moment_of(now, at)),
+            priority: pending.job.priority,
             job: pending,
         };
         // Fails only while shutting down; the record is then read again.
@@ -185,6 +186,7 @@ impl IngestStage {
                 .as_ref()
                 .filter(|returned| [BACKLOG, WABA_CAP].contains(&returned.reason.as_str()))
                 .and_then(|returned| i64::try_from(returned.due_ms).ok()),
+            urgent: job.priority == Priority::High,
             ..Arrival::new((job.phone_number_id.get(), waba), job.to.get(), mps, bytes, now)
         };
         if let Some((opens, cap)) = self.closed_longer_than(waba, parking.park_after, now) {

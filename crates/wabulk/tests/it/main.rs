@@ -14,6 +14,7 @@ mod order;
 mod outage;
 mod pacing;
 mod parking;
+mod priority;
 mod scale;
 mod secrets;
 mod webhooks;
