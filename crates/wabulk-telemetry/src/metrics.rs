@@ -166,6 +166,9 @@ const COMMIT_LAG_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 pub struct Metrics {
     /// `wabulk_jobs_consumed_total`: records read from the jobs topic (valid or not).
     pub jobs_consumed: IntCounter,
+    /// `wabulk_mis_keyed_jobs_total`: valid jobs whose record key is not their
+    /// `phone_number_id`, which breaks one owner per number.
+    pub mis_keyed_jobs: IntCounter,
     /// `wabulk_messages_sent_total{phone_number_id}`: jobs whose result is `sent`.
     pub messages_sent: IntCounterVec,
     /// `wabulk_messages_failed_total{phone_number_id,reason}`: jobs that ended
@@ -355,6 +358,11 @@ impl Metrics {
                 &r,
                 "wabulk_jobs_consumed_total",
                 "Records read from the jobs topic, valid or not.",
+            ),
+            mis_keyed_jobs: counter(
+                &r,
+                "wabulk_mis_keyed_jobs_total",
+                "Valid jobs whose record key is not their phone_number_id: their number may have two owners.",
             ),
             messages_sent: counter_vec(
                 &r,

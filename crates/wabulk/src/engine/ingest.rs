@@ -41,6 +41,8 @@ pub(super) struct IngestStage {
     pub(super) capped_tx: mpsc::UnboundedSender<Vec<Pending>>,
     /// Which WABAs Meta stopped (account events).
     pub(super) accounts: Accounts,
+    /// Partitions a mis-keyed job was logged for: once each.
+    pub(super) mis_keyed_logged: std::collections::HashSet<i32>,
 }
 
 /// The parking reason of a job whose WABA Meta stopped.
@@ -99,6 +101,9 @@ impl IngestStage {
                 return;
             }
         };
+        if !keyed_by_number(record.key.as_deref(), &job) {
+            self.mis_keyed(&record, &job);
+        }
         let routed = match route(&self.setup, &job) {
             Ok(_) if job.not_before.is_some_and(|at| at - received_at > max_wait(&self.setup)) => {
                 Err(RejectReason::NotBeforeTooFar)
@@ -129,6 +134,23 @@ impl IngestStage {
         let hold = Some(self.backlogs.hold((job.phone_number_id.get(), waba), bytes));
         let pending = Pending { _hold: hold, ..Pending::new(job, lease, waba, received_at, parked_since) };
         self.enqueue(pending, mps);
+    }
+
+    /// A job whose record key is not its number: counted, and logged once
+    /// per partition (the producer's mistake is usually systematic).
+    fn mis_keyed(&mut self, record: &Record, job: &Job) {
+        self.metrics.mis_keyed_jobs.inc();
+        if self.mis_keyed_logged.insert(record.partition) {
+            let key = record.key.as_deref().map(String::from_utf8_lossy);
+            tracing::warn!(
+                partition = record.partition,
+                offset = record.offset,
+                key = key.as_deref().unwrap_or("(none)"),
+                phone_number_id = job.phone_number_id.get(),
+                "a job's record key is not its phone_number_id: its number may be read by two instances, \
+                 which breaks its limits; key jobs by phone_number_id (logged once per partition)"
+            );
+        }
     }
 
     /// Hands a job to the scheduler, where it waits for its limits.
@@ -436,6 +458,13 @@ fn route(setup: &EngineSetup, job: &Job) -> Result<(u64, u32), RejectReason> {
             Ok((waba, setup.default_mps))
         }
     }
+}
+
+/// Whether the record's key is the job's number (digits compared as a number).
+fn keyed_by_number(key: Option<&[u8]>, job: &Job) -> bool {
+    key.and_then(|key| std::str::from_utf8(key).ok())
+        .and_then(|key| key.parse::<u64>().ok())
+        .is_some_and(|key| key == job.phone_number_id.get())
 }
 
 /// A tier raised while running, if any (one atomic load when none was).

@@ -278,6 +278,7 @@ pub async fn run(
             setup.kafka.max_in_memory_bytes,
         ),
         capped_tx,
+        mis_keyed_logged: Default::default(),
         accounts: account::Accounts::new(
             setup.parking.as_ref().map_or(Duration::MAX, |parking| parking.held_recheck),
         ),

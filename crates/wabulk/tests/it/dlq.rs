@@ -134,12 +134,17 @@ async fn malformed_jobs_go_to_the_dlq_with_their_bytes() {
     .expect("json");
     writer.send(JOBS, Some(UNKNOWN_PHONE.as_bytes()), &unknown).await.expect("write");
     good.push(write_good(&writer, 100).await);
+    // A valid job under another key: sent, and counted as mis-keyed.
+    let mis_keyed = serde_json::to_vec(&job("dlq-mis-keyed", PHONE, "+15551009999", "hello")).expect("json");
+    writer.send(JOBS, Some(b"customer-42"), &mis_keyed).await.expect("write");
+    good.push("dlq-mis-keyed".to_owned());
 
     let expected_results = good.len() + 1;
     let all_in = results.wait_until(Duration::from_secs(30), |r| r.len() >= expected_results).await
         && dead.wait_until(Duration::from_secs(30), |r| r.len() >= bad.len()).await;
     // Anything written twice would show up by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mis_keyed_counted = engine.metrics.mis_keyed_jobs.get();
     engine.stop().await;
     let all = results.results();
     let dead_letters = dead.records();
@@ -195,6 +200,7 @@ async fn malformed_jobs_go_to_the_dlq_with_their_bytes() {
         assert_eq!(result.metadata, Some(json!({ "test": "dlq" })), "{id}: metadata echoed");
     }
     assert_eq!(stats.requests, good.len() as u64, "only the good jobs reached the Graph API");
+    assert_eq!(mis_keyed_counted, 1, "the one job keyed other than by its number");
     assert_eq!(violations(&stats), 0);
 }
 
