@@ -102,6 +102,10 @@ pub struct GraphConfig {
     pub base_url: String,
     /// Variable holding the token of WABAs without one of their own.
     pub token_env: String,
+    /// A file holding that token instead (it wins over the variable): read
+    /// again every few seconds, so a rotated token is used without a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
     pub request_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     /// Cap of concurrent streams per connection; the server's own limit wins if lower.
@@ -170,6 +174,10 @@ pub struct WabaConfig {
     pub id: String,
     #[serde(default)]
     pub token_env: Option<String>,
+    /// A file holding the WABA's token (wins over `token_env`), read again
+    /// every few seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
     #[serde(default)]
     pub hourly_call_cap: Option<u64>,
 }
@@ -268,6 +276,7 @@ impl Default for GraphConfig {
         Self {
             base_url: "https://graph.facebook.com/v21.0".into(),
             token_env: "WABULK_GRAPH_TOKEN".into(),
+            token_file: None,
             request_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
             max_streams_per_connection: 100,
@@ -493,6 +502,67 @@ impl Config {
         })
     }
 
+    /// Where a WABA's token comes from: its own file or variable, else the
+    /// default ones (`graph.token_file`, `graph.token_env`); a file wins
+    /// over a variable at the same level.
+    pub fn token_source(&self, waba_id: &str) -> TokenSource<'_> {
+        let own = self.wabas.iter().find(|w| w.id == waba_id);
+        if let Some(file) = own.and_then(|w| w.token_file.as_deref()) {
+            return TokenSource::File(file);
+        }
+        if let Some(var) = own.and_then(|w| w.token_env.as_deref()) {
+            return TokenSource::Env(var);
+        }
+        self.default_token_source()
+    }
+
+    /// Where the token of WABAs without one of their own comes from.
+    pub fn default_token_source(&self) -> TokenSource<'_> {
+        match &self.graph.token_file {
+            Some(file) => TokenSource::File(file),
+            None => TokenSource::Env(&self.graph.token_env),
+        }
+    }
+
+    /// Why the running engine cannot take `new` as it is: the first key
+    /// whose change needs a restart. What may change live: each number's
+    /// tier (`phones[].mps`), each WABA's `hourly_call_cap`, and where tokens
+    /// are read from (`token_file`, `token_env`); the numbers and WABAs
+    /// themselves, topics, the group, listeners and the rest need a restart.
+    pub fn refuse_live_change(&self, new: &Config) -> Result<(), ConfigError> {
+        let restart =
+            |key: String| Err(invalid(key, "cannot change while the engine runs; restart it to apply"));
+        let (old_value, new_value) = (toml::Value::try_from(self), toml::Value::try_from(new));
+        let (Ok(toml::Value::Table(old)), Ok(toml::Value::Table(fresh))) = (old_value, new_value) else {
+            return restart("(the configuration)".into());
+        };
+        for section in old.keys().chain(fresh.keys()) {
+            if matches!(section.as_str(), "phones" | "wabas") {
+                continue;
+            }
+            // Tokens are read again from wherever the new configuration says.
+            let skip: &[&str] = if section == "graph" { &["token_env", "token_file"] } else { &[] };
+            if let Some(key) = changed_key(section, old.get(section), fresh.get(section), skip) {
+                return restart(key);
+            }
+        }
+        if self.phones.iter().map(|p| &p.id).ne(new.phones.iter().map(|p| &p.id)) {
+            return restart("phones (the numbers, in order)".into());
+        }
+        for (i, (old, fresh)) in self.phones.iter().zip(&new.phones).enumerate() {
+            if old.waba_id != fresh.waba_id {
+                return restart(format!("phones[{i}].waba_id"));
+            }
+            if old.display_phone_number != fresh.display_phone_number {
+                return restart(format!("phones[{i}].display_phone_number"));
+            }
+        }
+        if self.wabas.iter().map(|w| &w.id).ne(new.wabas.iter().map(|w| &w.id)) {
+            return restart("wabas (the WABAs, in order)".into());
+        }
+        Ok(())
+    }
+
     /// The variable that holds a WABA's token.
     pub fn token_env(&self, waba_id: &str) -> &str {
         self.wabas
@@ -571,6 +641,33 @@ impl Config {
     }
 }
 
+/// Where a token is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource<'a> {
+    Env(&'a str),
+    File(&'a str),
+}
+
+/// The first key of `[section]` whose value differs, as `section.key`
+/// (`skip`: keys compared elsewhere).
+fn changed_key(
+    section: &str,
+    old: Option<&toml::Value>,
+    new: Option<&toml::Value>,
+    skip: &[&str],
+) -> Option<String> {
+    match (old, new) {
+        (Some(toml::Value::Table(old)), Some(toml::Value::Table(new))) => old
+            .keys()
+            .chain(new.keys())
+            .filter(|key| !skip.contains(&key.as_str()))
+            .find(|key| old.get(*key) != new.get(*key))
+            .map(|key| format!("{section}.{key}")),
+        (old, new) if old == new => None,
+        _ => Some(section.to_owned()),
+    }
+}
+
 /// `WABULK_SECTION__KEY=value` sets `key` in `[section]`. Values are read as
 /// TOML when they parse as a TOML value (numbers, booleans, quoted strings),
 /// else as a bare string, so `WABULK_KAFKA__BROKERS=host:9092` works.
@@ -582,11 +679,11 @@ fn apply_env_overrides(
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
         let Some((section, key)) = rest.split_once("__") else { continue };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        if !matches!(section.as_str(), "kafka" | "graph" | "limits" | "http" | "webhooks") {
+        if !matches!(section.as_str(), "kafka" | "graph" | "limits" | "http" | "webhooks" | "parking") {
             return Err(ConfigError::Env {
                 var,
                 message: format!(
-                    "no section [{section}] takes overrides (kafka, graph, limits, http, webhooks do)"
+                    "no section [{section}] takes overrides (kafka, graph, limits, http, webhooks, parking do)"
                 ),
             });
         }
@@ -611,12 +708,12 @@ fn apply_env_overrides(
     Ok(())
 }
 
-
 /// A displayed phone number as bare digits (`+1 555-078-3881` →
 /// `15550783881`), or `None` when it is not one.
 pub fn display_digits(number: &str) -> Option<String> {
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();
-    let only_number = number.trim_start_matches('+').chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-');
+    let only_number =
+        number.trim_start_matches('+').chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-');
     (only_number && (5..=20).contains(&digits.len())).then_some(digits)
 }
 

@@ -14,7 +14,7 @@ use wabulk_model::{NumericId, ParseOptions};
 use wabulk_scheduler::{SchedulerConfig, TokenGroup};
 use wabulk_sender::{AccessToken, SenderConfig};
 
-use crate::Config;
+use crate::{Config, TokenSource};
 
 /// A configured business number.
 #[derive(Debug, Clone, Copy)]
@@ -23,12 +23,106 @@ pub struct Phone {
     pub mps: u32,
 }
 
-/// A WABA's cap and the token it sends with.
+/// A WABA's cap and the group of WABAs sharing its token.
 #[derive(Debug, Clone)]
 pub struct Waba {
     pub hourly_cap: u64,
-    pub token: AccessToken,
     pub token_group: TokenGroup,
+}
+
+/// Every access token, as read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenSet {
+    pub by_waba: HashMap<u64, AccessToken>,
+    /// For WABAs that jobs name but the configuration does not; `None` when
+    /// no default token is set, and such jobs are then rejected.
+    pub default: Option<AccessToken>,
+}
+
+impl TokenSet {
+    /// Reads every token from its variable or file (`Config::token_source`).
+    /// Fails naming the WABA and the source when a configured WABA has none.
+    pub fn read(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<TokenSet> {
+        let read = |source: TokenSource<'_>| -> anyhow::Result<Option<AccessToken>> {
+            let text = match source {
+                TokenSource::Env(var) => env(var),
+                TokenSource::File(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the token file {path}"))?,
+                ),
+            };
+            Ok(text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).map(AccessToken::new))
+        };
+        let default = read(config.default_token_source())?;
+        let mut by_waba = HashMap::new();
+        let waba_ids = config
+            .phones
+            .iter()
+            .map(|p| p.waba_id.as_str())
+            .chain(config.wabas.iter().map(|w| w.id.as_str()));
+        for waba_id in waba_ids {
+            let id = NumericId::parse(waba_id).expect("validated").get();
+            if by_waba.contains_key(&id) {
+                continue;
+            }
+            let source = config.token_source(waba_id);
+            match read(source)? {
+                Some(token) => by_waba.insert(id, token),
+                None => match source {
+                    TokenSource::Env(var) => {
+                        bail!("WABA {waba_id} has no access token: environment variable {var} is not set")
+                    }
+                    TokenSource::File(path) => {
+                        bail!("WABA {waba_id} has no access token: the file {path} is empty")
+                    }
+                },
+            };
+        }
+        Ok(TokenSet { by_waba, default })
+    }
+}
+
+/// The tokens the engine sends with, replaced while it runs when a token
+/// file changes or the configuration is reloaded.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    current: std::sync::RwLock<TokenSet>,
+    /// Grows with every replacement that changed a token.
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl Tokens {
+    pub fn new(set: TokenSet) -> Tokens {
+        Tokens { current: std::sync::RwLock::new(set), version: Default::default() }
+    }
+
+    /// The token a WABA sends with: its own, else the default one.
+    pub fn get(&self, waba: u64) -> Option<AccessToken> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.by_waba.get(&waba).or(current.default.as_ref()).cloned()
+    }
+
+    /// Makes `set` current; returns the WABAs whose token changed (and
+    /// whether the default one did).
+    pub fn replace(&self, set: TokenSet) -> (Vec<u64>, bool) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let changed: Vec<u64> = set
+            .by_waba
+            .iter()
+            .filter(|(id, token)| current.by_waba.get(id) != Some(token))
+            .map(|(&id, _)| id)
+            .collect();
+        let default_changed = current.default != set.default;
+        if !changed.is_empty() || default_changed {
+            *current = set;
+            self.version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+        (changed, default_changed)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Parking: jobs that must wait long wait in Kafka (`wabulk-kafka`'s
@@ -63,9 +157,8 @@ pub struct EngineSetup {
     pub parse: ParseOptions,
     pub phones: HashMap<u64, Phone>,
     pub wabas: HashMap<u64, Waba>,
-    /// Token of WABAs that jobs name but the configuration does not; `None`
-    /// when `graph.token_env` is unset, and such jobs are then rejected.
-    pub default_token: Option<AccessToken>,
+    /// The access tokens, replaceable while running.
+    pub tokens: std::sync::Arc<Tokens>,
     pub default_mps: u32,
     /// Cap of a WABA the configuration does not list (one registered number).
     pub default_waba_cap: u64,
@@ -92,8 +185,7 @@ const DEFAULT_TOKEN_GROUP: TokenGroup = 0;
 impl EngineSetup {
     /// `env` looks a variable up (tests pass their own).
     pub fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let read_token = |var: &str| env(var).filter(|v| !v.trim().is_empty()).map(AccessToken::new);
-        let default_token = read_token(&config.graph.token_env);
+        let tokens = TokenSet::read(config, env)?;
         let mut phones = HashMap::new();
         let mut displayed = HashMap::new();
         for phone in &config.phones {
@@ -116,18 +208,14 @@ impl EngineSetup {
             if wabas.contains_key(&id) {
                 continue;
             }
-            let var = config.token_env(waba_id);
-            let token = match read_token(var) {
-                Some(token) => token,
-                None => bail!("WABA {waba_id} has no access token: environment variable {var} is not set"),
-            };
+            let source = config.token_source(waba_id);
             let next = groups.len() as TokenGroup + 1;
-            let token_group = if var == config.graph.token_env {
+            let token_group = if source == config.default_token_source() {
                 DEFAULT_TOKEN_GROUP
             } else {
-                *groups.entry(var.to_owned()).or_insert(next)
+                *groups.entry(format!("{source:?}")).or_insert(next)
             };
-            wabas.insert(id, Waba { hourly_cap: config.waba_cap(waba_id), token, token_group });
+            wabas.insert(id, Waba { hourly_cap: config.waba_cap(waba_id), token_group });
         }
         let limits = &config.limits;
         let pair_rule = PairRule {
@@ -178,7 +266,7 @@ impl EngineSetup {
             parse: ParseOptions { max_bytes: config.kafka.max_job_bytes },
             phones,
             wabas,
-            default_token,
+            tokens: std::sync::Arc::new(Tokens::new(tokens)),
             default_mps: limits.default_mps,
             default_waba_cap: limits.waba_hourly_calls_per_number,
             strict_phones: limits.strict_phones,

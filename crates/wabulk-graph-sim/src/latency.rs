@@ -15,6 +15,18 @@ const META_SIGMA: f64 = 0.57;
 /// about 7 sigma above the median, so it almost never bites.
 const META_MAX_S: f64 = 25.0;
 
+impl Latency {
+    /// The longest one sample can be: a bound for waiting on what it delays.
+    pub fn max_sample(&self) -> Duration {
+        match *self {
+            Latency::Fixed(d) => d,
+            Latency::Meta { scale } => {
+                Duration::try_from_secs_f64(META_MAX_S * scale).unwrap_or(Duration::ZERO)
+            }
+        }
+    }
+}
+
 /// Draws one latency.
 pub(crate) fn sample(latency: &Latency, rng: &mut impl Rng) -> Duration {
     match *latency {

@@ -221,8 +221,11 @@ impl SimHandle {
     /// announces it, naming the number by its displayed number, which in
     /// the simulator is its id.
     pub fn upgrade_number(&self, phone_number_id: &str, mps: u32) -> Result<(), UnknownNumber> {
-        let waba_id =
-            self.shared.wabas_of.get(phone_number_id).ok_or_else(|| UnknownNumber(phone_number_id.to_owned()))?;
+        let waba_id = self
+            .shared
+            .wabas_of
+            .get(phone_number_id)
+            .ok_or_else(|| UnknownNumber(phone_number_id.to_owned()))?;
         self.shared.lock().ledger.set_mps(phone_number_id, mps);
         let value = serde_json::json!({ "display_phone_number": phone_number_id, "event": "THROUGHPUT_UPGRADE",
             "current_limit": "TIER_UNLIMITED" });

@@ -6,7 +6,11 @@
 //! recipient and a few malformed records. The engine runs exactly as `wabulk
 //! run` would, as its own process. At the end the demo reads back every result and dead letter
 //! and compares them with what was written, and asks the simulator, which
-//! keeps its own accounting of Meta's limits, how many were broken.
+//! keeps its own accounting of Meta's limits, how many were broken. The
+//! simulator also posts each message's later statuses, signed as Meta does,
+//! to the engine's webhook receiver; the demo reads them back from the
+//! statuses topic and shows the delivery funnel (sent → delivered → read,
+//! failed by code) as it goes and at the end.
 //!
 //! The demo is a capacity run (crate::scenario) built from its flags, with
 //! its summary printed and no report files. The mock cluster keeps only about
@@ -117,6 +121,9 @@ fn scenario(options: &DemoOptions) -> Scenario {
         sample_interval_ms: 1000,
         broker: BrokerSpec { jobs_partitions: options.partitions, ..BrokerSpec::default() },
         prefill: false,
+        // The engine's receiver takes the simulator's status webhooks: the
+        // delivery funnel, live and in the summary.
+        webhooks: true,
         simulator: SimConfig {
             latency: if options.latency_scale > 0.0 {
                 Latency::Meta { scale: options.latency_scale }

@@ -20,8 +20,8 @@ pub use generate::{
     generate, generate_at, recipient, GeneratedRecord, Generator, MalformedKind, MAX_RECIPIENTS,
 };
 pub use report::{
-    Bucket, CapacityReport, ChartError, Check, Distribution, EngineCost, Machine, NumberReport, ReportError,
-    Sample, SimSummary, LATENCY_BOUNDS_S, REPORT_FILES,
+    Bucket, CapacityReport, ChartError, Check, Distribution, EngineCost, Funnel, Machine, NumberReport,
+    ReportError, Sample, SimSummary, LATENCY_BOUNDS_S, REPORT_FILES,
 };
 pub use run::{run, run_with, LoadReport, RunOptions, DEFAULT_MAX_IN_FLIGHT};
 pub use spec::{Burst, LoadNumber, LoadSpec, Recipients};

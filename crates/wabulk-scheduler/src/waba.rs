@@ -102,11 +102,19 @@ impl WabaRegistry {
             Arc::new(WabaCell {
                 window: Mutex::new(WabaWindow::new(default_cap)),
                 halted: AtomicBool::new(false),
-            held: AtomicBool::new(false),
+                held: AtomicBool::new(false),
                 token_group: TokenGroup::MAX,
                 configured: false,
             })
         }))
+    }
+
+    /// A new hourly cap for `waba` (a configuration reload); its calls in
+    /// the rolling hour still count.
+    pub fn set_cap(&self, waba: u64, hourly_cap: u64) {
+        if let Some(cell) = self.read().get(&waba) {
+            cell.window().set_cap(hourly_cap);
+        }
     }
 
     /// Error 4 or 17: every WABA using the same token waits until `until`.

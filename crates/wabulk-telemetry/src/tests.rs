@@ -4,7 +4,7 @@ use wabulk_model::{FailReason, JobError, RejectReason, RetryReason};
 
 use crate::{
     Health, Metrics, ACTED_ON_API_ERROR_CODES, DLQ_REASONS, FAILED_REASONS, OVERFLOW_LABEL, REJECT_REASONS,
-    RESULT_STATUSES, RETRY_REASONS, THROTTLE_LIMITS,
+    RESULT_STATUSES, RETRY_REASONS, STATUS_ERROR_CODES, THROTTLE_LIMITS, WEBHOOK_STATUSES,
 };
 
 /// CONTRACT §9, name and type, as the exposition's `# TYPE` lines must say.
@@ -47,6 +47,7 @@ const ADDED_METRICS: &[(&str, &str)] = &[
     ("wabulk_departures_held_total", "counter"),
     ("wabulk_produce_refusals_total", "counter"),
     ("wabulk_statuses_total", "counter"),
+    ("wabulk_status_errors_total", "counter"),
     ("wabulk_webhook_requests_total", "counter"),
     ("wabulk_build_info", "gauge"),
     ("process_cpu_seconds_total", "counter"),
@@ -69,6 +70,7 @@ fn touch_every_vec(m: &Metrics) {
     m.waba_hourly_cap.with_label_values(&["102290129340398"]).set(1_800_000);
     m.waba_halted.with_label_values(&["102290129340398"]).set(0);
     m.phone_effective_rate.with_label_values(&["106540352242922"]).set(72);
+    m.count_status(Some("106540352242922"), "delivered");
 }
 
 #[test]
@@ -107,6 +109,9 @@ fn fixed_label_sets_exist_at_zero() {
     for status in RESULT_STATUSES {
         assert!(text.contains(&format!("wabulk_results_total{{status=\"{status}\"}} 0\n")));
     }
+    for code in STATUS_ERROR_CODES.iter().chain([&OVERFLOW_LABEL]) {
+        assert!(text.contains(&format!("wabulk_status_errors_total{{code=\"{code}\"}} 0\n")), "{text}");
+    }
     assert!(text.contains(&format!("wabulk_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
 }
 
@@ -126,6 +131,10 @@ fn known_label_values_exist_at_zero_after_create_zero_series() {
             expected.push(format!(
                 "wabulk_messages_failed_total{{phone_number_id=\"{phone}\",reason=\"{reason}\"}} 0"
             ));
+        }
+        for status in WEBHOOK_STATUSES.iter().chain([&OVERFLOW_LABEL]) {
+            expected
+                .push(format!("wabulk_statuses_total{{phone_number_id=\"{phone}\",status=\"{status}\"}} 0"));
         }
     }
     for waba in wabas {
@@ -147,8 +156,8 @@ fn known_label_values_exist_at_zero_after_create_zero_series() {
     let lines: std::collections::HashSet<&str> = text.lines().collect();
     let missing: Vec<&String> = expected.iter().filter(|e| !lines.contains(e.as_str())).collect();
     assert!(missing.is_empty(), "series not at 0 after create_zero_series: {missing:?}\n{text}");
-    // 2 phones × (1 + 6) + 1 WABA × 2 + 12 + 4 + 4 + 8.
-    assert_eq!(expected.len(), 14 + 2 + 12 + 4 + 4 + 8);
+    // 2 phones × (1 + 6 + 8) + 1 WABA × 2 + 12 + 4 + 4 + 8.
+    assert_eq!(expected.len(), 30 + 2 + 12 + 4 + 4 + 8);
 }
 
 #[test]
@@ -306,4 +315,50 @@ fn exits_are_counted_on_their_numbers_series() {
         assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
     }
     assert!(!text.contains("\"333\""), "a rejected job's number must not become a label:\n{text}");
+}
+
+#[test]
+fn statuses_are_counted_by_number_and_status_within_bounds() {
+    let m = Metrics::with_series_cap(2);
+    m.create_zero_series(["111"], ["333"]);
+    m.create_status_zero_series(["222"]);
+    let before = m.render();
+    assert!(
+        before.contains("wabulk_statuses_total{phone_number_id=\"111\",status=\"read\"} 0\n"),
+        "{before}"
+    );
+    assert!(before.contains("wabulk_statuses_total{phone_number_id=\"222\",status=\"other\"} 0\n"));
+    m.count_status(Some("111"), "delivered");
+    m.count_status(Some("111"), "delivered");
+    // A status Meta adds later, a number past the cap, no number at all.
+    m.count_status(Some("111"), "some_new_status");
+    m.count_status(Some("999"), "sent");
+    m.count_status(None, "sent");
+    let text = m.render();
+    assert!(
+        text.contains("wabulk_statuses_total{phone_number_id=\"111\",status=\"delivered\"} 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("wabulk_statuses_total{phone_number_id=\"111\",status=\"other\"} 1\n"));
+    assert!(text.contains("wabulk_statuses_total{phone_number_id=\"other\",status=\"sent\"} 2\n"));
+    assert!(!text.contains("some_new_status") && !text.contains("\"999\""), "{text}");
+}
+
+#[test]
+fn failed_statuses_are_counted_by_known_code_else_other() {
+    let m = Metrics::new();
+    m.count_failed_status([Some(131026)]);
+    m.count_failed_status([Some(131049), Some(131026)]);
+    // A code not in the list, an error without a code, a failure without errors.
+    m.count_failed_status([Some(999_999)]);
+    m.count_failed_status([None]);
+    m.count_failed_status([]);
+    let text = m.render();
+    assert!(text.contains("wabulk_status_errors_total{code=\"131026\"} 2\n"), "{text}");
+    assert!(text.contains("wabulk_status_errors_total{code=\"131049\"} 1\n"));
+    assert!(text.contains("wabulk_status_errors_total{code=\"other\"} 3\n"));
+    assert!(!text.contains("999999"));
+    let distinct: std::collections::HashSet<&str> = STATUS_ERROR_CODES.into_iter().collect();
+    assert_eq!(distinct.len(), STATUS_ERROR_CODES.len(), "no code listed twice");
+    assert!(STATUS_ERROR_CODES.iter().all(|c| c.parse::<i64>().is_ok()), "codes are digits");
 }

@@ -90,7 +90,8 @@ impl AccountEvent {
                         changes.push(AccountChange::ThroughputUpgrade { display_phone_number: digits });
                     }
                 }
-                if let (Some(waba_id), Some(limit)) = (waba_id, value.get("max_daily_conversations_per_business"))
+                if let (Some(waba_id), Some(limit)) =
+                    (waba_id, value.get("max_daily_conversations_per_business"))
                 {
                     if let Some(limit) = messaging_limit(limit) {
                         changes.push(AccountChange::MessagingLimit { waba_id, limit });
@@ -150,7 +151,8 @@ fn restriction(value: &Value, waba_id: String) -> AccountChange {
         return AccountChange::Release { waba_id };
     }
     // A restriction whose end cannot be read holds until lifted.
-    let ends: Option<Vec<DateTime<Utc>>> = messaging.iter().map(|item| item.get("expiration").and_then(instant)).collect();
+    let ends: Option<Vec<DateTime<Utc>>> =
+        messaging.iter().map(|item| item.get("expiration").and_then(instant)).collect();
     let until = ends.and_then(|ends| ends.into_iter().max());
     let kinds: Vec<&str> = messaging.iter().filter_map(|item| str_at(item, "restriction_type")).collect();
     AccountChange::Hold { waba_id, until, why: format!("ACCOUNT_RESTRICTION {}", kinds.join(",")) }
@@ -280,14 +282,19 @@ mod tests {
 
     #[test]
     fn messaging_limits_read_as_tiers_or_numbers() {
-        let tiers = [("TIER_250", Some(Some(250))), ("TIER_2K", Some(Some(2_000))), ("TIER_100K", Some(Some(100_000)))];
+        let tiers = [
+            ("TIER_250", Some(Some(250))),
+            ("TIER_2K", Some(Some(2_000))),
+            ("TIER_100K", Some(Some(100_000))),
+        ];
         for (tier, limit) in tiers {
             assert_eq!(messaging_limit(&json!(tier)), limit);
         }
         assert_eq!(messaging_limit(&json!("TIER_UNLIMITED")), Some(None));
         assert_eq!(messaging_limit(&json!(1000)), Some(Some(1000)));
         assert_eq!(messaging_limit(&json!("TIER_NOT_SET")), None);
-        let capability = event("business_capability_update", "7", json!({ "max_daily_conversation_per_phone": 250 }));
+        let capability =
+            event("business_capability_update", "7", json!({ "max_daily_conversation_per_phone": 250 }));
         assert_eq!(
             capability.changes(),
             vec![AccountChange::MessagingLimit { waba_id: "7".into(), limit: Some(250) }]

@@ -204,7 +204,9 @@ impl Receiver {
         let events = parsed.events.iter().map(|event| {
             let event = AccountEvent::new(event, received_at);
             let json = serde_json::to_vec(&event).expect("an account event always serialises");
-            async move { self.producer.send(&config.account_events_topic, Some(event.key().as_bytes()), &json).await }
+            async move {
+                self.producer.send(&config.account_events_topic, Some(event.key().as_bytes()), &json).await
+            }
         });
         try_join_all(statuses).await?;
         try_join_all(inbound).await?;
@@ -214,7 +216,8 @@ impl Receiver {
             if status.status == "failed" {
                 // Meta's `errors[].code`, one count per error.
                 let errors = status.errors.as_ref().and_then(serde_json::Value::as_array);
-                let codes = errors.into_iter().flatten().map(|e| e.get("code").and_then(serde_json::Value::as_i64));
+                let codes =
+                    errors.into_iter().flatten().map(|e| e.get("code").and_then(serde_json::Value::as_i64));
                 self.metrics.count_failed_status(codes);
             }
         }

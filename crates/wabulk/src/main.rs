@@ -239,6 +239,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let loaded = load_config(&config)?;
             let env = |var: &str| std::env::var(var).ok();
             let metrics = Arc::new(Metrics::new());
+            // The configured numbers' statuses at 0, as `run` has them.
+            metrics.create_status_zero_series(loaded.phones.iter().map(|p| p.id.as_str()));
             let health = Arc::new(Health::new());
             let listen: SocketAddr = loaded.http.listen.parse().context("http.listen")?;
             let telemetry = Telemetry::start(listen, &metrics, &health).await?;

@@ -10,14 +10,15 @@
 //! real Prometheus, with deploy/prometheus.yml pointed at `wabulk demo`, and
 //! evaluates every dashboard query under load, without any constant fallback
 //! (`or on() vector(0)`): each must return a series built from what the
-//! engine exported. It needs the `prometheus`
-//! binary (`scripts/prometheus-test` installs it) and fails without it, unless
-//! `WABULK_SKIP_PROMETHEUS=1`. The `wabulk` binary it runs is `WABULK_BIN` when
-//! set, else what `cargo build -p wabulk --bin wabulk` produces: the test runs
-//! that build itself (cargo builds test binaries before running any, and holds
-//! no lock on the target directory while they run), so the binary is never
-//! stale; `scripts/prometheus-test` runs the same build first so that it is a
-//! no-op here.
+//! engine exported, and checks that the statuses the simulator posts to the
+//! engine's webhook receiver reach the delivery funnel's metrics. It needs
+//! the `prometheus` binary (`scripts/prometheus-test` installs it) and fails
+//! without it, unless `WABULK_SKIP_PROMETHEUS=1`. The `wabulk` binary it
+//! runs is `WABULK_BIN` when set, else what `cargo build -p wabulk --bin
+//! wabulk` produces: the test runs that build itself (cargo builds test
+//! binaries before running any, and holds no lock on the target directory
+//! while they run), so the binary is never stale; `scripts/prometheus-test`
+//! runs the same build first so that it is a no-op here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
@@ -386,6 +387,17 @@ const LOAD_BEFORE_QUERIES: Duration = Duration::from_secs(15);
 /// assigned before the queries.
 const EMPTY_IN_THE_DEMO: &[(&str, &str, &str)] = &[];
 
+/// What the delivery funnel panels must show from `wabulk demo`, beyond
+/// series at 0: statuses of each kind per number, and failures by code (the
+/// simulator fails 2 % of messages with 131026).
+const STATUSES_IN_THE_DEMO: [(&str, &str); 5] = [
+    ("wabulk_webhook_requests_total{outcome=\"ok\"} > 0", "notifications taken"),
+    ("min(wabulk_statuses_total{status=\"sent\"}) > 0", "`sent` statuses of every number"),
+    ("sum(wabulk_statuses_total{status=\"delivered\"}) > 0", "`delivered` statuses"),
+    ("sum(wabulk_statuses_total{status=\"read\"}) > 0", "`read` statuses"),
+    ("wabulk_status_errors_total{code=\"131026\"} > 0", "failed statuses by code"),
+];
+
 /// The rules of deploy/alerts.yml.
 const ALERT_RULES: usize = 8;
 
@@ -557,11 +569,25 @@ fn prometheus_scrapes_the_engine_and_every_dashboard_query_has_data() {
             }
         }
     }
+    // The funnel panels' series exist at 0 from the start, so data alone
+    // would not show that statuses flow: the demo runs the engine's
+    // receiver and the simulator posts Meta's statuses to it.
+    let mut no_statuses = Vec::new();
+    for (expr, what) in STATUSES_IN_THE_DEMO {
+        if !api.query(expr, Some(at)).is_ok_and(|r| !r.is_empty()) {
+            no_statuses.push(format!("{what}: {expr}"));
+        }
+    }
     drop(demo);
     drop(prometheus);
     eprintln!("evaluated {evaluated} dashboard queries in {:.0} s", started.elapsed().as_secs_f64());
     assert!(evaluated > 40, "only {evaluated} queries evaluated");
     assert!(empty.is_empty(), "dashboard queries with no data under load:\n  {}", empty.join("\n  "));
+    assert!(
+        no_statuses.is_empty(),
+        "the demo's webhooks did not reach the engine:\n  {}",
+        no_statuses.join("\n  ")
+    );
 }
 
 /// `expr` without a trailing constant fallback: `or on() vector(0)`, or

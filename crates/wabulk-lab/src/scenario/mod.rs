@@ -14,6 +14,7 @@
 
 mod broker;
 mod engine;
+mod funnel;
 mod runner;
 mod summary;
 
@@ -50,6 +51,14 @@ pub struct Scenario {
     /// with a backlog instead of a stream.
     #[serde(default)]
     pub prefill: bool,
+    /// Run the engine's webhook receiver (`[webhooks]`) and have the
+    /// simulator post each accepted message's statuses to it, as Meta would
+    /// (timing in `[simulator.webhooks]`); the run reads the statuses topic
+    /// back into the report's delivery funnel and checks that every job
+    /// sent got its statuses. Off by default: the receiver's work would
+    /// count in the engine's CPU per job.
+    #[serde(default)]
+    pub webhooks: bool,
     /// The simulator's configuration (latency, faults, pair rule, seed);
     /// its numbers and WABAs come from `load.numbers` and must be left out.
     #[serde(default)]
@@ -158,6 +167,15 @@ impl Scenario {
             return Err(invalid(
                 "simulator",
                 "numbers and wabas come from load.numbers; leave them out here".into(),
+            ));
+        }
+        let hooks = &scenario.simulator.webhooks;
+        if hooks.url.is_some() || !hooks.app_secret.is_empty() {
+            return Err(invalid(
+                "simulator.webhooks",
+                "url and app_secret are the engine's receiver's, set by the run with `webhooks = true`; \
+                 leave them out"
+                    .into(),
             ));
         }
         if scenario.broker.jobs_partitions < 1 || scenario.broker.results_partitions < 1 {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::Utc;
 use wabulk_config::setup::EngineSetup;
-use wabulk_config::{Config, PhoneConfig, WabaConfig};
+use wabulk_config::{Config, PhoneConfig, WabaConfig, WebhooksConfig};
 use wabulk_graph_sim::{SimConfig, SimHandle, SimNumber, SimStats, SimWaba, Simulator};
 use wabulk_kafka::{JobWriter, TopicReader};
 use wabulk_loadgen::{
@@ -24,6 +24,7 @@ use wabulk_model::{JobResult, Status};
 
 use super::broker::Broker;
 use super::engine::{EngineProcess, Exposition};
+use super::funnel::{self, StatusTally};
 use super::Scenario;
 
 /// How a run behaves beyond its scenario.
@@ -55,11 +56,58 @@ struct Seen {
     /// received_at → finished_at of each first result, in seconds.
     job_latencies: Vec<f64>,
     dead_letters: u64,
+    /// Meta's statuses read back from the statuses topic.
+    funnel: StatusTally,
 }
 
 impl Seen {
     fn finished(&self) -> u64 {
         self.statuses.len() as u64 + self.dead_letters
+    }
+
+    /// The ids of the jobs whose result is `sent`.
+    fn sent_jobs(&self) -> Vec<&str> {
+        self.statuses.iter().filter(|(_, s)| **s == Status::Sent).map(|(id, _)| id.as_str()).collect()
+    }
+}
+
+/// Partitions of the statuses topic: about 2.5 statuses per message sent,
+/// spread so that each partition stays well under what the mock cluster
+/// keeps (about 5 MiB) at the demo's job counts.
+const STATUSES_PARTITIONS: i32 = 8;
+
+/// The engine's webhook receiver in a run with `webhooks = true`: its
+/// section, and the secrets it reads from the environment.
+#[derive(Debug)]
+struct StatusReceiver {
+    config: WebhooksConfig,
+    app_secret: String,
+    verify_token: String,
+}
+
+impl StatusReceiver {
+    /// The scenario's `[engine.webhooks]` (or the defaults) on a free
+    /// 127.0.0.1 port, with secrets of this run.
+    fn new(base: Option<&WebhooksConfig>) -> anyhow::Result<StatusReceiver> {
+        let mut config = base.cloned().unwrap_or_default();
+        config.listen = super::engine::free_port()
+            .context("cannot find a free port for the webhook receiver")?
+            .to_string();
+        config.app_secret_env = "WABULK_RUN_APP_SECRET".into();
+        config.verify_token_env = "WABULK_RUN_VERIFY_TOKEN".into();
+        // Only the simulator on 127.0.0.1 signs with it; unique per run so
+        // that a stray run's notifications are refused.
+        let nonce =
+            format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or_default());
+        Ok(StatusReceiver {
+            config,
+            app_secret: format!("capacity-run-app-secret-{nonce}"),
+            verify_token: format!("capacity-run-verify-{nonce}"),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.config.listen, self.config.path)
     }
 }
 
@@ -93,15 +141,26 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         (engine_base.kafka.jobs_topic.as_str(), scenario.broker.jobs_partitions),
         (engine_base.kafka.results_topic.as_str(), scenario.broker.results_partitions),
         (engine_base.kafka.dlq_topic.as_str(), 1),
+        (engine_base.kafka.account_events_topic.as_str(), 1),
     ];
     if engine_base.parking.enabled {
         topics.extend(tiers.iter().map(|tier| (tier.as_str(), scenario.broker.jobs_partitions)));
+    }
+    let receiver =
+        if scenario.webhooks { Some(StatusReceiver::new(engine_base.webhooks.as_ref())?) } else { None };
+    if let Some(receiver) = &receiver {
+        topics.push((receiver.config.statuses_topic.as_str(), STATUSES_PARTITIONS));
+        topics.push((receiver.config.inbound_topic.as_str(), 1));
     }
     let broker = Broker::start(&scenario.broker, &topics, &options.work_dir).await?;
     let brokers = broker.bootstrap_servers();
     say(format!("Kafka: {} on {brokers}", broker.describe()));
 
-    let sim_config = simulator_config(scenario);
+    let mut sim_config = simulator_config(scenario);
+    if let Some(receiver) = &receiver {
+        sim_config.webhooks.url = Some(receiver.url());
+        sim_config.webhooks.app_secret = receiver.app_secret.clone();
+    }
     // The referee runs on threads of its own, as Meta's servers do: work of
     // the lab's own (the broker, the readers, the load, the samples) never
     // holds its handlers back and bunches the arrivals it times.
@@ -128,7 +187,18 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         Some(address) => address,
         None => super::engine::free_port().context("cannot find a free port for the engine")?,
     };
-    let (mut config, tokens) = engine_config(engine_base, &brokers, &sim, &sim_config, listen);
+    let (mut config, mut tokens) = engine_config(engine_base, &brokers, &sim, &sim_config, listen);
+    if let Some(receiver) = &receiver {
+        // `wabulk run` starts the receiver beside the engine when the
+        // section is there.
+        config.webhooks = Some(receiver.config.clone());
+        tokens.insert(receiver.config.app_secret_env.clone(), receiver.app_secret.clone());
+        tokens.insert(receiver.config.verify_token_env.clone(), receiver.verify_token.clone());
+        say(format!(
+            "webhook receiver: {} (the simulator posts each message's statuses there)",
+            receiver.url()
+        ));
+    }
     if sim.ca_pem().is_some() {
         // `[simulator] tls = true`: the engine trusts the simulator's own CA.
         let ca = std::path::absolute(options.work_dir.join("sim-ca.pem")).context("sim-ca.pem")?;
@@ -145,7 +215,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     };
 
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let readers = start_readers(&brokers, &config, Arc::clone(&seen))?;
+    let statuses_topic = receiver.as_ref().map(|r| r.config.statuses_topic.as_str());
+    let readers = start_readers(&brokers, &config, statuses_topic, Arc::clone(&seen))?;
     let spec = LoadSpec { id_prefix: id_prefix(scenario), ..scenario.load.clone() };
     let writer = JobWriter::connect(&brokers, &config.kafka.properties)?;
     let jobs_topic = config.kafka.jobs_topic.clone();
@@ -211,6 +282,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
             sampler.sample(sending_from.elapsed(), now - last_sample, &stats, finished, &exposed, cpu_s);
         last_sample = now;
         say(progress_line(&sample, finished));
+        if receiver.is_some() {
+            say(seen.lock().unwrap_or_else(|p| p.into_inner()).funnel.progress_line());
+        }
         timeline.push(sample);
         if load_report.as_ref().is_some_and(|report| finished >= report.written) {
             break true;
@@ -225,6 +299,24 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     let exposed = engine.scrape().await.context("cannot read the engine's /metrics")?;
     let cpu_s = engine.cpu_seconds().context("cannot read the engine's CPU time from /proc")?;
     let peak_rss_bytes = engine.peak_rss_bytes().unwrap_or(0);
+    let funnel = match &receiver {
+        Some(_) => {
+            let grace = funnel::grace(&sim_config);
+            let waited = if finished_in_time {
+                wait_for_statuses(&seen, &mut engine, grace, interval, &say).await?
+            } else {
+                Duration::ZERO
+            };
+            let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            Some(wabulk_loadgen::Funnel {
+                posted_by_simulator: sim.stats().webhook_statuses_delivered,
+                waited_s: waited.as_secs_f64(),
+                grace_s: grace.as_secs_f64(),
+                ..seen.funnel.funnel(&seen.sent_jobs())
+            })
+        }
+        None => None,
+    };
     engine.stop().await?;
     // Every client goes before the broker does, or librdkafka complains
     // about brokers vanishing under it.
@@ -275,6 +367,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         send_latency: Distribution::from_buckets(&exposed.buckets("wabulk_send_latency_seconds"), None),
         timeline,
         checks: Vec::new(),
+        funnel,
         engine: Some(EngineCost {
             cpu_s,
             cpu_us_per_job: if load_report.written == 0 {
@@ -288,6 +381,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
     // Each job parked comes back to the jobs topic once: more records there.
     let parked = exposed.sum("wabulk_jobs_parked_total") as u64;
     report.checks = checks(scenario, &report, finished_in_time, &stats, (kept, parked));
+    if let Some(funnel) = &report.funnel {
+        report.checks.push(funnel::check(funnel));
+    }
     if !load_report.not_befores.is_empty() {
         report.checks.push(not_before_kept(&load_report.not_befores, &first_requests));
     }
@@ -378,7 +474,12 @@ fn engine_config(
     config.phones = sim_config
         .numbers
         .iter()
-        .map(|n| PhoneConfig { id: n.id.clone(), waba_id: n.waba_id.clone(), mps: Some(n.mps) })
+        .map(|n| PhoneConfig {
+            id: n.id.clone(),
+            waba_id: n.waba_id.clone(),
+            mps: Some(n.mps),
+            display_phone_number: None,
+        })
         .collect();
     let mut tokens = HashMap::new();
     config.wabas = sim_config
@@ -387,7 +488,12 @@ fn engine_config(
         .map(|w| {
             let var = format!("WABULK_RUN_TOKEN_{}", w.id);
             tokens.insert(var.clone(), w.token.clone());
-            WabaConfig { id: w.id.clone(), token_env: Some(var), hourly_call_cap: Some(w.hourly_cap) }
+            WabaConfig {
+                id: w.id.clone(),
+                token_env: Some(var),
+                token_file: None,
+                hourly_call_cap: Some(w.hourly_cap),
+            }
         })
         .collect();
     (config, tokens)
@@ -489,10 +595,46 @@ fn progress_line(sample: &Sample, finished: u64) -> String {
     )
 }
 
-/// Reads results and dead letters as the engine writes them.
+/// After the last result, until every job sent has its `sent` and its final
+/// status on the statuses topic, or `grace` passes (the run's check then
+/// fails), with a funnel line per `interval`; returns how long it waited.
+async fn wait_for_statuses(
+    seen: &Mutex<Seen>,
+    engine: &mut EngineProcess,
+    grace: Duration,
+    interval: Duration,
+    say: &impl Fn(String),
+) -> anyhow::Result<Duration> {
+    let from = Instant::now();
+    let mut next_line = from + interval;
+    say(format!(
+        "  every result is in; waiting up to {:.0} s for the statuses still due",
+        grace.as_secs_f64()
+    ));
+    loop {
+        let done = {
+            let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.funnel.missing(&seen.sent_jobs()) == (0, 0)
+        };
+        if done || from.elapsed() >= grace {
+            return Ok(from.elapsed());
+        }
+        engine.check_running()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= next_line {
+            next_line += interval;
+            let summary = seen.lock().unwrap_or_else(|p| p.into_inner()).funnel.summary();
+            say(format!("  +{:>4.1} s  statuses: {summary}", from.elapsed().as_secs_f64()));
+        }
+    }
+}
+
+/// Reads results and dead letters as the engine writes them, and the
+/// statuses the webhook receiver writes when there is one.
 fn start_readers(
     brokers: &str,
     config: &Config,
+    statuses_topic: Option<&str>,
     seen: Arc<Mutex<Seen>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let timeout = Duration::from_secs(10);
@@ -517,12 +659,22 @@ fn start_readers(
             seen.job_latencies.push(latency.max(0) as f64 / 1e6);
         }
     });
+    let statuses = statuses_topic.map(|topic| TopicReader::connect(brokers, topic, timeout)).transpose()?;
+    let seen_statuses = Arc::clone(&seen);
     let dead = tokio::spawn(async move {
         while dead.next().await.is_ok() {
             seen.lock().unwrap_or_else(|p| p.into_inner()).dead_letters += 1;
         }
     });
-    Ok(vec![results, dead])
+    let mut readers = vec![results, dead];
+    if let Some(statuses) = statuses {
+        readers.push(tokio::spawn(async move {
+            while let Ok(record) = statuses.next().await {
+                seen_statuses.lock().unwrap_or_else(|p| p.into_inner()).funnel.add(&record.payload);
+            }
+        }));
+    }
+    Ok(readers)
 }
 
 fn status_counts(statuses: &HashMap<String, Status>) -> BTreeMap<String, u64> {

@@ -18,6 +18,19 @@ pub fn print_summary(report: &CapacityReport) {
         report.duplicate_results
     );
     println!("  dead letters: {} of {} malformed records", report.dead_letters, report.malformed);
+    if let Some(funnel) = &report.funnel {
+        println!("  statuses: {}", funnel.summary());
+        println!(
+            "    {} records read from the statuses topic ({} repeats); of {} jobs sent, {} with their `sent` \
+             status and {} with a final one, {:.1} s after the last result",
+            funnel.records,
+            funnel.repeated,
+            funnel.sent_jobs,
+            funnel.sent_jobs_with_sent_status,
+            funnel.sent_jobs_settled,
+            funnel.waited_s
+        );
+    }
     println!();
     println!(
         "  {:<18} {:>6} {:>8} {:>8} {:>7} {:>13} {:>10} {:>12}",

@@ -88,6 +88,8 @@ mps = 80
         (format!("{base}\n[[simulator.numbers]]\nid = \"1\"\nwaba_id = \"2\"\n"), "simulator"),
         ("name = \"x\"\n[load]\njobs = 10\nnumbers = []\n".to_owned(), "load.numbers"),
         (format!("{base}\n[broker]\njobs_partitions = 0\n"), "broker"),
+        (format!("{base}\n[simulator.webhooks]\nurl = \"http://127.0.0.1:1/x\"\n"), "simulator.webhooks"),
+        (format!("webhooks = \"yes\"\n{base}"), "webhooks"),
     ];
     for (text, key) in cases {
         let error = Scenario::from_toml(&text, "x.toml").expect_err(&text).to_string();
@@ -115,4 +117,26 @@ mps = 80
         duration: std::time::Duration::from_secs(120),
     };
     assert_eq!(scenario.simulator.faults.outage, Some(outage));
+}
+
+#[test]
+fn a_scenario_opts_in_to_the_status_webhooks_and_their_timing() {
+    let base = r#"
+name = "x"
+[load]
+jobs = 10
+[[load.numbers]]
+id = "1"
+waba_id = "2"
+mps = 80
+"#;
+    let off = Scenario::from_toml(base, "x.toml").expect("loads");
+    assert!(!off.webhooks, "off unless asked for: the capacity scenarios run as before");
+    let text = format!(
+        "webhooks = true\n{base}\n[simulator.webhooks]\nread_fraction = 0.25\nfailed_fraction = 0.1\n"
+    );
+    let on = Scenario::from_toml(&text, "x.toml").expect("loads");
+    assert!(on.webhooks);
+    assert_eq!((on.simulator.webhooks.read_fraction, on.simulator.webhooks.failed_fraction), (0.25, 0.1));
+    assert!(on.simulator.webhooks.url.is_none(), "the run sets the receiver's address");
 }

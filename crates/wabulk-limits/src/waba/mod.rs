@@ -103,7 +103,7 @@ impl WabaWindow {
         let slot = self.head_slot;
         // A bucket counts up to u32::MAX calls; a cap that large would need
         // four billion calls in one bucket, so clipping there costs nothing real.
-        let grant = calls.min(self.cap - self.used).min(u64::from(u32::MAX - self.ring[slot]));
+        let grant = calls.min(self.cap.saturating_sub(self.used)).min(u64::from(u32::MAX - self.ring[slot]));
         self.ring[slot] += grant as u32;
         self.used += grant;
         grant
@@ -122,6 +122,12 @@ impl WabaWindow {
 
     pub fn cap(&self) -> u64 {
         self.cap
+    }
+
+    /// Changes the cap (at least 1) from now on, keeping the calls in the
+    /// window: a lower cap than what was used waits until enough leave.
+    pub fn set_cap(&mut self, hourly_cap: u64) {
+        self.cap = hourly_cap.max(1);
     }
 
     fn slot(&self, bucket: u64) -> usize {

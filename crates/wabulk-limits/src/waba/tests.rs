@@ -157,3 +157,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_changed_cap_counts_the_calls_already_made() {
+    let mut w = small(10);
+    assert_eq!(w.acquire_up_to(ms(50), 8), 8);
+    w.set_cap(5);
+    assert_eq!(w.acquire_up_to(ms(200), 3), 0, "over the lowered cap");
+    // The 8 calls of bucket [0, 100 ms) leave at 1.1 s.
+    assert_eq!(w.check(ms(200), 1), Err(NotUntil(ms(1_100))));
+    w.set_cap(20);
+    assert_eq!(w.acquire_up_to(ms(300), 30), 12, "a raised cap has room at once");
+    w.set_cap(0);
+    assert_eq!(w.cap(), 1, "at least one call an hour");
+}

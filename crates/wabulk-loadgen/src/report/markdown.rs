@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use super::{fmt_secs, CapacityReport, Distribution};
+use super::funnel::percent;
+use super::{fmt_secs, CapacityReport, Distribution, Funnel};
 
 pub(super) fn render(r: &CapacityReport) -> String {
     let verdict = verdict(r.passed());
@@ -77,6 +78,10 @@ pub(super) fn render(r: &CapacityReport) -> String {
         );
     }
 
+    if let Some(funnel) = &r.funnel {
+        funnel_section(&mut md, funnel);
+    }
+
     let s = &r.sim;
     md.push_str("\n## Graph API simulator\n\n| | |\n|---|---:|\n");
     let mut row = |k: &str, v: u64| {
@@ -119,6 +124,44 @@ pub(super) fn render(r: &CapacityReport) -> String {
          ![errors](errors.svg)\n",
     );
     md
+}
+
+/// Meta's statuses after the sends: the funnel, then failures by code.
+fn funnel_section(md: &mut String, f: &Funnel) {
+    md.push_str(
+        "\n## Delivery funnel\n\n\
+         Meta's statuses of the messages sent, as the webhook receiver wrote them to the statuses \
+         topic and the run read them back, each (message, status) once.\n\n\
+         | | count | share |\n|---|---:|---:|\n",
+    );
+    let mut row = |k: &str, n: u64, share: String| {
+        let _ = writeln!(md, "| {} | {n} | {share} |", cell(k));
+    };
+    row("jobs sent (results)", f.sent_jobs, String::new());
+    let sent_share = (f.sent_jobs > 0).then(|| f.count("sent") as f64 / f.sent_jobs as f64);
+    row("status `sent`", f.count("sent"), format!("{} of jobs sent", percent(sent_share)));
+    row("status `delivered`", f.count("delivered"), format!("{} of `sent`", percent(f.delivered_share())));
+    row("status `read`", f.count("read"), format!("{} of `delivered`", percent(f.read_share())));
+    row("status `failed`", f.count("failed"), format!("{} of `sent`", percent(f.failed_share())));
+    let known = ["sent", "delivered", "read", "failed"];
+    for (status, n) in f.by_status.iter().filter(|(k, _)| !known.contains(&k.as_str())) {
+        row(&format!("status `{status}`"), *n, String::new());
+    }
+    row("records read (Meta's repeats included)", f.records, String::new());
+    row("statuses posted by the simulator (answered 2xx)", f.posted_by_simulator, String::new());
+    row("statuses of jobs not sent in this run", f.unmatched, String::new());
+    if !f.failed_by_code.is_empty() {
+        md.push_str("\n| failed: error code | errors |\n|---|---:|\n");
+        for (code, n) in &f.failed_by_code {
+            let _ = writeln!(md, "| `{}` | {n} |", cell(code));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nThe run waited {:.1} s after its last result for the statuses still due (at most {:.0} s); \
+         `read` counts the reads Meta had reported by then.",
+        f.waited_s, f.grace_s
+    );
 }
 
 fn verdict(passed: bool) -> &'static str {

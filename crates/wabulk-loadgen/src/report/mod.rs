@@ -7,6 +7,7 @@
 
 mod charts;
 mod distribution;
+mod funnel;
 mod markdown;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use charts::ChartError;
 pub use distribution::{Bucket, Distribution, LATENCY_BOUNDS_S};
+pub use funnel::Funnel;
 
 /// Everything a capacity run measured, with the checks it was judged by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,10 @@ pub struct CapacityReport {
     /// the engine in the runner's own process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineCost>,
+    /// Meta's statuses of the messages sent, read back from the statuses
+    /// topic; absent from runs without the webhook receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funnel: Option<Funnel>,
 }
 
 /// The engine process's own cost over a run, apart from the broker,

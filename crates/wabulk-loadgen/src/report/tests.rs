@@ -81,6 +81,19 @@ fn report() -> CapacityReport {
             Check { name: "every job has a result".into(), passed: true, detail: "3996 of 3996".into() },
         ],
         engine: Some(EngineCost { cpu_s: 2.5, cpu_us_per_job: 625.0, peak_rss_bytes: 96 << 20 }),
+        funnel: Some(Funnel {
+            records: 9_980,
+            repeated: 40,
+            by_status: counts(&[("sent", 3_990), ("delivered", 3_900), ("read", 1_950), ("failed", 90)]),
+            failed_by_code: counts(&[("131026", 85), ("131049", 5)]),
+            sent_jobs: 3_990,
+            sent_jobs_with_sent_status: 3_990,
+            sent_jobs_settled: 3_990,
+            unmatched: 0,
+            posted_by_simulator: 9_980,
+            waited_s: 3.2,
+            grace_s: 60.0,
+        }),
     }
 }
 
@@ -282,6 +295,37 @@ fn markdown_has_the_tables_and_the_verdict() {
     let md = r.markdown();
     assert!(md.contains("# Capacity run `tiers`: FAILED"));
     assert!(md.contains("- ✘ **every job has a result**"));
+}
+
+#[test]
+fn the_funnel_is_in_the_markdown_and_its_line_and_absent_without_webhooks() {
+    let mut r = report();
+    let md = r.markdown();
+    for want in [
+        "## Delivery funnel",
+        "| jobs sent (results) | 3990 |  |",
+        "| status `sent` | 3990 | 100.0% of jobs sent |",
+        "| status `delivered` | 3900 | 97.7% of `sent` |",
+        "| status `read` | 1950 | 50.0% of `delivered` |",
+        "| status `failed` | 90 | 2.3% of `sent` |",
+        "| `131026` | 85 |",
+        "waited 3.2 s after its last result",
+    ] {
+        assert!(md.contains(want), "{want:?} not in\n{md}");
+    }
+    let funnel = r.funnel.as_ref().unwrap();
+    assert_eq!(
+        funnel.summary(),
+        "sent 3990 → delivered 3900 (97.7%) → read 1950 (50.0%); failed 90 (2.3%): 131026 × 85, 131049 × 5"
+    );
+    assert_eq!(Funnel::default().summary(), "sent 0 → delivered 0 (–) → read 0 (–); failed 0 (–)");
+
+    // Reports of runs without the receiver, and older ones, have none.
+    r.funnel = None;
+    assert!(!r.markdown().contains("Delivery funnel"));
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(!json.contains("funnel"), "{json}");
+    assert_eq!(serde_json::from_str::<CapacityReport>(&json).unwrap(), r);
 }
 
 #[test]

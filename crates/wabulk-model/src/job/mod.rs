@@ -229,7 +229,10 @@ impl Job {
         let priority = match wire.priority.as_deref() {
             None => Priority::Normal,
             Some(text) => Priority::ALL.into_iter().find(|p| p.label() == text).ok_or_else(|| {
-                JobError::field("priority", format!("is {text:?}; \"high\", \"normal\" or \"bulk\" are allowed"))
+                JobError::field(
+                    "priority",
+                    format!("is {text:?}; \"high\", \"normal\" or \"bulk\" are allowed"),
+                )
             })?,
         };
         Ok(Job {

@@ -59,7 +59,16 @@ impl Harness {
         now: Moment,
     ) -> u64 {
         self.enqueue_envelope(
-            Envelope { phone, recipient, waba: 7, mps, not_before, expires_at, priority: Priority::Normal, job: 0 },
+            Envelope {
+                phone,
+                recipient,
+                waba: 7,
+                mps,
+                not_before,
+                expires_at,
+                priority: Priority::Normal,
+                job: 0,
+            },
             now,
         )
     }
@@ -793,7 +802,10 @@ proptest! {
 fn fullest_window(h: &Harness, phone: u64, window_ms: u64) -> usize {
     let times: Vec<u64> =
         h.sends.iter().filter(|(_, d)| d.ticket.phone == phone).map(|(t, _)| t.as_millis()).collect();
-    (0..times.len()).map(|i| times[..=i].iter().filter(|&&t| t + window_ms > times[i]).count()).max().unwrap_or(0)
+    (0..times.len())
+        .map(|i| times[..=i].iter().filter(|&&t| t + window_ms > times[i]).count())
+        .max()
+        .unwrap_or(0)
 }
 
 fn sends_between(h: &Harness, phone: u64, from_ms: u64, to_ms: u64) -> usize {

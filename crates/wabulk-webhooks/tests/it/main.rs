@@ -181,9 +181,14 @@ async fn signed_statuses_reach_kafka_and_unsigned_ones_nothing() {
 
     let counted = |outcome: &str| running.metrics.webhook_requests.with_label_values(&[outcome]).get();
     assert_eq!((counted("ok"), counted("bad_signature")), (1, 5));
-    let statuses = |status: &str| running.metrics.statuses.with_label_values(&["106540352242922", status]).get();
+    let statuses =
+        |status: &str| running.metrics.statuses.with_label_values(&["106540352242922", status]).get();
     assert_eq!((statuses("sent"), statuses("delivered"), statuses("failed")), (1, 1, 1));
-    assert_eq!(running.metrics.status_errors.with_label_values(&["131026"]).get(), 1, "the failed one's code");
+    assert_eq!(
+        running.metrics.status_errors.with_label_values(&["131026"]).get(),
+        1,
+        "the failed one's code"
+    );
     let _ = running.stop.send(());
 }
 
@@ -276,7 +281,9 @@ async fn account_events_reach_their_topic_keyed_per_kind_and_account() {
         .expect("the upgrade");
     assert_eq!(
         upgrade.changes(),
-        [wabulk_webhooks::account::AccountChange::ThroughputUpgrade { display_phone_number: "15550783881".into() }]
+        [wabulk_webhooks::account::AccountChange::ThroughputUpgrade {
+            display_phone_number: "15550783881".into()
+        }]
     );
     assert!(read(&running.brokers, STATUSES, 1, Duration::from_millis(500)).await.is_empty(), "no status");
     let _ = running.stop.send(());

@@ -11,7 +11,6 @@ use wabulk_kafka::{Ingest, Lease, Record};
 use wabulk_limits::{Clock, Moment};
 use wabulk_model::{ApiError, ErrorCode, Exit, FailReason, Job, Priority, RejectReason};
 use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
-use wabulk_sender::AccessToken;
 use wabulk_telemetry::Metrics;
 
 use wabulk_webhooks::account::AccountChange;
@@ -452,7 +451,7 @@ fn route(setup: &EngineSetup, job: &Job) -> Result<(u64, u32), RejectReason> {
         None if setup.strict_phones => Err(RejectReason::UnknownPhoneNumber),
         None => {
             let waba = job.waba_id.ok_or(RejectReason::UnknownWaba)?.get();
-            if token(setup, waba).is_none() {
+            if setup.tokens.get(waba).is_none() {
                 return Err(RejectReason::UnknownWaba);
             }
             Ok((waba, setup.default_mps))
@@ -474,11 +473,6 @@ fn live_tier(setup: &EngineSetup, phone: u64) -> Option<u32> {
         return None;
     }
     tiers.get(phone)
-}
-
-/// The token a WABA sends with: its own, else the default one.
-pub(super) fn token(setup: &EngineSetup, waba: u64) -> Option<&AccessToken> {
-    setup.wabas.get(&waba).map(|w| &w.token).or(setup.default_token.as_ref())
 }
 
 /// A wall-clock instant as a scheduler moment (never before `now`).

@@ -304,6 +304,7 @@ pub async fn run(
         token_checks: tokio::task::JoinSet::new(),
         gates: HashMap::new(),
         tiers_seen: 0,
+        tokens_seen: setup.tokens.version(),
         scheduling_delay: SchedulingDelay::start(Arc::clone(&setup.scheduler.window_allowance)),
         sampled: [0; 3],
     };

@@ -15,7 +15,6 @@ use wabulk_scheduler::{Command, Dispatch, Ready, Scheduler, TokioClock, WabaRegi
 use wabulk_sender::{DepartureGate, SchedulingDelay, Sender, TokenCheck};
 use wabulk_telemetry::{Health, Metrics};
 
-use super::ingest::token;
 use super::settle::Settle;
 use super::shutdown::Shutdown;
 use super::Pending;
@@ -68,6 +67,8 @@ pub(super) struct SendStage {
     pub(super) gates: HashMap<u64, Arc<DepartureGate>>,
     /// The version of the live tiers the gates were last brought to.
     pub(super) tiers_seen: u64,
+    /// The version of the tokens the halted WABAs were last checked with.
+    pub(super) tokens_seen: u64,
     /// How late this runtime is; sets the window allowance.
     pub(super) scheduling_delay: Arc<SchedulingDelay>,
     /// Scheduler throttle counters already added to the metric.
@@ -149,7 +150,7 @@ impl SendStage {
 
     fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
         let ours = !self.shutdown.is_draining() && !dispatch.job.lease.is_revoked();
-        let Some(token) = token(&self.setup, dispatch.waba).filter(|_| ours).cloned() else {
+        let Some(token) = self.setup.tokens.get(dispatch.waba).filter(|_| ours) else {
             // Not ours to send any more (or, defensively, no token): the
             // record is read again by its next owner or after a restart.
             let _ = self.scheduler.send(Command::Finish(dispatch.ticket));
@@ -297,13 +298,20 @@ impl SendStage {
     /// per WABA).
     fn check_halted_tokens(&mut self) {
         let now = tokio::time::Instant::now();
+        if self.setup.tokens.version() != self.tokens_seen {
+            // A token was replaced (its file changed, a reload): look at once.
+            self.tokens_seen = self.setup.tokens.version();
+            for halted in self.halted.values_mut() {
+                halted.next_check = halted.next_check.min(now);
+            }
+        }
         for (&waba, halted) in &mut self.halted {
             if halted.next_check > now {
                 continue;
             }
             // Far ahead until the answer sets the real next check.
             halted.next_check = now + Duration::from_secs(24 * 3600);
-            let Some(token) = token(&self.setup, waba).cloned() else { continue };
+            let Some(token) = self.setup.tokens.get(waba) else { continue };
             let (sender, phone) = (self.sender.clone(), halted.phone);
             self.token_checks.spawn(async move { (waba, sender.check_token(phone, &token).await) });
         }

@@ -35,6 +35,21 @@ async fn n_jobs_in_n_results_out() {
     let sent = report.by_status.get("sent").copied().unwrap_or_default();
     assert_eq!(sent, report.results, "with no faults injected every job is sent: {:?}", report.by_status);
     assert_eq!(report.sim.accepted, sent, "the simulator accepted exactly the sent jobs");
+    // The delivery funnel, from the statuses the engine's receiver wrote:
+    // each message sent once `sent` and once delivered or failed (the
+    // simulator's 131026), about half of those delivered read.
+    let funnel = report.funnel.as_ref().expect("the demo runs the webhook receiver");
+    assert_eq!(funnel.sent_jobs, sent);
+    assert_eq!(funnel.count("sent"), sent, "one `sent` status per message: {funnel:?}");
+    assert_eq!(funnel.count("delivered") + funnel.count("failed"), sent, "each settled once: {funnel:?}");
+    assert!(funnel.count("read") > 0 && funnel.count("read") <= funnel.count("delivered"), "{funnel:?}");
+    assert!(funnel.failed_by_code.keys().all(|code| code == "131026"), "{funnel:?}");
+    assert_eq!(funnel.unmatched, 0, "no status of a job this run did not send");
+    assert!(
+        report.checks.iter().any(|c| c.name == "statuses for every sent job" && c.passed),
+        "{:?}",
+        report.checks
+    );
     assert!(report.passed(), "the demo's own verdict: {:?}", report.checks);
 }
 
