@@ -166,6 +166,12 @@ const COMMIT_LAG_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 pub struct Metrics {
     /// `wabulk_jobs_consumed_total`: records read from the jobs topic (valid or not).
     pub jobs_consumed: IntCounter,
+    /// `wabulk_config_reloads_total{outcome}`: configuration reloads,
+    /// `applied` or `refused` (the running configuration then stays).
+    pub config_reloads: IntCounterVec,
+    /// `wabulk_token_replacements_total`: access tokens replaced while
+    /// running (a token file changed, a reload).
+    pub token_replacements: IntCounter,
     /// `wabulk_mis_keyed_jobs_total`: valid jobs whose record key is not their
     /// `phone_number_id`, which breaks one owner per number.
     pub mis_keyed_jobs: IntCounter,
@@ -358,6 +364,17 @@ impl Metrics {
                 &r,
                 "wabulk_jobs_consumed_total",
                 "Records read from the jobs topic, valid or not.",
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "wabulk_config_reloads_total",
+                "Configuration reloads (SIGHUP), applied or refused.",
+                &["outcome"],
+            ),
+            token_replacements: counter(
+                &r,
+                "wabulk_token_replacements_total",
+                "Access tokens replaced while running (a token file changed, a reload).",
             ),
             mis_keyed_jobs: counter(
                 &r,
@@ -712,6 +729,9 @@ impl Metrics {
         }
         for change in ACCOUNT_CHANGES {
             self.account_changes.with_label_values(&[change]);
+        }
+        for outcome in ["applied", "refused"] {
+            self.config_reloads.with_label_values(&[outcome]);
         }
     }
 }

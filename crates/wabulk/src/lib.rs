@@ -10,5 +10,6 @@ pub use wabulk_config as config;
 pub use wabulk_config::setup;
 
 pub mod engine;
+pub mod reload;
 pub mod webhooks;
 mod writes;

@@ -15,6 +15,11 @@ use wabulk_lab::demo::DemoOptions;
 use wabulk_lab::{graph_sim, loadgen};
 use wabulk_telemetry::{Health, Metrics};
 
+/// Subcommands with more to them than a call into the library.
+mod cli {
+    pub(crate) mod send;
+}
+
 /// glibc's allocator serialises threads on its arena locks under this
 /// workload (many small JSON and HTTP/2 buffers freed on other threads);
 /// mimalloc's per-thread heaps do not.
@@ -77,6 +82,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write jobs (one JSON a line, from FILE or standard input) to the jobs
+    /// topic, each checked as the engine checks it. Exit status 1 if a line
+    /// was not a job (the valid ones are written all the same), 2 if the
+    /// configuration, the input or Kafka failed.
+    Send(cli::send::SendArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +165,9 @@ fn default_filter(command: &Command) -> &'static str {
         Command::Demo(_) | Command::Loadgen(LoadgenArgs { command: Some(_), .. }) => {
             "error,rdkafka=off,librdkafka=off"
         }
+        // `send` reports on stderr: besides that, only warnings (a broker
+        // that cannot be reached, say).
+        Command::Send(_) => "warn",
         // The consumer is closed on its polling thread (so that the final
         // revocation stores the offsets there); rdkafka's own drop then tries
         // to close it again and logs that as an error on every clean stop.
@@ -210,10 +223,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Send(args) => Ok(cli::send::run(args).await),
         Command::Run { config } => {
             let loaded = load_config(&config)?;
             let setup = EngineSetup::from_config(&loaded, &|var| std::env::var(var).ok())?;
             let metrics = Arc::new(Metrics::new());
+            let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
+            let reloader = wabulk::reload::Reloader::new(
+                config.clone(),
+                loaded.clone(),
+                Arc::clone(&setup.tokens),
+                changes_tx,
+                Arc::clone(&metrics),
+            );
+            let (stop_reloads, reloads_stopped) = tokio::sync::oneshot::channel::<()>();
+            let reloads = tokio::spawn(wabulk::reload::watch(reloader, async move {
+                let _ = reloads_stopped.await;
+            }));
             let health = Arc::new(Health::new());
             let telemetry = Telemetry::start(setup.http_listen, &metrics, &health).await?;
             let env = |var: &str| std::env::var(var).ok();
@@ -227,7 +253,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            wabulk::engine::run(setup, metrics, health, stop_signal()).await?;
+            let ran = wabulk::engine::run_with_changes(setup, metrics, health, stop_signal(), changes).await;
+            let _ = stop_reloads.send(());
+            let _ = reloads.await;
+            ran?;
             let _ = stop_webhooks.send(());
             if let Some(webhooks) = webhooks {
                 let _ = webhooks.await;

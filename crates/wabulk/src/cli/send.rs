@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use futures::stream::{FuturesUnordered, StreamExt as _};
+use tokio::sync::mpsc::{Receiver, Sender};
 use wabulk_kafka::JobWriter;
 use wabulk_model::{Job, JobError, ParseOptions};
 
@@ -49,36 +50,59 @@ const MAX_ERROR_CHARS: usize = 200;
 
 /// One line of the input, checked.
 enum Line {
-    Job { number: u64, key: String, payload: Vec<u8> },
-    Invalid { number: u64, error: JobError },
+    Job {
+        number: u64,
+        key: String,
+        payload: Vec<u8>,
+    },
+    Invalid {
+        number: u64,
+        error: JobError,
+    },
     /// The input could not be read further.
     Unreadable(anyhow::Error),
 }
 
 #[derive(Debug, Default)]
 struct Tally {
-    /// Acknowledged by Kafka (checked, with `--dry-run`).
+    /// Acknowledged by Kafka (with `--dry-run`: found valid).
     written: u64,
     invalid: u64,
 }
 
 pub(crate) async fn run(args: SendArgs) -> ExitCode {
-    let mut tally = Tally::default();
-    let outcome = send(&args, &mut tally).await;
-    let verb = if args.dry_run { "valid (dry run, nothing written)" } else { "written" };
-    eprintln!("{verb} {}, invalid {}", tally.written, tally.invalid);
-    match outcome {
-        Ok(()) if tally.invalid == 0 => ExitCode::SUCCESS,
-        Ok(()) => ExitCode::from(SOME_INVALID),
+    let (lines, writer, topic) = match start(&args) {
+        Ok(started) => started,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(FAILED)
+            return ExitCode::from(FAILED);
         }
+    };
+    let mut tally = Tally::default();
+    let outcome = pump(lines, writer.as_ref(), &topic, &mut tally).await;
+    // Before the summary: a producer going away may still log.
+    drop(writer);
+    if let Err(err) = &outcome {
+        eprintln!("error: {err:#}");
+    }
+    // The summary comes last, where a shell user looks.
+    if args.dry_run {
+        eprintln!("dry run: valid {}, invalid {}; nothing written", tally.written, tally.invalid);
+    } else {
+        eprintln!("written {}, invalid {}", tally.written, tally.invalid);
+    }
+    match outcome {
+        Err(_) => ExitCode::from(FAILED),
+        Ok(()) if tally.invalid > 0 => ExitCode::from(SOME_INVALID),
+        Ok(()) => ExitCode::SUCCESS,
     }
 }
 
-async fn send(args: &SendArgs, tally: &mut Tally) -> anyhow::Result<()> {
-    let config = super::super::load_config(&args.config)?;
+/// Reads the configuration, opens the input and starts reading it, and
+/// creates the producer (none with `--dry-run`); the checked lines, the
+/// producer and the jobs topic.
+fn start(args: &SendArgs) -> anyhow::Result<(Receiver<Line>, Option<JobWriter>, String)> {
+    let config = crate::load_config(&args.config)?;
     let options = ParseOptions { max_bytes: config.kafka.max_job_bytes };
     let source = Source::open(args.input.as_deref())?;
     let writer = if args.dry_run {
@@ -86,35 +110,52 @@ async fn send(args: &SendArgs, tally: &mut Tally) -> anyhow::Result<()> {
     } else {
         Some(JobWriter::connect(&config.kafka.brokers, &config.kafka.properties)?)
     };
-    let topic = config.kafka.jobs_topic.as_str();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let (sender, lines) = tokio::sync::mpsc::channel(READ_AHEAD);
     // A thread of its own: reading standard input blocks.
     std::thread::Builder::new()
         .name("send-input".into())
-        .spawn(move || source.read(options, &lines_tx))
+        .spawn(move || source.read(options, &sender))
         .context("cannot start the input thread")?;
+    Ok((lines, writer, config.kafka.jobs_topic))
+}
 
+/// Writes the valid lines (counts them, without `writer`), up to
+/// [`MAX_IN_FLIGHT`] at once, and reports the invalid ones; returns once
+/// every write is acknowledged, or at the first that fails.
+async fn pump(
+    mut lines: Receiver<Line>,
+    writer: Option<&JobWriter>,
+    topic: &str,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
     let mut in_flight = FuturesUnordered::new();
     // Line numbers written and not yet acknowledged: after a failure, every
     // valid line before the lowest of them is known to be written.
     let mut unacknowledged = BTreeSet::new();
     let mut input_open = true;
+    // Writes under way are still awaited after a read error, so that what
+    // the summary counts is what was written.
+    let mut read_error = None;
     loop {
         tokio::select! {
             Some((number, written)) = in_flight.next() => {
-                let written: Result<_, wabulk_kafka::KafkaError> = written;
                 if let Err(err) = written {
                     let first_unsure = unacknowledged.first().copied().unwrap_or(number);
-                    return Err(anyhow::Error::new(err).context(format!(
-                        "line {number}: the job was not written; every valid line before line \
-                         {first_unsure} was, and lines from {first_unsure} on may be in part"
-                    )));
+                    let known = if tally.written == 0 {
+                        "nothing was acknowledged, though jobs in flight may be written".to_owned()
+                    } else {
+                        format!(
+                            "the valid lines before line {first_unsure} are written, \
+                             those from it on may be in part"
+                        )
+                    };
+                    return Err(anyhow::Error::new(err).context(format!("line {number}: not written; {known}")));
                 }
                 unacknowledged.remove(&number);
                 tally.written += 1;
             }
             line = lines.recv(), if input_open && in_flight.len() < MAX_IN_FLIGHT => match line {
-                Some(Line::Job { number, key, payload }) => match &writer {
+                Some(Line::Job { number, key, payload }) => match writer {
                     None => tally.written += 1,
                     Some(writer) => {
                         unacknowledged.insert(number);
@@ -127,10 +168,13 @@ async fn send(args: &SendArgs, tally: &mut Tally) -> anyhow::Result<()> {
                     tally.invalid += 1;
                     eprintln!("line {number}: invalid job: {}", cut(&error.to_string(), MAX_ERROR_CHARS));
                 }
-                Some(Line::Unreadable(err)) => return Err(err),
+                Some(Line::Unreadable(err)) => {
+                    read_error = Some(err);
+                    input_open = false;
+                }
                 None => input_open = false,
             },
-            else => return Ok(()),
+            else => return read_error.map_or(Ok(()), Err),
         }
     }
 }
@@ -155,7 +199,7 @@ impl Source {
 
     /// Reads and checks every line, handing each over in order, until the
     /// end of the input or until the receiver is gone.
-    fn read(self, options: ParseOptions, lines: &tokio::sync::mpsc::Sender<Line>) {
+    fn read(self, options: ParseOptions, lines: &Sender<Line>) {
         let (read, name) = match self {
             Source::Stdin => {
                 let stdin = std::io::stdin();
@@ -164,23 +208,22 @@ impl Source {
                 }
                 (read_lines(stdin.lock(), options, lines), "standard input".to_owned())
             }
-            Source::File { path, file } => {
-                (read_lines(BufReader::with_capacity(1 << 16, file), options, lines), path.display().to_string())
-            }
+            Source::File { path, file } => (
+                read_lines(BufReader::with_capacity(1 << 16, file), options, lines),
+                path.display().to_string(),
+            ),
         };
         if let Err(err) = read {
-            let _ = lines.blocking_send(Line::Unreadable(anyhow::Error::new(err).context(format!("cannot read {name}"))));
+            let _ = lines.blocking_send(Line::Unreadable(
+                anyhow::Error::new(err).context(format!("cannot read {name}")),
+            ));
         }
     }
 }
 
 /// Blank lines are skipped; a line longer than the job limit is not kept
 /// whole, only measured.
-fn read_lines(
-    mut input: impl BufRead,
-    options: ParseOptions,
-    lines: &tokio::sync::mpsc::Sender<Line>,
-) -> std::io::Result<()> {
+fn read_lines(mut input: impl BufRead, options: ParseOptions, lines: &Sender<Line>) -> std::io::Result<()> {
     let mut text = Vec::new();
     let mut number = 0;
     while let Some(length) = read_line(&mut input, options.max_bytes, &mut text)? {

@@ -19,7 +19,7 @@ use super::account::{describe_limit, Accounts, HoldChange};
 use super::backlog::{Arrival, Backlogs, Decision, BACKLOG, WABA_CAP};
 use super::settle::{parked_since, Settle};
 use super::shutdown::Shutdown;
-use super::Pending;
+use super::{LiveChange, Pending};
 use crate::setup::EngineSetup;
 
 pub(super) struct IngestStage {
@@ -59,6 +59,7 @@ impl IngestStage {
         shutdown: Shutdown,
         mut capped: mpsc::UnboundedReceiver<Vec<Pending>>,
         mut account_changes: mpsc::UnboundedReceiver<AccountChange>,
+        mut live_changes: mpsc::UnboundedReceiver<LiveChange>,
     ) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
         let mut writes = JoinSet::new();
         let mut cap_check = tokio::time::interval(CAP_CHECK_EVERY);
@@ -71,6 +72,7 @@ impl IngestStage {
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
                 Some(jobs) = capped.recv() => self.park_capped(&mut writes, jobs),
                 Some(change) = account_changes.recv() => self.on_account_change(change),
+                Some(change) = live_changes.recv() => self.on_live_change(change),
                 _ = cap_check.tick() => {
                     self.release_expired_restrictions();
                     self.take_capped_jobs();
@@ -313,6 +315,27 @@ impl IngestStage {
                     self.metrics.account_changes.with_label_values(&["messaging_limit"]).inc();
                     tracing::info!(%waba_id, limit = %describe_limit(limit), "Meta announced the messaging limit of this WABA's business portfolio");
                 }
+            }
+        }
+    }
+
+    /// Applies a reloaded setting: a number's tier (scheduler, departure
+    /// gate, jobs read from now), a WABA's cap (its hour still counts).
+    fn on_live_change(&self, change: LiveChange) {
+        match change {
+            LiveChange::Tier { phone, mps } => {
+                if self.setup.scheduler.tiers.set(phone, mps) {
+                    let _ = self.scheduler.send(Command::SetTier { phone, mps });
+                    let label = phone.to_string();
+                    let gauge =
+                        self.metrics.phone_rate_limit.with_label_values(&[self.metrics.phone_label(&label)]);
+                    gauge.set(i64::from(mps));
+                    tracing::info!(phone_number_id = phone, mps, "reloaded: the number's tier");
+                }
+            }
+            LiveChange::Cap { waba, hourly_cap } => {
+                self.registry.set_cap(waba, hourly_cap);
+                tracing::info!(waba_id = waba, hourly_cap, "reloaded: the WABA's hourly call cap");
             }
         }
     }

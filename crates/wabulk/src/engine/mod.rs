@@ -197,6 +197,16 @@ impl Pending {
     }
 }
 
+/// A change to a running engine's configuration (a reload, `crate::reload`).
+/// Tokens change through [`EngineSetup::tokens`] directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveChange {
+    /// The number's configured tier.
+    Tier { phone: u64, mps: u32 },
+    /// The WABA's hourly call cap.
+    Cap { waba: u64, hourly_cap: u64 },
+}
+
 /// Runs the engine until `stop` resolves (or the Kafka consumer fails), then
 /// stops reading and sending, lets the requests in flight and the results
 /// being written finish until the drain deadline (`drain_timeout` after the
@@ -206,6 +216,18 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_with_changes(setup, metrics, health, stop, mpsc::unbounded_channel().1).await
+}
+
+/// [`run`], applying the [`LiveChange`]s that arrive on `changes` while it
+/// runs.
+pub async fn run_with_changes(
+    setup: EngineSetup,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: impl Future<Output = ()>,
+    changes: mpsc::UnboundedReceiver<LiveChange>,
 ) -> anyhow::Result<()> {
     let setup = Arc::new(setup);
     let clock = TokioClock::new();
@@ -283,7 +305,7 @@ pub async fn run(
             setup.parking.as_ref().map_or(Duration::MAX, |parking| parking.held_recheck),
         ),
     };
-    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone(), capped_rx, account_changes));
+    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone(), capped_rx, account_changes, changes));
 
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let (taken_tx, taken_rx) = mpsc::unbounded_channel();

@@ -156,6 +156,8 @@ pub(crate) struct EngineToml {
     /// Each number's `display_phone_number` is its id, as the simulator
     /// displays it (its account webhooks name numbers so).
     pub(crate) display_numbers: bool,
+    /// [`WABA`]'s `token_file`, which wins over its variable.
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// A WABA other than [`WABA`] in an engine configuration: its numbers and
@@ -185,6 +187,7 @@ impl EngineToml {
             parking: Vec::new(),
             kafka: Vec::new(),
             display_numbers: false,
+            token_file: None,
         }
     }
 
@@ -229,7 +232,11 @@ impl EngineToml {
             }
             let _ = writeln!(text);
         }
-        let _ = writeln!(text, "[[wabas]]\nid = {WABA:?}\ntoken_env = {TOKEN_ENV:?}\n");
+        let _ = writeln!(text, "[[wabas]]\nid = {WABA:?}\ntoken_env = {TOKEN_ENV:?}");
+        if let Some(file) = &self.token_file {
+            let _ = writeln!(text, "token_file = {:?}", file.display().to_string());
+        }
+        let _ = writeln!(text);
         for waba in &self.other_wabas {
             for number in &waba.numbers {
                 let _ = writeln!(

@@ -15,6 +15,7 @@ mod outage;
 mod pacing;
 mod parking;
 mod priority;
+mod reload;
 mod scale;
 mod secrets;
 mod webhooks;

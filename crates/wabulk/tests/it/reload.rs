@@ -1,0 +1,165 @@
+//! Steering a running `wabulk run`: SIGHUP applies a raised tier with no
+//! violation and refuses, naming the key, what needs a restart or is
+//! invalid; a rotated token file lets a WABA halted for its refused token
+//! resume by itself.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wabulk_graph_sim::Latency;
+use wabulk_kafka::JobWriter;
+
+use crate::harness::{
+    init_logs, sim_config, violations, write_all, Collector, EngineProcess, EngineToml, Number, Program,
+    Stack, TempDir, MPS_MARGIN, RESULTS, WABA,
+};
+
+const PHONE: &str = "106540352242922";
+
+async fn write_jobs(stack: &Stack, prefix: &str, n: usize) {
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    let jobs: Vec<(&str, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let job = json!({ "id": format!("{prefix}-{i}"), "phone_number_id": PHONE,
+                "to": format!("+1555400{i:04}"), "message": { "type": "text", "text": { "body": "hi" } } });
+            (PHONE, serde_json::to_vec(&job).expect("json"))
+        })
+        .collect();
+    write_all(&writer, &jobs).await;
+}
+
+fn hang_up(engine: &EngineProcess) {
+    let status = Command::new("kill").args(["-HUP", &engine.pid().to_string()]).status().expect("kill -HUP");
+    assert!(status.success());
+}
+
+/// Waits (10 s at most) for a log line with every one of `words`, beyond
+/// the `seen` lines that had them already.
+async fn log_line(engine: &EngineProcess, words: &[&str], seen: usize) -> Option<String> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Some(line) = engine.log_lines(words).into_iter().nth(seen) {
+            return Some(line);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn accepted(stack: &Stack) -> u64 {
+    stack.sim.stats().numbers.get(PHONE).map_or(0, |n| n.accepted)
+}
+
+/// Accepted for [`PHONE`] during about `span`, and how long that really was.
+async fn accepted_during(stack: &Stack, span: Duration) -> (u64, Duration) {
+    let (before, started) = (accepted(stack), Instant::now());
+    tokio::time::sleep(span).await;
+    (accepted(stack) - before, started.elapsed())
+}
+
+fn rewrite(toml: &EngineToml, dir: &Path) {
+    toml.write(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_raises_a_tier_and_refuses_what_needs_a_restart() {
+    init_logs();
+    let numbers = [Number::new(PHONE, 80)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(5))), 2).await;
+    let dir = TempDir::new("reload-tier");
+    let mut toml = EngineToml::new(&stack, "it-reload-tier", &numbers);
+    toml.limits.push(MPS_MARGIN.into());
+    let config = toml.write(dir.path());
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 0);
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    write_jobs(&stack, "tier", 9_000).await;
+    assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= 100).await, "the number never sent");
+
+    // Needs a restart: refused, naming the key.
+    let mut restart = EngineToml { kafka: vec!["max_job_bytes = 1000".into()], ..toml.clone() };
+    rewrite(&restart, dir.path());
+    hang_up(&engine);
+    let refused = log_line(&engine, &["reload refused"], 0).await.expect("no refusal logged");
+    assert!(refused.contains("kafka.max_job_bytes"), "{refused}");
+    // Invalid: refused, naming the key.
+    restart.kafka.clear();
+    restart.numbers[0].mps = 0;
+    rewrite(&restart, dir.path());
+    hang_up(&engine);
+    let invalid = log_line(&engine, &["reload refused"], 1).await.expect("no second refusal logged");
+    assert!(invalid.contains("phones[0].mps"), "{invalid}");
+    let (at_80, span) = accepted_during(&stack, Duration::from_secs(2)).await;
+    assert!(at_80 as f64 <= 80.0 * (span.as_secs_f64() + 1.0), "{at_80} in {span:?}: the old tier holds");
+
+    // Meta upgraded the number; the operator raises its tier.
+    stack.sim.upgrade_number(PHONE, 1000).expect("a known number");
+    toml.numbers[0].mps = 1000;
+    rewrite(&toml, dir.path());
+    hang_up(&engine);
+    log_line(&engine, &["configuration reloaded"], 0).await.expect("the reload was not applied");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (at_1000, span) = accepted_during(&stack, Duration::from_secs(2)).await;
+    results.stop().await;
+    engine.terminate();
+    assert!(
+        engine.wait_exit(Duration::from_secs(30)).is_some_and(|e| e.success()),
+        "{}",
+        engine.log_tail(20)
+    );
+    let stats = stack.stop().await;
+
+    assert!(at_1000 >= 2 * 500, "{at_1000} accepted in {span:?} after the tier was raised to 1000");
+    assert!(at_1000 as f64 <= 1000.0 * (span.as_secs_f64() + 1.0), "{at_1000} in {span:?}: over the tier");
+    assert_eq!(violations(&stats), 0, "{:?}", stats.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_resumes_a_halted_waba_by_itself() {
+    init_logs();
+    const JOBS_N: usize = 400;
+    let numbers = [Number::new(PHONE, 80)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(5))), 2).await;
+    let dir = TempDir::new("reload-token");
+    let token_file = dir.path().join("waba.token");
+    std::fs::write(&token_file, format!("{}\n", crate::harness::TOKEN)).expect("token file");
+    let mut toml = EngineToml::new(&stack, "it-reload-token", &numbers);
+    toml.token_file = Some(token_file.clone());
+    // Jobs of the halted WABA wait in memory, and its token would be
+    // checked again only after 10 minutes: only the file change can let
+    // it resume within the test.
+    toml.parking.push("enabled = false".into());
+    toml.graph.push("token_check_interval_ms = 600000".into());
+    let mut engine = EngineProcess::spawn(Program::Wabulk, &toml.write(dir.path()), dir.path(), 0);
+    let results = Collector::start(&stack.brokers(), RESULTS);
+    write_jobs(&stack, "token", JOBS_N).await;
+    assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= 20).await, "the number never sent");
+
+    // The token is revoked at Meta: the engine halts the WABA.
+    stack.sim.set_token(WABA, "it-token-rotated").expect("a known WABA");
+    log_line(&engine, &["access token of this WABA was refused"], 0).await.expect("the WABA was not halted");
+    let halted_at = results.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(results.len() < JOBS_N, "the halt came while jobs were waiting");
+
+    std::fs::write(&token_file, "it-token-rotated\n").expect("rotate the token file");
+    let rotated = Instant::now();
+    let all = results.wait_until(Duration::from_secs(30), |r| r.len() >= JOBS_N).await;
+    let resumed_within = rotated.elapsed();
+    let done = results.results();
+    results.stop().await;
+    engine.terminate();
+    assert!(
+        engine.wait_exit(Duration::from_secs(30)).is_some_and(|e| e.success()),
+        "{}",
+        engine.log_tail(20)
+    );
+    let stats = stack.stop().await;
+
+    assert!(all, "{} of {JOBS_N} answered ({halted_at} when halted)", done.len());
+    assert!(done.iter().all(|r| r.wamid.is_some()), "every job sent once the token was rotated");
+    assert!(resumed_within < Duration::from_secs(30), "resumed {resumed_within:?} after the rotation");
+    assert!(stats.errors_by_code.get("190").is_some_and(|&n| n > 0), "the old token was refused");
+    assert_eq!(violations(&stats), 0, "{:?}", stats.violations);
+}
