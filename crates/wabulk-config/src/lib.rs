@@ -84,6 +84,9 @@ pub struct KafkaConfig {
     /// messaging limits), written by the webhook receiver and read whole by
     /// every engine instance; compacted (CONTRACT §1).
     pub account_events_topic: String,
+    /// Campaign control (CONTRACT §12): compacted, keyed by campaign,
+    /// written by `wabulk campaign` and read whole by every instance.
+    pub control_topic: String,
     /// Jobs larger than this go to the DLQ unread.
     pub max_job_bytes: usize,
     /// The memory budget for jobs read and not yet resolved, in bytes (each
@@ -264,6 +267,7 @@ impl Default for KafkaConfig {
             results_topic: kafka.results_topic,
             dlq_topic: kafka.dlq_topic,
             account_events_topic: "wabulk.account_events".into(),
+            control_topic: "wabulk.control".into(),
             max_job_bytes: wabulk_model::DEFAULT_MAX_JOB_BYTES,
             max_in_memory_bytes: kafka.max_in_memory_bytes,
             properties: kafka.extra,
@@ -425,6 +429,7 @@ impl Config {
             ("kafka.results_topic", &self.kafka.results_topic),
             ("kafka.dlq_topic", &self.kafka.dlq_topic),
             ("kafka.account_events_topic", &self.kafka.account_events_topic),
+            ("kafka.control_topic", &self.kafka.control_topic),
         ] {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty"));

@@ -173,6 +173,8 @@ pub struct EngineSetup {
     pub token_check_interval: Duration,
     /// Where Meta's account events are read from.
     pub account_events_topic: String,
+    /// Where campaign control records are read from.
+    pub control_topic: String,
     /// A number's tier after Meta's throughput upgrade.
     pub upgraded_mps: u32,
     /// Configured numbers by their displayed number (digits only).
@@ -275,6 +277,7 @@ impl EngineSetup {
             drain_timeout: Duration::from_millis(graph.request_timeout_ms) + Duration::from_secs(5),
             token_check_interval: Duration::from_millis(graph.token_check_interval_ms),
             account_events_topic: config.kafka.account_events_topic.clone(),
+            control_topic: config.kafka.control_topic.clone(),
             upgraded_mps: limits.upgraded_mps,
             displayed,
         })

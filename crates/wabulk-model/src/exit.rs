@@ -23,6 +23,8 @@ pub enum Exit {
     Expired,
     /// Valid, but not acceptable to this engine.
     Rejected(RejectReason),
+    /// Its campaign was cancelled before it was sent.
+    Cancelled,
 }
 
 /// The `reason` of `wabulk_messages_failed_total` for an expired job.
@@ -48,6 +50,7 @@ impl Exit {
             Exit::Failed { .. } | Exit::GaveUp { .. } => Status::Failed,
             Exit::Expired => Status::Expired,
             Exit::Rejected(_) => Status::Rejected,
+            Exit::Cancelled => Status::Cancelled,
         }
     }
 
@@ -59,7 +62,7 @@ impl Exit {
             Exit::Failed { reason, .. } => Some(reason.label()),
             Exit::GaveUp { .. } => Some(FailReason::RetriesExhausted.label()),
             Exit::Expired => Some(EXPIRED_REASON),
-            Exit::Sent { .. } | Exit::Rejected(_) => None,
+            Exit::Sent { .. } | Exit::Rejected(_) | Exit::Cancelled => None,
         }
     }
 
@@ -78,7 +81,7 @@ impl Exit {
                 let message = format!("retries exhausted after {attempts} attempts{detail}");
                 (None, Some(ResultError { code, message, retryable: true }))
             }
-            Exit::Expired => (None, None),
+            Exit::Expired | Exit::Cancelled => (None, None),
             Exit::Rejected(reason) => (
                 None,
                 Some(ResultError {

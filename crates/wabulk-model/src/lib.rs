@@ -6,6 +6,7 @@
 //! Everything at the Kafka boundary is defined here so that every other crate
 //! agrees on one parser and one set of field names (CONTRACT §2–4).
 
+mod control;
 mod dlq;
 mod exit;
 mod ids;
@@ -13,6 +14,7 @@ mod job;
 mod outcome;
 mod result;
 
+pub use control::{CampaignState, Control};
 pub use dlq::DlqRecord;
 pub use exit::{Exit, EXPIRED_REASON, FAILED_REASONS};
 pub use ids::{IdError, NumericId, Recipient};

@@ -17,11 +17,14 @@ pub enum Status {
     Expired,
     /// Valid JSON the engine will not accept (e.g. unknown number in strict mode).
     Rejected,
+    /// Its campaign was cancelled before it was sent (CONTRACT §12).
+    Cancelled,
 }
 
 impl Status {
     /// Every status, in the order of [`Status::label`]'s values.
-    pub const ALL: [Status; 4] = [Status::Sent, Status::Failed, Status::Expired, Status::Rejected];
+    pub const ALL: [Status; 5] =
+        [Status::Sent, Status::Failed, Status::Expired, Status::Rejected, Status::Cancelled];
 
     /// The status as written in the result, and as the `status` label of
     /// `wabulk_results_total`.
@@ -31,6 +34,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Expired => "expired",
             Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -58,6 +62,9 @@ pub struct JobResult {
     #[serde(serialize_with = "millis")]
     pub finished_at: DateTime<Utc>,
     pub metadata: Option<Value>,
+    /// The job's campaign, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
 }
 
 impl JobResult {
@@ -94,6 +101,7 @@ mod tests {
             received_at: at,
             finished_at: at,
             metadata: Some(serde_json::json!({"campaign": "nov"})),
+            campaign: None,
         };
         let json: Value = serde_json::from_slice(&result.to_json()).unwrap();
         assert_eq!(json["status"], "failed");

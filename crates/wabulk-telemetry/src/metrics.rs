@@ -34,8 +34,18 @@ pub const THROTTLE_LIMITS: [&str; 3] = ["phone", "pair", "waba"];
 
 /// The `status` values of `wabulk_results_total` (CONTRACT §3), pre-created at
 /// zero for the same reason.
-pub const RESULT_STATUSES: [&str; 4] =
-    [Status::Sent.label(), Status::Failed.label(), Status::Expired.label(), Status::Rejected.label()];
+pub const RESULT_STATUSES: [&str; 5] = [
+    Status::Sent.label(),
+    Status::Failed.label(),
+    Status::Expired.label(),
+    Status::Rejected.label(),
+    Status::Cancelled.label(),
+];
+
+/// Distinct campaigns with their own `wabulk_campaign_jobs_total` series;
+/// the rest count as [`OVERFLOW_LABEL`]. Campaigns come from producers, so
+/// their number is not known in advance.
+pub const CAMPAIGN_SERIES_CAP: usize = 200;
 
 /// The `reason` values of `wabulk_partitions_paused_by_reason`.
 pub const PAUSE_REASONS: [&str; 3] = ["memory", "partition_share", "window"];
@@ -166,6 +176,10 @@ const COMMIT_LAG_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 pub struct Metrics {
     /// `wabulk_jobs_consumed_total`: records read from the jobs topic (valid or not).
     pub jobs_consumed: IntCounter,
+    /// `wabulk_campaign_jobs_total{campaign, status}`: jobs of each campaign
+    /// by their result's status (campaigns bounded by
+    /// [`CAMPAIGN_SERIES_CAP`]).
+    pub campaign_jobs: IntCounterVec,
     /// `wabulk_config_reloads_total{outcome}`: configuration reloads,
     /// `applied` or `refused` (the running configuration then stays).
     pub config_reloads: IntCounterVec,
@@ -322,6 +336,8 @@ pub struct Metrics {
     phone_labels: LabelBudget,
     /// The same guard for `waba_id`.
     waba_labels: LabelBudget,
+    /// The same guard for campaigns, at [`CAMPAIGN_SERIES_CAP`].
+    campaign_labels: LabelBudget,
     /// Each number's per-job series, resolved on its first job.
     numbers: DashMap<u64, Arc<NumberSeries>>,
     /// `results` by `Status::ALL` index, and `rejected` by `REJECT_REASONS`
@@ -364,6 +380,12 @@ impl Metrics {
                 &r,
                 "wabulk_jobs_consumed_total",
                 "Records read from the jobs topic, valid or not.",
+            ),
+            campaign_jobs: counter_vec(
+                &r,
+                "wabulk_campaign_jobs_total",
+                "Jobs of each campaign by their result's status; campaigns past the series cap count as other.",
+                &["campaign", "status"],
             ),
             config_reloads: counter_vec(
                 &r,
@@ -621,6 +643,7 @@ impl Metrics {
             rejected,
             phone_labels: LabelBudget::new(cap),
             waba_labels: LabelBudget::new(cap),
+            campaign_labels: LabelBudget::new(CAMPAIGN_SERIES_CAP),
         };
         // Fixed label sets exist at zero from the start: a counter that
         // appears only on its first increment makes `rate()` miss that
@@ -785,6 +808,10 @@ impl Metrics {
     /// series are resolved on its first job; after that nothing is formatted
     /// or hashed but the number.
     pub fn count_exit(&self, phone_number_id: u64, exit: &Exit) {
+        if *exit == Exit::Cancelled {
+            // Never sent nor failed: counted by its result and campaign.
+            return;
+        }
         if let Exit::Rejected(reason) = exit {
             let index = REJECT_REASONS.iter().position(|r| r == reason).unwrap_or_default();
             self.rejected_by_reason[index].inc();
@@ -798,6 +825,13 @@ impl Metrics {
                 series.failed[index].inc();
             }
         }
+    }
+
+    /// Counts a campaign's job ending with `status`
+    /// (`wabulk_campaign_jobs_total`).
+    pub fn count_campaign(&self, campaign: &str, status: Status) {
+        let label = self.campaign_labels.admit(campaign);
+        self.campaign_jobs.with_label_values(&[label, status.label()]).inc();
     }
 
     /// Counts a result Kafka acknowledged (`wabulk_results_total{status}`).

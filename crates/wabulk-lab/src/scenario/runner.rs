@@ -142,6 +142,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ca
         (engine_base.kafka.results_topic.as_str(), scenario.broker.results_partitions),
         (engine_base.kafka.dlq_topic.as_str(), 1),
         (engine_base.kafka.account_events_topic.as_str(), 1),
+        (engine_base.kafka.control_topic.as_str(), 1),
     ];
     if engine_base.parking.enabled {
         topics.extend(tiers.iter().map(|tier| (tier.as_str(), scenario.broker.jobs_partitions)));

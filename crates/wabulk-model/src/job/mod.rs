@@ -103,6 +103,9 @@ pub struct Job {
     pub metadata: Option<Value>,
     #[serde(skip_serializing_if = "Priority::is_normal")]
     pub priority: Priority,
+    /// The campaign it belongs to: paused, resumed and cancelled together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
 }
 
 /// Why bytes are not a job. `Display` is the text of the DLQ record's `error`.
@@ -185,6 +188,8 @@ struct WireJob {
     /// Read as text so that a wrong value names the field with the choices.
     #[serde(default)]
     priority: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
 }
 
 impl Job {
@@ -194,6 +199,10 @@ impl Job {
             return Err(JobError::TooLarge { size: bytes.len(), limit: options.max_bytes });
         }
         let text = std::str::from_utf8(bytes).map_err(|e| JobError::NotUtf8 { offset: e.valid_up_to() })?;
+        // serde would also read a struct from an array of its fields.
+        if text.trim_start().starts_with('[') {
+            return Err(JobError::Json("a job is a JSON object, not an array".into()));
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         let wire: WireJob = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -235,6 +244,15 @@ impl Job {
                 )
             })?,
         };
+        if let Some(campaign) = &wire.campaign {
+            let chars = campaign.chars().count();
+            if !(1..=MAX_ID_CHARS).contains(&chars) {
+                return Err(JobError::field(
+                    "campaign",
+                    format!("has {chars} characters; 1 to {MAX_ID_CHARS} are allowed"),
+                ));
+            }
+        }
         Ok(Job {
             id: wire.id,
             phone_number_id,
@@ -245,6 +263,7 @@ impl Job {
             expires_at: wire.expires_at,
             metadata: wire.metadata,
             priority,
+            campaign: wire.campaign,
         })
     }
 

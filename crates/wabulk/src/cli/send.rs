@@ -226,7 +226,9 @@ impl Source {
 fn read_lines(mut input: impl BufRead, options: ParseOptions, lines: &Sender<Line>) -> std::io::Result<()> {
     let mut text = Vec::new();
     let mut number = 0;
-    while let Some(length) = read_line(&mut input, options.max_bytes, &mut text)? {
+    // One byte more than a job may have: the `\r` of a `\r\n` line end.
+    let keep = options.max_bytes.saturating_add(1);
+    while let Some(length) = read_line(&mut input, keep, &mut text)? {
         number += 1;
         let line = if length > options.max_bytes {
             Line::Invalid { number, error: JobError::TooLarge { size: length, limit: options.max_bytes } }
@@ -320,6 +322,11 @@ mod tests {
         let lines = lines_of(input.as_bytes(), 10);
         assert_eq!(lines[0], (50, b"x".repeat(10)));
         assert_eq!(lines[1], (5, b"short".to_vec()));
+    }
+
+    #[test]
+    fn the_cr_of_a_crlf_line_end_is_dropped() {
+        assert_eq!(lines_of(b"abcd\r\n", 5), vec![(4, b"abcd".to_vec())]);
     }
 
     #[test]

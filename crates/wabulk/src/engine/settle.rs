@@ -56,6 +56,7 @@ impl Settle {
             received_at,
             finished_at: Utc::now(),
             metadata: job.metadata,
+            campaign: job.campaign,
         };
         let this = self.clone();
         writes.spawn(async move {

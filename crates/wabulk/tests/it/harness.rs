@@ -109,6 +109,7 @@ impl Stack {
         kafka.create_topic(RESULTS, 4).expect("results topic");
         kafka.create_topic(DLQ, 1).expect("dlq topic");
         kafka.create_topic("wabulk.account_events", 1).expect("account events topic");
+        kafka.create_topic("wabulk.control", 1).expect("control topic");
         // The mock cluster has no CreateTopics: the engine finds them made.
         for topic in wabulk_kafka::ParkingSettings::default().tier_topics() {
             kafka.create_topic(&topic, jobs_partitions).expect("parking topic");

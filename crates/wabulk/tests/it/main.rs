@@ -18,4 +18,5 @@ mod priority;
 mod reload;
 mod scale;
 mod secrets;
+mod send;
 mod webhooks;
