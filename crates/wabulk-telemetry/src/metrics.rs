@@ -51,7 +51,7 @@ pub const CAMPAIGN_SERIES_CAP: usize = 200;
 pub const PAUSE_REASONS: [&str; 3] = ["memory", "partition_share", "window"];
 
 /// The `reason` values of `wabulk_jobs_parked_total`.
-pub const PARK_REASONS: [&str; 5] = ["not_before", "halted", "backlog", "waba_cap", "account"];
+pub const PARK_REASONS: [&str; 6] = ["not_before", "halted", "backlog", "waba_cap", "account", "paused"];
 
 /// The `change` values of `wabulk_account_changes_total`: what Meta's
 /// account events changed in sending.

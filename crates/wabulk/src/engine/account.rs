@@ -1,119 +1,15 @@
 //! Meta's account events, applied to sending (`wabulk_webhooks::account`).
 //!
-//! Every instance reads the whole account events topic, from its start, on
-//! a reader of its own ([`follow`]), and hands each change to the ingest
-//! stage, which applies it ([`Accounts`]): a raised tier, a WABA held or
-//! released, a messaging limit recorded. The topic is compacted, so a
-//! restart applies the latest state again before the first job is read.
+//! Every instance reads the whole account events topic (`whole_topic.rs`)
+//! and the ingest stage applies each event's changes ([`Accounts`]): a
+//! raised tier, a WABA held or released, a messaging limit recorded. The
+//! topic is compacted, so a restart applies the latest state again before
+//! the first job is read.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
-use wabulk_kafka::{create_topic_specs, topic_partition_counts, TopicReader, TopicSpec};
-use wabulk_webhooks::account::{AccountChange, AccountEvent};
-
-use super::shutdown::Shutdown;
-use crate::setup::EngineSetup;
-
-/// How long start-up waits to have applied the events already written.
-pub(super) const CATCH_UP: Duration = Duration::from_secs(10);
-
-/// Creates the account events topic when missing (one partition,
-/// compacted: the latest event of each kind per account is what counts).
-pub(super) async fn ensure_topic(setup: &EngineSetup) -> anyhow::Result<()> {
-    let kafka = &setup.kafka;
-    let topic = setup.account_events_topic.clone();
-    let exists = {
-        let (brokers, extra, topics) = (kafka.brokers.clone(), kafka.extra.clone(), vec![topic.clone()]);
-        tokio::task::spawn_blocking(move || topic_partition_counts(&brokers, &extra, &topics, CATCH_UP))
-            .await
-            .context("topic metadata")??
-            .contains_key(&topic)
-    };
-    if !exists {
-        let spec = TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
-            config: vec![("cleanup.policy".into(), "compact".into())],
-        };
-        create_topic_specs(&kafka.brokers, &kafka.extra, &[spec], Duration::from_secs(5))
-            .await
-            .with_context(|| format!("cannot create the account events topic {topic}"))?;
-    }
-    Ok(())
-}
-
-/// Reads the account events topic until `shutdown` and sends each event's
-/// changes to `changes`; `caught_up` is told once what was written before
-/// the start has been read. An unreadable record is logged and skipped.
-pub(super) async fn follow(
-    setup: std::sync::Arc<EngineSetup>,
-    changes: mpsc::UnboundedSender<AccountChange>,
-    caught_up: oneshot::Sender<()>,
-    shutdown: Shutdown,
-) {
-    let topic = setup.account_events_topic.clone();
-    let reader = {
-        let (brokers, extra, topic) = (setup.kafka.brokers.clone(), setup.kafka.extra.clone(), topic.clone());
-        tokio::task::spawn_blocking(move || {
-            let reader = TopicReader::connect_with(&brokers, &extra, &topic, CATCH_UP)?;
-            let ends = reader.ends(CATCH_UP)?;
-            Ok::<_, wabulk_kafka::KafkaError>((reader, ends))
-        })
-        .await
-    };
-    let (reader, mut unread) = match reader {
-        Ok(Ok(found)) => found,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, %topic, "cannot read Meta's account events: upgrades, bans and restrictions are not applied");
-            return;
-        }
-        Err(_) => return,
-    };
-    unread.retain(|_, end| *end > 0);
-    let mut caught_up = Some(caught_up);
-    loop {
-        if unread.is_empty() {
-            if let Some(told) = caught_up.take() {
-                let _ = told.send(());
-            }
-        }
-        let record = tokio::select! {
-            () = shutdown.begun() => return,
-            record = reader.next() => record,
-        };
-        let record = match record {
-            Ok(record) => record,
-            Err(error) => {
-                tracing::warn!(%error, %topic, "reading the account events failed; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if unread.get(&record.partition).is_some_and(|end| record.offset + 1 >= *end) {
-            unread.remove(&record.partition);
-        }
-        match serde_json::from_slice::<AccountEvent>(&record.payload) {
-            Ok(event) => {
-                for change in event.changes() {
-                    if changes.send(change).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(
-                %topic,
-                partition = record.partition,
-                offset = record.offset,
-                %error,
-                "an account event that cannot be read is skipped"
-            ),
-        }
-    }
-}
 
 /// Which WABAs Meta stopped, and why, as far as this instance has read.
 #[derive(Debug)]

@@ -13,10 +13,12 @@ use wabulk_model::{ApiError, ErrorCode, Exit, FailReason, Job, Priority, RejectR
 use wabulk_scheduler::{Command, Envelope, Scheduler, TokioClock, WabaRegistry};
 use wabulk_telemetry::Metrics;
 
-use wabulk_webhooks::account::AccountChange;
+use wabulk_model::{CampaignState, Control};
+use wabulk_webhooks::account::{AccountChange, AccountEvent};
 
 use super::account::{describe_limit, Accounts, HoldChange};
 use super::backlog::{Arrival, Backlogs, Decision, BACKLOG, WABA_CAP};
+use super::campaigns::{paused_recheck_at, CampaignStates, HeldJobs};
 use super::settle::{parked_since, Settle};
 use super::shutdown::Shutdown;
 use super::{LiveChange, Pending};
@@ -42,10 +44,27 @@ pub(super) struct IngestStage {
     pub(super) accounts: Accounts,
     /// Partitions a mis-keyed job was logged for: once each.
     pub(super) mis_keyed_logged: std::collections::HashSet<i32>,
+    /// Each controlled campaign's state (shared with the send stage).
+    pub(super) campaigns: Arc<CampaignStates>,
+    /// With parking off: paused campaigns' jobs.
+    pub(super) held_jobs: HeldJobs,
+}
+
+/// What the ingest stage is told besides its records.
+pub(super) struct Inputs {
+    /// Jobs the scheduler gave back to be parked (a closed WABA, a stopped
+    /// campaign).
+    pub(super) capped: mpsc::UnboundedReceiver<Vec<Pending>>,
+    pub(super) account_events: mpsc::UnboundedReceiver<AccountEvent>,
+    pub(super) controls: mpsc::UnboundedReceiver<Control>,
+    pub(super) live_changes: mpsc::UnboundedReceiver<LiveChange>,
 }
 
 /// The parking reason of a job whose WABA Meta stopped.
 const ACCOUNT: &str = "account";
+
+/// The parking reason of a job whose campaign is paused.
+const PAUSED: &str = "paused";
 
 /// How often the WABAs with jobs in memory are looked at for a closed hour.
 const CAP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -57,9 +76,7 @@ impl IngestStage {
     pub(super) async fn run(
         mut self,
         shutdown: Shutdown,
-        mut capped: mpsc::UnboundedReceiver<Vec<Pending>>,
-        mut account_changes: mpsc::UnboundedReceiver<AccountChange>,
-        mut live_changes: mpsc::UnboundedReceiver<LiveChange>,
+        Inputs { mut capped, mut account_events, mut controls, mut live_changes }: Inputs,
     ) -> (Option<wabulk_kafka::KafkaError>, JoinSet<()>) {
         let mut writes = JoinSet::new();
         let mut cap_check = tokio::time::interval(CAP_CHECK_EVERY);
@@ -71,7 +88,12 @@ impl IngestStage {
                 // Reap finished writes so the set stays small.
                 Some(_) = writes.join_next(), if !writes.is_empty() => {}
                 Some(jobs) = capped.recv() => self.park_capped(&mut writes, jobs),
-                Some(change) = account_changes.recv() => self.on_account_change(change),
+                Some(event) = account_events.recv() => {
+                    for change in event.changes() {
+                        self.on_account_change(change);
+                    }
+                }
+                Some(control) = controls.recv() => self.on_control(&mut writes, &control),
                 Some(change) = live_changes.recv() => self.on_live_change(change),
                 _ = cap_check.tick() => {
                     self.release_expired_restrictions();
@@ -126,6 +148,27 @@ impl IngestStage {
             let exit = if halted { halted_too_long(&self.setup) } else { held_too_long(&self.setup) };
             self.settle.exit(writes, pending, exit, 0);
             return;
+        }
+        let stopped = job.campaign.as_deref().map(|campaign| self.campaigns.state(campaign));
+        let expired = job.expires_at.is_some_and(|at| at <= received_at);
+        match stopped {
+            Some(CampaignState::Cancelled) => {
+                let pending = Pending::new(job, lease, waba, received_at, parked_since);
+                self.settle.exit(writes, pending, Exit::Cancelled, 0);
+                return;
+            }
+            // An expired job goes on, to end `expired`.
+            Some(CampaignState::Paused) if !expired => {
+                if self.settle.can_park() {
+                    let due = paused_recheck_at(parked_since, received_at);
+                    let due = job.expires_at.map_or(due, |expires| expires.min(due));
+                    self.settle.park(writes, record, lease, due, PAUSED);
+                } else {
+                    self.held_jobs.hold(Pending::new(job, lease, waba, received_at, parked_since));
+                }
+                return;
+            }
+            _ => {}
         }
         let bytes = lease.bytes();
         if let Some((due, reason)) = self.parking_of(&job, (waba, mps), &record, bytes, received_at) {
@@ -252,14 +295,35 @@ impl IngestStage {
         }
     }
 
-    /// Parks jobs taken back from a closed WABA (in its pairs' order) until
-    /// it may call again, spaced at its hourly cap's rate. A WABA open again
-    /// by now (its jobs raced the purge) gets its jobs back in memory.
+    /// Jobs taken back from the scheduler: those of a cancelled campaign end
+    /// `cancelled`, those of a paused one are parked (held in memory with
+    /// parking off), those of a WABA Meta stopped are parked until it is
+    /// looked at again, and those of a closed WABA (in its pairs' order)
+    /// until it may call again, spaced at its hourly cap's rate. A WABA open
+    /// again by now (its jobs raced the purge) gets its jobs back in memory.
     fn park_capped(&mut self, writes: &mut JoinSet<()>, jobs: Vec<Pending>) {
         let now = Utc::now();
         let mut to_park = Vec::with_capacity(jobs.len());
         let mut held = Vec::new();
+        let mut paused = Vec::new();
         for pending in jobs {
+            match self.campaigns.of(&pending) {
+                CampaignState::Cancelled => {
+                    self.settle.exit(writes, pending, Exit::Cancelled, 0);
+                    continue;
+                }
+                CampaignState::Paused if self.settle.can_park() => {
+                    let due = paused_recheck_at(pending.parked_since, now);
+                    let due = pending.job.expires_at.map_or(due, |expires| expires.min(due));
+                    paused.push((pending, due));
+                    continue;
+                }
+                CampaignState::Paused => {
+                    self.held_jobs.hold(pending);
+                    continue;
+                }
+                CampaignState::Active => {}
+            }
             if self.registry.is_held(pending.waba) {
                 let due = self.accounts.recheck_at(pending.waba, now);
                 let due = pending.job.expires_at.map_or(due, |expires| expires.min(due));
@@ -284,6 +348,43 @@ impl IngestStage {
         }
         if !held.is_empty() {
             self.settle.park_jobs(writes, held, ACCOUNT);
+        }
+        if !paused.is_empty() {
+            self.settle.park_jobs(writes, paused, PAUSED);
+        }
+    }
+
+    /// A campaign's state changed: a paused or cancelled campaign's queued
+    /// jobs are taken back from the scheduler (parked, or ended
+    /// `cancelled`, in `park_capped`); a resumed one's jobs held in memory
+    /// go to the scheduler again.
+    fn on_control(&mut self, writes: &mut JoinSet<()>, control: &Control) {
+        let Some(before) = self.campaigns.apply(control) else { return };
+        let campaign = control.campaign.as_str();
+        tracing::info!(
+            campaign,
+            from = before.label(),
+            to = control.state.label(),
+            by = control.by.as_deref().unwrap_or("-"),
+            "campaign state changed"
+        );
+        match control.state {
+            CampaignState::Active => {
+                for pending in self.held_jobs.release(campaign) {
+                    let mps = route(&self.setup, &pending.job).map_or(self.setup.default_mps, |(_, mps)| mps);
+                    self.enqueue(pending, mps);
+                }
+            }
+            CampaignState::Paused | CampaignState::Cancelled => {
+                if control.state == CampaignState::Cancelled {
+                    for pending in self.held_jobs.release(campaign) {
+                        self.settle.exit(writes, pending, Exit::Cancelled, 0);
+                    }
+                }
+                let name = campaign.to_owned();
+                let matching = Arc::new(move |p: &Pending| p.job.campaign.as_deref() == Some(name.as_str()));
+                let _ = self.scheduler.send(Command::Purge { matching, to: Some(self.capped_tx.clone()) });
+            }
         }
     }
 

@@ -40,10 +40,12 @@ use crate::writes::Refusals;
 
 mod account;
 mod backlog;
+mod campaigns;
 mod ingest;
 mod send;
 mod settle;
 mod shutdown;
+mod whole_topic;
 
 pub use shutdown::Shutdown;
 
@@ -108,28 +110,6 @@ async fn start_parking(
         "parking: jobs due later than park_after wait in Kafka"
     );
     Ok((Arc::new(parker), Arc::new(mover)))
-}
-
-/// Starts reading Meta's account events (creating their topic when
-/// missing) and waits, at most [`account::CATCH_UP`], until those already
-/// written are read, so that a restart applies the latest upgrades and
-/// stops before its first job. Without the topic the engine runs on, and
-/// says so.
-async fn follow_account_events(
-    setup: &Arc<EngineSetup>,
-    shutdown: &Shutdown,
-) -> mpsc::UnboundedReceiver<wabulk_webhooks::account::AccountChange> {
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    if let Err(error) = account::ensure_topic(setup).await {
-        tracing::warn!(error = format!("{error:#}"), "Meta's account events are not applied: upgrades, bans and restrictions need the account events topic");
-        return changes_rx;
-    }
-    let (caught_up_tx, caught_up) = tokio::sync::oneshot::channel();
-    tokio::spawn(account::follow(Arc::clone(setup), changes_tx, caught_up_tx, shutdown.clone()));
-    if tokio::time::timeout(account::CATCH_UP, caught_up).await.is_err() {
-        tracing::warn!(topic = %setup.account_events_topic, "the account events written before the start were not all read in time; they apply as they are read");
-    }
-    changes_rx
 }
 
 /// Keeps the parking mover's metrics up to date until `shutdown` begins.
@@ -285,8 +265,11 @@ pub async fn run_with_changes(
         jobs_topic: Arc::from(setup.kafka.jobs_topic.as_str()),
     };
 
-    let account_changes = follow_account_events(&setup, &shutdown).await;
+    let account_events =
+        whole_topic::follow(&setup, &setup.account_events_topic, "account events", &shutdown).await;
+    let controls = whole_topic::follow(&setup, &setup.control_topic, "campaign controls", &shutdown).await;
     let (capped_tx, capped_rx) = mpsc::unbounded_channel();
+    let campaigns = Arc::new(campaigns::CampaignStates::default());
     let ingest_stage = IngestStage {
         setup: Arc::clone(&setup),
         registry: Arc::clone(&registry),
@@ -299,13 +282,16 @@ pub async fn run_with_changes(
             setup.parking.as_ref().map_or(Duration::MAX, |parking| parking.park_after),
             setup.kafka.max_in_memory_bytes,
         ),
-        capped_tx,
+        capped_tx: capped_tx.clone(),
         mis_keyed_logged: Default::default(),
+        campaigns: Arc::clone(&campaigns),
+        held_jobs: Default::default(),
         accounts: account::Accounts::new(
             setup.parking.as_ref().map_or(Duration::MAX, |parking| parking.held_recheck),
         ),
     };
-    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone(), capped_rx, account_changes, changes));
+    let inputs = ingest::Inputs { capped: capped_rx, account_events, controls, live_changes: changes };
+    let ingest_task = tokio::spawn(ingest_stage.run(shutdown.clone(), inputs));
 
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let (taken_tx, taken_rx) = mpsc::unbounded_channel();
@@ -322,6 +308,8 @@ pub async fn run_with_changes(
         shutdown: shutdown.clone(),
         answers_tx,
         taken_tx,
+        campaigns,
+        stopped_tx: capped_tx,
         halted: HashMap::new(),
         token_checks: tokio::task::JoinSet::new(),
         gates: HashMap::new(),

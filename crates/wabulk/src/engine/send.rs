@@ -10,11 +10,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wabulk_kafka::{Assignment, Ingest};
 use wabulk_limits::Clock;
-use wabulk_model::{ApiError, ErrorCode, Exit, NumericId, Outcome};
+use wabulk_model::{ApiError, CampaignState, ErrorCode, Exit, NumericId, Outcome};
 use wabulk_scheduler::{Command, Dispatch, Ready, Scheduler, TokioClock, WabaRegistry};
 use wabulk_sender::{DepartureGate, SchedulingDelay, Sender, TokenCheck};
 use wabulk_telemetry::{Health, Metrics};
 
+use super::campaigns::CampaignStates;
 use super::settle::Settle;
 use super::shutdown::Shutdown;
 use super::Pending;
@@ -58,6 +59,11 @@ pub(super) struct SendStage {
     /// Where the scheduler hands back the queued jobs of a halted WABA, to
     /// be parked.
     pub(super) taken_tx: mpsc::UnboundedSender<Vec<Pending>>,
+    /// Each controlled campaign's state, looked at just before a request.
+    pub(super) campaigns: Arc<CampaignStates>,
+    /// Where jobs of a campaign paused or cancelled on their way here go
+    /// back to the ingest stage (parked or ended there).
+    pub(super) stopped_tx: mpsc::UnboundedSender<Vec<Pending>>,
     /// WABAs halted for a refused token, each with a number to check the
     /// token with and when to check it next.
     pub(super) halted: HashMap<u64, Halted>,
@@ -150,6 +156,12 @@ impl SendStage {
 
     fn start_send(&mut self, dispatch: Dispatch<Pending>) -> bool {
         let ours = !self.shutdown.is_draining() && !dispatch.job.lease.is_revoked();
+        if ours && self.campaigns.of(&dispatch.job) != CampaignState::Active {
+            // Paused or cancelled after the scheduler let it go.
+            let _ = self.scheduler.send(Command::Finish(dispatch.ticket));
+            let _ = self.stopped_tx.send(vec![dispatch.job]);
+            return false;
+        }
         let Some(token) = self.setup.tokens.get(dispatch.waba).filter(|_| ours) else {
             // Not ours to send any more (or, defensively, no token): the
             // record is read again by its next owner or after a restart.

@@ -66,6 +66,9 @@ impl Settle {
                 this.refusals.write(Topic::Results, false, || this.output.result(key, json.clone())).await;
             // Counted once Kafka has it, so the metric never runs ahead of the topic.
             this.metrics.count_result(status);
+            if let Some(campaign) = &result.campaign {
+                this.metrics.count_campaign(campaign, status);
+            }
             lease.done();
         });
     }
