@@ -189,6 +189,12 @@ pub struct WabaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Variable holding the bearer token of the admin endpoints
+    /// (`/admin/...` on `listen`); unset or empty, they answer 404.
+    pub admin_token_env: String,
+    /// A file holding that token instead (wins over the variable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,7 +317,7 @@ impl Default for LimitsConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self { listen: "127.0.0.1:9464".into(), admin_token_env: "WABULK_ADMIN_TOKEN".into(), admin_token_file: None }
     }
 }
 
@@ -624,6 +630,7 @@ impl Config {
         if let Some(webhooks) = &self.webhooks {
             vars.extend([webhooks.app_secret_env.as_str(), webhooks.verify_token_env.as_str()]);
         }
+        vars.push(self.http.admin_token_env.as_str());
         vars.sort_unstable();
         vars.dedup();
         text.push_str("\n# access tokens and webhook secrets (values never printed)\n");

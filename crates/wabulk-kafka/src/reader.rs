@@ -77,16 +77,24 @@ impl TopicReader {
     /// was written before this call is read once every partition has been
     /// read up to it. Blocks for a round trip per partition.
     pub fn ends(&self, timeout: Duration) -> Result<HashMap<i32, i64>, KafkaError> {
+        Ok(self.bounds(timeout)?.into_iter().map(|(partition, (_, end))| (partition, end)).collect())
+    }
+
+    /// Each partition's first offset still held and its end: a partition
+    /// whose two are equal has nothing to read (empty, or every record
+    /// deleted by retention), so waiting for its end would be waiting for
+    /// ever. Blocks for a round trip per partition.
+    pub fn bounds(&self, timeout: Duration) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
         let assigned = self.consumer.assignment().map_err(KafkaError::Consume)?;
-        let mut ends = HashMap::new();
+        let mut bounds = HashMap::new();
         for element in assigned.elements() {
-            let (_, high) = self
+            let watermarks = self
                 .consumer
                 .fetch_watermarks(&self.topic, element.partition(), timeout)
                 .map_err(|e| KafkaError::Metadata { topic: self.topic.clone(), source: Some(e) })?;
-            ends.insert(element.partition(), high);
+            bounds.insert(element.partition(), watermarks);
         }
-        Ok(ends)
+        Ok(bounds)
     }
 
     /// The next record of any partition; waits for one.

@@ -17,7 +17,8 @@ pub use metrics::{
     PAUSE_REASONS, PRODUCE_REFUSALS, REJECT_REASONS, RESULT_STATUSES, RETRY_REASONS, STATUS_ERROR_CODES,
     THROTTLE_LIMITS, WEBHOOK_OUTCOMES, WEBHOOK_STATUSES,
 };
-pub use server::{serve, serve_http1};
+pub use hyper::{Method, StatusCode};
+pub use server::{serve, serve_http1, serve_with_admin, AdminHandler, AdminRequest};
 
 /// Re-exported so that callers can name the handle types (`IntCounter`, ...)
 /// and register extra metrics without a dependency of their own.

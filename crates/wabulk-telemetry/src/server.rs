@@ -81,9 +81,55 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with_admin(listener, metrics, health, None, shutdown).await
+}
+
+/// An operator's request to `/admin/...`: what the admin handler needs.
+#[derive(Debug)]
+pub struct AdminRequest {
+    pub method: Method,
+    pub path: String,
+    /// The `Authorization` header, as sent.
+    pub authorization: Option<HeaderValue>,
+}
+
+/// Answers admin requests with a status and a one-line text; it checks the
+/// credentials itself.
+pub type AdminHandler =
+    Arc<dyn Fn(AdminRequest) -> std::pin::Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>> + Send + Sync>;
+
+/// [`serve`], with `/admin/...` answered by `admin` (404 without one).
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    admin: Option<AdminHandler>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let handler = move |req: Request<Incoming>| {
-        let response = respond(&req, &metrics, &health);
-        async move { response }
+        let admin_call = req.uri().path().starts_with("/admin/").then(|| {
+            let request = AdminRequest {
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+                authorization: req.headers().get(hyper::header::AUTHORIZATION).cloned(),
+            };
+            admin.as_ref().map(|admin| admin(request))
+        });
+        let response = match admin_call {
+            None => Some(respond(&req, &metrics, &health)),
+            Some(None) => Some(plain(StatusCode::NOT_FOUND, "not found: no admin token is configured\n".into())),
+            Some(Some(_)) => None,
+        };
+        async move {
+            match (response, admin_call.flatten()) {
+                (Some(response), _) => response,
+                (None, Some(call)) => {
+                    let (status, text) = call.await;
+                    plain(status, format!("{text}\n"))
+                }
+                (None, None) => plain(StatusCode::NOT_FOUND, "not found\n".into()),
+            }
+        }
     };
     serve_http1(listener, None, MAX_CONNECTIONS, DRAIN_TIMEOUT, handler, shutdown).await
 }

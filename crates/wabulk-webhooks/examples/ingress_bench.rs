@@ -4,6 +4,10 @@
 //! records. Prints statuses per second and the answer latency.
 //!
 //! `cargo run --release -p wabulk-webhooks --example ingress_bench -- [SECONDS] [CONNECTIONS] [STATUSES_PER_POST]`
+//!
+//! With `INGRESS_RECEIVER=target/release/wabulk`, the receiver is that
+//! binary's `wabulk webhooks`, in a process of its own, as it runs in
+//! production; this process then holds the broker and the clients.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,11 +44,21 @@ async fn main() {
         max_body_bytes: ReceiverConfig::DEFAULT_MAX_BODY_BYTES,
         body_timeout: ReceiverConfig::DEFAULT_BODY_TIMEOUT,
     };
-    let producer = JobWriter::connect(&kafka.bootstrap_servers(), &Default::default()).expect("producer");
-    let receiver = Arc::new(Receiver::new(config, producer, Arc::new(Metrics::new())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(wabulk_webhooks::serve(listener, None, receiver, std::future::pending()));
+    let (addr, _external) = match std::env::var("INGRESS_RECEIVER") {
+        Ok(binary) => {
+            let (addr, child) = external_receiver(&binary, &kafka.bootstrap_servers()).await;
+            (addr, Some(child))
+        }
+        Err(_) => {
+            let producer =
+                JobWriter::connect(&kafka.bootstrap_servers(), &Default::default()).expect("producer");
+            let receiver = Arc::new(Receiver::new(config, producer, Arc::new(Metrics::new())));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(wabulk_webhooks::serve(listener, None, receiver, std::future::pending()));
+            (addr, None)
+        }
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(AtomicU64::new(0));
@@ -115,3 +129,41 @@ async fn main() {
         quantile(0.99).as_secs_f64() * 1e3
     );
 }
+
+/// Starts `binary webhooks` on a free port with `brokers`, and waits until
+/// it listens. The child is killed when the handle is dropped.
+async fn external_receiver(binary: &str, brokers: &str) -> (std::net::SocketAddr, KillOnDrop) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let dir = std::env::temp_dir().join(format!("ingress-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a work dir");
+    let config = dir.join("wabulk.toml");
+    let text = format!(
+        "[kafka]\nbrokers = {brokers:?}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    std::fs::write(&config, text).expect("write the configuration");
+    let child = std::process::Command::new(binary)
+        .args(["webhooks", "--config"])
+        .arg(&config)
+        .env("WABULK_APP_SECRET", "bench-secret")
+        .env("WABULK_WEBHOOK_VERIFY_TOKEN", "v")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the receiver");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the receiver did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (addr, KillOnDrop(child))
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+

@@ -15,8 +15,11 @@ use wabulk_lab::demo::DemoOptions;
 use wabulk_lab::{graph_sim, loadgen};
 use wabulk_telemetry::{Health, Metrics};
 
+mod admin;
+
 /// Subcommands with more to them than a call into the library.
 mod cli {
+    pub(crate) mod campaign;
     pub(crate) mod send;
 }
 
@@ -87,6 +90,11 @@ enum Command {
     /// was not a job (the valid ones are written all the same), 2 if the
     /// configuration, the input or Kafka failed.
     Send(cli::send::SendArgs),
+    /// Pause, resume or cancel a campaign (one record on the control topic,
+    /// applied by every engine instance), or show each campaign's state and
+    /// counts. Exit status 1 if a change is refused, 2 if the configuration
+    /// or Kafka failed.
+    Campaign(cli::campaign::CampaignArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +176,10 @@ fn default_filter(command: &Command) -> &'static str {
         // `send` reports on stderr: besides that, only warnings (a broker
         // that cannot be reached, say).
         Command::Send(_) => "warn",
+        // `campaign`'s reads fail at once when Kafka cannot be reached, with
+        // the cause in its own message; librdkafka's warnings would repeat it
+        // hundreds of times.
+        Command::Campaign(_) => "warn,librdkafka=error",
         // The consumer is closed on its polling thread (so that the final
         // revocation stores the offsets there); rdkafka's own drop then tries
         // to close it again and logs that as an error on every clean stop.
@@ -188,6 +200,7 @@ impl Telemetry {
         listen: SocketAddr,
         metrics: &Arc<Metrics>,
         health: &Arc<Health>,
+        admin: Option<wabulk_telemetry::AdminHandler>,
     ) -> anyhow::Result<Telemetry> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -195,10 +208,11 @@ impl Telemetry {
         let address = listener.local_addr().unwrap_or(listen);
         tracing::info!(%address, "serving /metrics, /healthz, /readyz");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(wabulk_telemetry::serve(
+        let task = tokio::spawn(wabulk_telemetry::serve_with_admin(
             listener,
             Arc::clone(metrics),
             Arc::clone(health),
+            admin,
             async move {
                 let _ = stopped.await;
             },
@@ -224,24 +238,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => Ok(cli::send::run(args).await),
+        Command::Campaign(args) => Ok(cli::campaign::run(args).await),
         Command::Run { config } => {
             let loaded = load_config(&config)?;
             let setup = EngineSetup::from_config(&loaded, &|var| std::env::var(var).ok())?;
             let metrics = Arc::new(Metrics::new());
             let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel();
-            let reloader = wabulk::reload::Reloader::new(
+            let reloader = Arc::new(std::sync::Mutex::new(wabulk::reload::Reloader::new(
                 config.clone(),
                 loaded.clone(),
                 Arc::clone(&setup.tokens),
                 changes_tx,
                 Arc::clone(&metrics),
-            );
+            )));
+            let admin = admin::handler(loaded.clone(), Arc::clone(&reloader))?;
             let (stop_reloads, reloads_stopped) = tokio::sync::oneshot::channel::<()>();
             let reloads = tokio::spawn(wabulk::reload::watch(reloader, async move {
                 let _ = reloads_stopped.await;
             }));
             let health = Arc::new(Health::new());
-            let telemetry = Telemetry::start(setup.http_listen, &metrics, &health).await?;
+            let telemetry = Telemetry::start(setup.http_listen, &metrics, &health, admin).await?;
             let env = |var: &str| std::env::var(var).ok();
             let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
             let webhooks = match loaded.webhooks {
@@ -272,7 +288,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             metrics.create_status_zero_series(loaded.phones.iter().map(|p| p.id.as_str()));
             let health = Arc::new(Health::new());
             let listen: SocketAddr = loaded.http.listen.parse().context("http.listen")?;
-            let telemetry = Telemetry::start(listen, &metrics, &health).await?;
+            let telemetry = Telemetry::start(listen, &metrics, &health, None).await?;
             let receiver = wabulk::webhooks::start(&loaded, &env, metrics, stop_signal()).await?;
             // Nothing to consume and nothing to send: ready while it receives.
             health.set_consuming(true);

@@ -9,7 +9,7 @@
 //! halted for a refused token is checked again at once.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -47,6 +47,26 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> Reloader {
         Reloader { path, running, tokens, changes, metrics }
+    }
+
+    /// [`Reloader::reload`], logged: what changed, or why nothing did.
+    pub fn reload_and_log(&mut self, asked_by: &str) -> anyhow::Result<usize> {
+        let result = self.reload();
+        match &result {
+            Ok(changes) => tracing::info!(
+                path = %self.path.display(),
+                changes,
+                asked_by,
+                "configuration reloaded (tiers and caps changed: {changes}; tokens read again)"
+            ),
+            Err(error) => tracing::error!(
+                path = %self.path.display(),
+                error = format!("{error:#}"),
+                asked_by,
+                "configuration reload refused; the running configuration is unchanged"
+            ),
+        }
+        result
     }
 
     /// Reads the file again and applies it, or says why not; the running
@@ -96,6 +116,12 @@ impl Reloader {
     }
 }
 
+/// The reloader, whoever held it last: a panic under the lock leaves the
+/// running configuration as it was (it is replaced only once applied).
+pub fn lock(reloader: &Mutex<Reloader>) -> MutexGuard<'_, Reloader> {
+    reloader.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What differs between two configurations that may change live: each
 /// number's tier and each WABA's cap.
 fn live_changes(old: &Config, new: &Config) -> Vec<LiveChange> {
@@ -121,8 +147,8 @@ fn live_changes(old: &Config, new: &Config) -> Vec<LiveChange> {
 }
 
 /// Reloads on every SIGHUP and reads token files every few seconds, until
-/// `stop` resolves.
-pub async fn watch(mut reloader: Reloader, stop: impl std::future::Future<Output = ()>) {
+/// `stop` resolves. The reloader is shared with the admin endpoint.
+pub async fn watch(reloader: Arc<Mutex<Reloader>>, stop: impl std::future::Future<Output = ()>) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(error) => {
@@ -136,19 +162,10 @@ pub async fn watch(mut reloader: Reloader, stop: impl std::future::Future<Output
     loop {
         tokio::select! {
             () = &mut stop => return,
-            Some(()) = async { hangups.as_mut()?.recv().await } => match reloader.reload() {
-                Ok(changes) => tracing::info!(
-                    path = %reloader.path.display(),
-                    changes,
-                    "configuration reloaded (tiers and caps changed: {changes}; tokens read again)"
-                ),
-                Err(error) => tracing::error!(
-                    path = %reloader.path.display(),
-                    error = format!("{error:#}"),
-                    "configuration reload refused; the running configuration is unchanged"
-                ),
-            },
-            _ = token_files.tick() => reloader.refresh_tokens(),
+            Some(()) = async { hangups.as_mut()?.recv().await } => {
+                let _ = lock(&reloader).reload_and_log("SIGHUP");
+            }
+            _ = token_files.tick() => lock(&reloader).refresh_tokens(),
         }
     }
 }

@@ -78,12 +78,12 @@ async fn read<T: DeserializeOwned>(
         let (brokers, extra, topic) = (setup.kafka.brokers.clone(), setup.kafka.extra.clone(), topic.clone());
         tokio::task::spawn_blocking(move || {
             let reader = TopicReader::connect_with(&brokers, &extra, &topic, CATCH_UP)?;
-            let ends = reader.ends(CATCH_UP)?;
-            Ok::<_, wabulk_kafka::KafkaError>((reader, ends))
+            let bounds = reader.bounds(CATCH_UP)?;
+            Ok::<_, wabulk_kafka::KafkaError>((reader, bounds))
         })
         .await
     };
-    let (reader, mut unread) = match reader {
+    let (reader, bounds) = match reader {
         Ok(Ok(found)) => found,
         Ok(Err(error)) => {
             tracing::warn!(%error, %topic, "cannot read the {what}; they are not applied");
@@ -91,7 +91,10 @@ async fn read<T: DeserializeOwned>(
         }
         Err(_) => return,
     };
-    unread.retain(|_, end| *end > 0);
+    // A partition whose records compaction or retention all deleted has
+    // nothing to wait for.
+    let mut unread: std::collections::HashMap<i32, i64> =
+        bounds.into_iter().filter(|(_, (first, end))| first < end).map(|(p, (_, end))| (p, end)).collect();
     let mut caught_up = Some(caught_up);
     loop {
         if unread.is_empty() {

@@ -71,6 +71,11 @@ async fn paused_campaigns_wait_across_a_restart_and_cancelled_ones_end_cancelled
     let a_late = sent_after(&first, "a-", paused + grace);
     let c_late = sent_after(&first, "c-", cancelled + grace);
     let b_on = sent_after(&first, "b-", paused + grace);
+    // Measured in loadtest/RESULTS.md ("Pausing a campaign").
+    let last_a = first.iter().filter(|(id, _)| id.starts_with("a-")).map(|(_, &at)| at).max();
+    if let Some(last) = last_a.and_then(|last| last.duration_since(paused).ok()) {
+        eprintln!("campaign a: its last send {last:?} after the pause was written");
+    }
 
     // A restarted engine reads the pause again before its first job.
     engine.terminate();

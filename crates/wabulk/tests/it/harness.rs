@@ -605,10 +605,23 @@ pub(crate) fn free_port() -> u16 {
 /// `GET path` over HTTP/1.1 from `127.0.0.1:port`; the status line and body,
 /// or why not (the engine may not be listening yet).
 pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http_call(port, "GET", path, &[])
+}
+
+/// One bodiless HTTP/1.1 request with `headers` (`"Name: value"`); the whole
+/// answer as text.
+pub(crate) fn http_call(port: u16, method: &str, path: &str, headers: &[&str]) -> std::io::Result<String> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     Ok(text)

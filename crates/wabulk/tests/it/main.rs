@@ -4,6 +4,7 @@
 //! own cluster and simulator, so they run in parallel without sharing state.
 
 mod account;
+mod campaign_cli;
 mod campaigns;
 mod connectivity;
 mod crash;

@@ -12,8 +12,8 @@ use wabulk_graph_sim::Latency;
 use wabulk_kafka::JobWriter;
 
 use crate::harness::{
-    init_logs, sim_config, violations, write_all, Collector, EngineProcess, EngineToml, Number, Program,
-    Stack, TempDir, MPS_MARGIN, RESULTS, WABA,
+    free_port, http_call, init_logs, sim_config, violations, write_all, Collector, EngineProcess, EngineToml,
+    Number, Program, Stack, TempDir, MPS_MARGIN, RESULTS, WABA,
 };
 
 const PHONE: &str = "106540352242922";
@@ -162,4 +162,81 @@ async fn a_rotated_token_file_resumes_a_halted_waba_by_itself() {
     assert!(resumed_within < Duration::from_secs(30), "resumed {resumed_within:?} after the rotation");
     assert!(stats.errors_by_code.get("190").is_some_and(|&n| n > 0), "the old token was refused");
     assert_eq!(violations(&stats), 0, "{:?}", stats.violations);
+}
+
+/// The status code of an HTTP answer, and its text.
+fn status_of(answer: &str) -> (u16, &str) {
+    let code = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, answer.split("\r\n\r\n").nth(1).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoints_reload_and_steer_campaigns_with_the_admin_token() {
+    init_logs();
+    const ADMIN: &str = "it-admin-token-7c1d";
+    let numbers = [Number::new(PHONE, 80)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(5))), 2).await;
+    let dir = TempDir::new("reload-admin");
+    let port = free_port();
+    let mut toml = EngineToml::new(&stack, "it-reload-admin", &numbers);
+    toml.http_listen = format!("127.0.0.1:{port}");
+    let config = toml.write(dir.path());
+    let env = [
+        (crate::harness::TOKEN_ENV.to_owned(), crate::harness::TOKEN.to_owned()),
+        ("WABULK_ADMIN_TOKEN".to_owned(), ADMIN.to_owned()),
+    ];
+    let mut engine =
+        EngineProcess::spawn_with(Program::Wabulk, &config, dir.path(), 0, &env, "info,librdkafka=warn");
+    let controls = Collector::start(&stack.brokers(), "wabulk.control");
+    let bearer = format!("Authorization: Bearer {ADMIN}");
+    let started = Instant::now();
+    let call = |method: &str, path: &str, headers: &[&str]| loop {
+        match http_call(port, method, path, headers) {
+            Ok(answer) => break answer,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(error) => panic!("the engine does not answer on {port}: {error}"),
+        }
+    };
+
+    assert_eq!(status_of(&call("POST", "/admin/reload", &[])).0, 401, "no token");
+    assert_eq!(
+        status_of(&call("POST", "/admin/reload", &["Authorization: Bearer guess"])).0,
+        401,
+        "wrong token"
+    );
+    let answer = call("POST", "/admin/reload", &[&bearer]);
+    let (code, text) = status_of(&answer);
+    assert_eq!(code, 200, "{text}");
+    let mut invalid = toml.clone();
+    invalid.numbers[0].mps = 0;
+    rewrite(&invalid, dir.path());
+    let answer = call("POST", "/admin/reload", &[&bearer]);
+    let (code, text) = status_of(&answer);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("phones[0].mps"), "the refusal names the key: {text}");
+    assert_eq!(status_of(&call("GET", "/admin/reload", &[&bearer])).0, 405);
+    assert_eq!(status_of(&call("POST", "/admin/campaigns/nov%20shipping/frobnicate", &[&bearer])).0, 404);
+    let answer = call("POST", "/admin/campaigns/nov%20shipping/pause", &[&bearer]);
+    assert_eq!(status_of(&answer).0, 200, "{answer}");
+    assert!(controls.wait_until(Duration::from_secs(10), |r| !r.is_empty()).await, "no control record");
+    let records = controls.records();
+    controls.stop().await;
+    engine.terminate();
+    assert!(
+        engine.wait_exit(Duration::from_secs(30)).is_some_and(|e| e.success()),
+        "{}",
+        engine.log_tail(20)
+    );
+    stack.stop().await;
+
+    let control: wabulk_model::Control =
+        serde_json::from_slice(&records[0].payload).expect("a control record");
+    assert_eq!(records[0].key.as_deref(), Some(&b"nov shipping"[..]));
+    assert_eq!(
+        (control.campaign.as_str(), control.state),
+        ("nov shipping", wabulk_model::CampaignState::Paused)
+    );
+    assert!(!engine.log_lines(&[ADMIN]).iter().any(|_| true), "the admin token is never logged");
 }
