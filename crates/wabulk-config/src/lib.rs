@@ -317,7 +317,11 @@ impl Default for LimitsConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into(), admin_token_env: "WABULK_ADMIN_TOKEN".into(), admin_token_file: None }
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            admin_token_env: "WABULK_ADMIN_TOKEN".into(),
+            admin_token_file: None,
+        }
     }
 }
 

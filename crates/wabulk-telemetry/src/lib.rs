@@ -11,13 +11,13 @@ mod metrics;
 mod server;
 
 pub use health::Health;
+pub use hyper::{Method, StatusCode};
 pub use metrics::{
     Metrics, NumberSeries, ACCOUNT_CHANGES, ACTED_ON_API_ERROR_CODES, CAMPAIGN_SERIES_CAP,
     DEFAULT_SERIES_CAP, DLQ_REASONS, FAILED_REASONS, OVERFLOW_LABEL, PARKING_MOVES, PARK_REASONS,
     PAUSE_REASONS, PRODUCE_REFUSALS, REJECT_REASONS, RESULT_STATUSES, RETRY_REASONS, STATUS_ERROR_CODES,
     THROTTLE_LIMITS, WEBHOOK_OUTCOMES, WEBHOOK_STATUSES,
 };
-pub use hyper::{Method, StatusCode};
 pub use server::{serve, serve_http1, serve_with_admin, AdminHandler, AdminRequest};
 
 /// Re-exported so that callers can name the handle types (`IntCounter`, ...)

@@ -95,8 +95,11 @@ pub struct AdminRequest {
 
 /// Answers admin requests with a status and a one-line text; it checks the
 /// credentials itself.
-pub type AdminHandler =
-    Arc<dyn Fn(AdminRequest) -> std::pin::Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>> + Send + Sync>;
+pub type AdminHandler = Arc<
+    dyn Fn(AdminRequest) -> std::pin::Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// [`serve`], with `/admin/...` answered by `admin` (404 without one).
 pub async fn serve_with_admin(
@@ -117,7 +120,9 @@ pub async fn serve_with_admin(
         });
         let response = match admin_call {
             None => Some(respond(&req, &metrics, &health)),
-            Some(None) => Some(plain(StatusCode::NOT_FOUND, "not found: no admin token is configured\n".into())),
+            Some(None) => {
+                Some(plain(StatusCode::NOT_FOUND, "not found: no admin token is configured\n".into()))
+            }
             Some(Some(_)) => None,
         };
         async move {

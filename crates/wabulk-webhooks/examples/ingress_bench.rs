@@ -133,7 +133,8 @@ async fn main() {
 /// Starts `binary webhooks` on a free port with `brokers`, and waits until
 /// it listens. The child is killed when the handle is dropped.
 async fn external_receiver(binary: &str, brokers: &str) -> (std::net::SocketAddr, KillOnDrop) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
     let dir = std::env::temp_dir().join(format!("ingress-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a work dir");
     let config = dir.join("wabulk.toml");
@@ -166,4 +167,3 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
-
