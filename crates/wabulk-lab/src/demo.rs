@@ -176,5 +176,7 @@ fn load_spec(options: &DemoOptions, numbers: Vec<LoadNumber>) -> LoadSpec {
         expires_in_s: 0,
         id_prefix: format!("demo-{}", chrono::Utc::now().format("%H%M%S")),
         seed: 7,
+        // Three campaigns, so the campaign panels have something to show.
+        campaigns: 3,
     }
 }

@@ -45,6 +45,9 @@ pub struct LoadSpec {
     pub id_prefix: String,
     /// Fixes every random choice: the same spec gives the same records.
     pub seed: u64,
+    /// Regular jobs are spread round-robin over this many campaigns
+    /// (`"campaign": "{id_prefix}-c{n}"`); 0 gives none a campaign.
+    pub campaigns: u32,
 }
 
 /// One business number and how much of the load it gets.
@@ -148,6 +151,7 @@ impl Default for LoadSpec {
             expires_in_s: 60,
             id_prefix: "loadgen".into(),
             seed: 1,
+            campaigns: 0,
         }
     }
 }

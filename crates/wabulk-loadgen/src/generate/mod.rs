@@ -148,6 +148,8 @@ pub struct Generator {
     valid_written: u64,
     seq: u64,
     id_prefix: String,
+    /// Campaigns the regular jobs are spread over (`LoadSpec::campaigns`).
+    campaigns: u32,
     start: DateTime<Utc>,
     rate: Option<f64>,
     not_before_fraction: f64,
@@ -217,6 +219,7 @@ impl Generator {
             valid_written: 0,
             seq: 0,
             id_prefix: spec.id_prefix.clone(),
+            campaigns: spec.campaigns,
             start: start.trunc_subsecs(3),
             rate: spec.rate,
             not_before_fraction: spec.not_before_fraction,
@@ -309,6 +312,7 @@ impl Generator {
     ) -> GeneratedRecord {
         let (phone_number_id, waba_id) = &self.numbers[number];
         let id = format!("{}-{seq}", self.id_prefix);
+        let campaign = (self.campaigns > 0).then(|| format!("{}-c{}", self.id_prefix, seq % u64::from(self.campaigns)));
         let wire = WireJob {
             id: &id,
             phone_number_id,
@@ -318,6 +322,7 @@ impl Generator {
             not_before: not_before.map(rfc3339),
             expires_at: expires_at.map(rfc3339),
             metadata: Metadata { loadgen: true, seq, burst },
+            campaign,
         };
         let payload = serde_json::to_vec(&wire).expect("plain structs always serialise");
         GeneratedRecord {
@@ -349,6 +354,7 @@ impl Generator {
                 not_before: None,
                 expires_at: None,
                 metadata: Metadata { loadgen: true, seq, burst: None },
+                campaign: None,
             })
             .expect("plain structs always serialise")
         };
@@ -444,6 +450,8 @@ struct WireJob<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
     metadata: Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    campaign: Option<String>,
 }
 
 #[derive(Serialize)]

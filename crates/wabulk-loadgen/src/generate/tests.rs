@@ -28,7 +28,21 @@ fn spec(jobs: u64) -> LoadSpec {
         expires_in_s: 0,
         id_prefix: "t".into(),
         seed: 7,
+        campaigns: 0,
     }
+}
+
+#[test]
+fn regular_jobs_are_spread_over_the_campaigns_round_robin() {
+    let with_campaigns = LoadSpec { campaigns: 3, ..spec(30) };
+    let mut per_campaign = std::collections::BTreeMap::new();
+    for record in generate(&with_campaigns).take(30) {
+        let job = parse(&record).expect("a valid job");
+        *per_campaign.entry(job.campaign.expect("every job has one")).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> = (0..3).map(|n| (format!("t-c{n}"), 10)).collect();
+    assert_eq!(per_campaign, expected);
+    assert!(generate(&spec(5)).all(|record| parse(&record).unwrap().campaign.is_none()));
 }
 
 fn parse(record: &GeneratedRecord) -> Result<Job, wabulk_model::JobError> {

@@ -32,6 +32,7 @@ fn spec(jobs: u64, rate: Option<f64>) -> LoadSpec {
         expires_in_s: 60,
         id_prefix: "it".into(),
         seed: 11,
+        campaigns: 0,
     }
 }
 
