@@ -240,6 +240,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Send(args) => Ok(cli::send::run(args).await),
         Command::Campaign(args) => Ok(cli::campaign::run(args).await),
         Command::Run { config } => {
+            let stop = stop_signal();
             let loaded = load_config(&config)?;
             let setup = EngineSetup::from_config(&loaded, &|var| std::env::var(var).ok())?;
             let metrics = Arc::new(Metrics::new());
@@ -269,7 +270,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            let ran = wabulk::engine::run_with_changes(setup, metrics, health, stop_signal(), changes).await;
+            let ran = wabulk::engine::run_with_changes(setup, metrics, health, stop, changes).await;
             let _ = stop_reloads.send(());
             let _ = reloads.await;
             ran?;
@@ -281,6 +282,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Webhooks { config } => {
+            let stop = stop_signal();
             let loaded = load_config(&config)?;
             let env = |var: &str| std::env::var(var).ok();
             let metrics = Arc::new(Metrics::new());
@@ -289,7 +291,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let health = Arc::new(Health::new());
             let listen: SocketAddr = loaded.http.listen.parse().context("http.listen")?;
             let telemetry = Telemetry::start(listen, &metrics, &health, None).await?;
-            let receiver = wabulk::webhooks::start(&loaded, &env, metrics, stop_signal()).await?;
+            let receiver = wabulk::webhooks::start(&loaded, &env, metrics, stop).await?;
             // Nothing to consume and nothing to send: ready while it receives.
             health.set_consuming(true);
             health.set_sending(true);
@@ -409,18 +411,26 @@ async fn unless_stopped<T>(run: impl std::future::Future<Output = anyhow::Result
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that comes while
+/// the engine is still starting (reading its topics, creating the parking
+/// ones) then stops it gracefully once it has started, instead of killing
+/// it.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut signal) => {
                 signal.recv().await;
             }
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    }
+    let (terminate, interrupt) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+    async move {
+        tokio::select! {
+            () = received(terminate) => {}
+            () = received(interrupt) => {}
+        }
     }
 }
