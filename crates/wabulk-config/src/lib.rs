@@ -207,6 +207,12 @@ pub struct WebhooksConfig {
     pub app_secret_env: String,
     /// Variable holding the verify token given to Meta's dashboard.
     pub verify_token_env: String,
+    /// Files holding the app secret and the verify token instead (each
+    /// wins over its variable); read when the receiver starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_secret_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_token_file: Option<String>,
     pub statuses_topic: String,
     pub inbound_topic: String,
     /// Larger notification bodies are answered 413.
@@ -229,6 +235,8 @@ impl Default for WebhooksConfig {
             path: "/webhooks/whatsapp".into(),
             app_secret_env: "WABULK_APP_SECRET".into(),
             verify_token_env: "WABULK_WEBHOOK_VERIFY_TOKEN".into(),
+            app_secret_file: None,
+            verify_token_file: None,
             statuses_topic: "wabulk.statuses".into(),
             inbound_topic: "wabulk.inbound".into(),
             max_body_bytes: 1 << 20,

@@ -24,13 +24,35 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let webhooks = config.webhooks.as_ref().context("the configuration has no [webhooks] section")?;
-    let secret = |var: &str, key: &str| {
-        env(var).filter(|v| !v.is_empty()).with_context(|| format!("{key}: the variable {var} is not set"))
+    // A file wins over its variable; surrounding whitespace is not part of it.
+    let secret = |file: &Option<String>, file_key: &str, var: &str, var_key: &str| match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("{file_key}: cannot read {path}"))
+            .map(|text| text.trim().to_owned())
+            .and_then(|text| {
+                anyhow::ensure!(!text.is_empty(), "{file_key}: {path} is empty");
+                Ok(text)
+            }),
+        None => env(var)
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("{var_key}: the variable {var} is not set")),
     };
+    let app_secret = secret(
+        &webhooks.app_secret_file,
+        "webhooks.app_secret_file",
+        &webhooks.app_secret_env,
+        "webhooks.app_secret_env",
+    )?;
+    let verify_token = secret(
+        &webhooks.verify_token_file,
+        "webhooks.verify_token_file",
+        &webhooks.verify_token_env,
+        "webhooks.verify_token_env",
+    )?;
     let receiver_config = ReceiverConfig {
         path: webhooks.path.clone(),
-        app_secret: AppSecret::new(secret(&webhooks.app_secret_env, "webhooks.app_secret_env")?),
-        verify_token: VerifyToken::new(secret(&webhooks.verify_token_env, "webhooks.verify_token_env")?),
+        app_secret: AppSecret::new(app_secret),
+        verify_token: VerifyToken::new(verify_token),
         statuses_topic: webhooks.statuses_topic.clone(),
         inbound_topic: webhooks.inbound_topic.clone(),
         account_events_topic: config.kafka.account_events_topic.clone(),

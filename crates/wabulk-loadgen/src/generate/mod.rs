@@ -312,7 +312,8 @@ impl Generator {
     ) -> GeneratedRecord {
         let (phone_number_id, waba_id) = &self.numbers[number];
         let id = format!("{}-{seq}", self.id_prefix);
-        let campaign = (self.campaigns > 0).then(|| format!("{}-c{}", self.id_prefix, seq % u64::from(self.campaigns)));
+        let campaign =
+            (self.campaigns > 0).then(|| format!("{}-c{}", self.id_prefix, seq % u64::from(self.campaigns)));
         let wire = WireJob {
             id: &id,
             phone_number_id,

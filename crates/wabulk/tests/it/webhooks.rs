@@ -425,3 +425,74 @@ fn check_config_refuses_unusable_tls_files_naming_the_key() {
     );
     assert!(!said.contains("PRIVATE KEY"), "key material in the error:\n{said}");
 }
+
+/// The app secret and the verify token may come from files: `wabulk
+/// webhooks` with no secret variable set answers the handshake with the
+/// file's verify token and takes a body signed with the file's secret; a
+/// missing file stops it at start, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_secrets_may_come_from_files() {
+    init_logs();
+    let numbers = [Number::new(PHONE, 80)];
+    let stack = Stack::start(sim_config(&numbers, Latency::Fixed(Duration::from_millis(5))), 1).await;
+    stack.kafka.create_topic(STATUSES, 1).expect("statuses topic");
+    stack.kafka.create_topic("wabulk.inbound", 1).expect("inbound topic");
+    let dir = TempDir::new("webhook-secret-files");
+    let (secret_file, verify_file) = (dir.path().join("app.secret"), dir.path().join("verify.token"));
+    std::fs::write(&secret_file, format!("{APP_SECRET}\n")).expect("secret file");
+    std::fs::write(&verify_file, VERIFY_TOKEN).expect("verify token file");
+    let port = free_port();
+    let mut text = EngineToml::new(&stack, "it-webhook-files", &numbers).render();
+    text.push_str(&format!(
+        "\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\napp_secret_file = {:?}\nverify_token_file = {:?}\n",
+        secret_file.display().to_string(),
+        verify_file.display().to_string()
+    ));
+    let config = dir.path().join("wabulk.toml");
+    std::fs::write(&config, &text).expect("write the configuration");
+    let receiver = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_wabulk"))
+            .args(["webhooks", "--config"])
+            .arg(config)
+            .env("WABULK_HTTP__LISTEN", "127.0.0.1:0")
+            .env_remove("WABULK_APP_SECRET")
+            .env_remove("WABULK_WEBHOOK_VERIFY_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wabulk webhooks")
+    };
+    let mut running = receiver(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let challenge = format!(
+        "GET /webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=7 HTTP/1.1"
+    );
+    let started = Instant::now();
+    let handshake = loop {
+        match request(addr, &challenge, b"") {
+            Some(status) => break status,
+            None if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            None => panic!("the receiver did not listen on {addr}"),
+        }
+    };
+    let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
+    let signed = format!(
+        "POST /webhooks/whatsapp HTTP/1.1\r\nX-Hub-Signature-256: {}",
+        AppSecret::new(APP_SECRET).sign(body)
+    );
+    let posted = request(addr, &signed, body);
+    let _ = Command::new("kill").args(["-TERM", &running.id().to_string()]).status();
+    assert!(running.wait().expect("wait").success(), "a graceful stop exits 0");
+    assert_eq!(handshake, 200, "the verify token from its file");
+    assert_eq!(posted, Some(200), "a body signed with the secret from its file");
+
+    std::fs::remove_file(&secret_file).expect("remove the secret file");
+    let output = receiver(&config).wait_with_output().expect("wabulk webhooks");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("webhooks.app_secret_file"), "the key is named: {stderr}");
+    assert!(!stderr.contains(APP_SECRET), "no secret shown: {stderr}");
+    stack.stop().await;
+}
