@@ -586,6 +586,20 @@ impl Config {
         Ok(())
     }
 
+    /// Every WABA the configuration names (by its numbers or its own
+    /// entry), once each, in that order, with its id as a number.
+    pub fn waba_ids(&self) -> Vec<(&str, u64)> {
+        let mut seen = std::collections::HashSet::new();
+        let named =
+            self.phones.iter().map(|p| p.waba_id.as_str()).chain(self.wabas.iter().map(|w| w.id.as_str()));
+        named
+            .filter_map(|id| {
+                let number = wabulk_model::NumericId::parse(id).expect("validated").get();
+                seen.insert(number).then_some((id, number))
+            })
+            .collect()
+    }
+
     /// The variable that holds a WABA's token.
     pub fn token_env(&self, waba_id: &str) -> &str {
         self.wabas

@@ -55,16 +55,7 @@ impl TokenSet {
         };
         let default = read(config.default_token_source())?;
         let mut by_waba = HashMap::new();
-        let waba_ids = config
-            .phones
-            .iter()
-            .map(|p| p.waba_id.as_str())
-            .chain(config.wabas.iter().map(|w| w.id.as_str()));
-        for waba_id in waba_ids {
-            let id = NumericId::parse(waba_id).expect("validated").get();
-            if by_waba.contains_key(&id) {
-                continue;
-            }
+        for (waba_id, id) in config.waba_ids() {
             let source = config.token_source(waba_id);
             match read(source)? {
                 Some(token) => by_waba.insert(id, token),
@@ -200,16 +191,7 @@ impl EngineSetup {
         }
         let mut wabas = HashMap::new();
         let mut groups: HashMap<String, TokenGroup> = HashMap::new();
-        let waba_ids = config
-            .phones
-            .iter()
-            .map(|p| p.waba_id.as_str())
-            .chain(config.wabas.iter().map(|w| w.id.as_str()));
-        for waba_id in waba_ids {
-            let id = NumericId::parse(waba_id).expect("validated").get();
-            if wabas.contains_key(&id) {
-                continue;
-            }
+        for (waba_id, id) in config.waba_ids() {
             let source = config.token_source(waba_id);
             let next = groups.len() as TokenGroup + 1;
             let token_group = if source == config.default_token_source() {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wabulk_graph_sim::{Latency, SimConfig};
-use wabulk_kafka::{JobWriter, ParkingSettings};
+use wabulk_kafka::ParkingSettings;
 
 use crate::harness::{
-    free_port, init_logs, sim_config, violations, write_all, Collector, EngineToml, Number, Stack, TempDir,
-    MPS_MARGIN, RESULTS, TOKEN, TOKEN_ENV, WABA,
+    accepted, accepted_during, free_port, init_logs, sim_config, violations, write_text_jobs, Collector,
+    EngineToml, Number, Stack, TempDir, MPS_MARGIN, RESULTS, TOKEN, TOKEN_ENV, WABA,
 };
 
 const PHONE: &str = "106540352242922";
@@ -54,30 +54,6 @@ fn stop_engine(mut engine: Child) {
     assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
 }
 
-async fn write_jobs(stack: &Stack, prefix: &str, n: usize) {
-    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
-    let jobs: Vec<(&str, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let job = json!({ "id": format!("{prefix}-{i}"), "phone_number_id": PHONE,
-                "to": format!("+1555300{i:04}"), "message": { "type": "text", "text": { "body": "hi" } } });
-            (PHONE, serde_json::to_vec(&job).expect("json"))
-        })
-        .collect();
-    write_all(&writer, &jobs).await;
-}
-
-fn accepted(stack: &Stack) -> u64 {
-    stack.sim.stats().numbers.get(PHONE).map_or(0, |n| n.accepted)
-}
-
-/// Messages the simulator accepted for [`PHONE`] during about `span`, and
-/// how long that really was.
-async fn accepted_during(stack: &Stack, span: Duration) -> (u64, Duration) {
-    let (before, started) = (accepted(stack), Instant::now());
-    tokio::time::sleep(span).await;
-    (accepted(stack) - before, started.elapsed())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throughput_upgrade_raises_the_tier_while_running() {
     init_logs();
@@ -97,9 +73,9 @@ async fn a_throughput_upgrade_raises_the_tier_while_running() {
     let engine = start_engine(&dir, &toml, port);
     let events = Collector::start(&stack.brokers(), EVENTS);
     let results = Collector::start(&stack.brokers(), RESULTS);
-    write_jobs(&stack, "up", JOBS_N).await;
+    write_text_jobs(&stack, PHONE, "up", JOBS_N).await;
     assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= 100).await, "the number never sent");
-    let (at_80, span) = accepted_during(&stack, Duration::from_secs(2)).await;
+    let (at_80, span) = accepted_during(&stack, PHONE, Duration::from_secs(2)).await;
     // Any span holds at most one more window's worth than its length.
     assert!(at_80 as f64 <= 80.0 * (span.as_secs_f64() + 1.0), "{at_80} accepted in {span:?} at 80/s");
 
@@ -111,7 +87,7 @@ async fn a_throughput_upgrade_raises_the_tier_while_running() {
     );
     // The engine reads the event within about a second of its write.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (at_1000, span) = accepted_during(&stack, Duration::from_secs(2)).await;
+    let (at_1000, span) = accepted_during(&stack, PHONE, Duration::from_secs(2)).await;
     let reacted_within = upgraded.elapsed();
     let records = events.records();
     events.stop().await;
@@ -150,7 +126,7 @@ async fn a_banned_waba_waits_parked_and_goes_out_once_reinstated() {
     toml.parking.push("held_recheck_ms = 2000".into());
     let engine = start_engine(&dir, &toml, port);
     let results = Collector::start(&stack.brokers(), RESULTS);
-    write_jobs(&stack, "ban", JOBS_N).await;
+    write_text_jobs(&stack, PHONE, "ban", JOBS_N).await;
     assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= 50).await, "the number never sent");
 
     let ban = json!({ "event": "DISABLED_UPDATE", "ban_info": { "waba_ban_state": ["DISABLE"], "waba_ban_date": "today" } });
@@ -159,17 +135,17 @@ async fn a_banned_waba_waits_parked_and_goes_out_once_reinstated() {
     // end: wait until nothing was accepted for a second (15 s at most),
     // then watch for 4 s more.
     let quiet_from = Instant::now();
-    let mut last = accepted(&stack);
+    let mut last = accepted(&stack, PHONE);
     let mut unchanged_since = Instant::now();
     while unchanged_since.elapsed() < Duration::from_secs(1) && quiet_from.elapsed() < Duration::from_secs(15)
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = accepted(&stack);
+        let now = accepted(&stack, PHONE);
         if now != last {
             (last, unchanged_since) = (now, Instant::now());
         }
     }
-    let (during_ban, _) = accepted_during(&stack, Duration::from_secs(4)).await;
+    let (during_ban, _) = accepted_during(&stack, PHONE, Duration::from_secs(4)).await;
     let parked: i64 = ParkingSettings::default()
         .tier_topics()
         .iter()

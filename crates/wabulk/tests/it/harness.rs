@@ -868,3 +868,30 @@ pub(crate) async fn write_all<K: AsRef<[u8]>>(writer: &JobWriter, jobs: &[(K, Ve
         }
     }
 }
+
+/// Writes `n` text jobs `{prefix}-{i}` for `phone`, each to its own
+/// recipient (`+1555300{i:04}`), so that only the number's tier limits them.
+pub(crate) async fn write_text_jobs(stack: &Stack, phone: &str, prefix: &str, n: usize) {
+    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
+    let jobs: Vec<(&str, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let job = serde_json::json!({ "id": format!("{prefix}-{i}"), "phone_number_id": phone,
+                "to": format!("+1555300{i:04}"), "message": { "type": "text", "text": { "body": "hi" } } });
+            (phone, serde_json::to_vec(&job).expect("json"))
+        })
+        .collect();
+    write_all(&writer, &jobs).await;
+}
+
+/// Messages the simulator accepted for `phone` so far.
+pub(crate) fn accepted(stack: &Stack, phone: &str) -> u64 {
+    stack.sim.stats().numbers.get(phone).map_or(0, |n| n.accepted)
+}
+
+/// Messages the simulator accepted for `phone` during about `span`, and how
+/// long that really was (a bound on them is one window more than that).
+pub(crate) async fn accepted_during(stack: &Stack, phone: &str, span: Duration) -> (u64, Duration) {
+    let (before, started) = (accepted(stack, phone), Instant::now());
+    tokio::time::sleep(span).await;
+    (accepted(stack, phone) - before, started.elapsed())
+}

@@ -7,28 +7,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use wabulk_graph_sim::Latency;
-use wabulk_kafka::JobWriter;
 
 use crate::harness::{
-    free_port, http_call, init_logs, sim_config, violations, write_all, Collector, EngineProcess, EngineToml,
-    Number, Program, Stack, TempDir, MPS_MARGIN, RESULTS, WABA,
+    accepted_during, free_port, http_call, init_logs, sim_config, violations, write_text_jobs, Collector,
+    EngineProcess, EngineToml, Number, Program, Stack, TempDir, MPS_MARGIN, RESULTS, WABA,
 };
 
 const PHONE: &str = "106540352242922";
-
-async fn write_jobs(stack: &Stack, prefix: &str, n: usize) {
-    let writer = JobWriter::connect(&stack.brokers(), &Default::default()).expect("job writer");
-    let jobs: Vec<(&str, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let job = json!({ "id": format!("{prefix}-{i}"), "phone_number_id": PHONE,
-                "to": format!("+1555400{i:04}"), "message": { "type": "text", "text": { "body": "hi" } } });
-            (PHONE, serde_json::to_vec(&job).expect("json"))
-        })
-        .collect();
-    write_all(&writer, &jobs).await;
-}
 
 fn hang_up(engine: &EngineProcess) {
     let status = Command::new("kill").args(["-HUP", &engine.pid().to_string()]).status().expect("kill -HUP");
@@ -48,17 +34,6 @@ async fn log_line(engine: &EngineProcess, words: &[&str], seen: usize) -> Option
     None
 }
 
-fn accepted(stack: &Stack) -> u64 {
-    stack.sim.stats().numbers.get(PHONE).map_or(0, |n| n.accepted)
-}
-
-/// Accepted for [`PHONE`] during about `span`, and how long that really was.
-async fn accepted_during(stack: &Stack, span: Duration) -> (u64, Duration) {
-    let (before, started) = (accepted(stack), Instant::now());
-    tokio::time::sleep(span).await;
-    (accepted(stack) - before, started.elapsed())
-}
-
 fn rewrite(toml: &EngineToml, dir: &Path) {
     toml.write(dir);
 }
@@ -74,7 +49,7 @@ async fn a_reload_raises_a_tier_and_refuses_what_needs_a_restart() {
     let config = toml.write(dir.path());
     let mut engine = EngineProcess::spawn(Program::Wabulk, &config, dir.path(), 0);
     let results = Collector::start(&stack.brokers(), RESULTS);
-    write_jobs(&stack, "tier", 9_000).await;
+    write_text_jobs(&stack, PHONE, "tier", 9_000).await;
     assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= 100).await, "the number never sent");
 
     // Needs a restart: refused, naming the key.
@@ -90,7 +65,7 @@ async fn a_reload_raises_a_tier_and_refuses_what_needs_a_restart() {
     hang_up(&engine);
     let invalid = log_line(&engine, &["reload refused"], 1).await.expect("no second refusal logged");
     assert!(invalid.contains("phones[0].mps"), "{invalid}");
-    let (at_80, span) = accepted_during(&stack, Duration::from_secs(2)).await;
+    let (at_80, span) = accepted_during(&stack, PHONE, Duration::from_secs(2)).await;
     assert!(at_80 as f64 <= 80.0 * (span.as_secs_f64() + 1.0), "{at_80} in {span:?}: the old tier holds");
 
     // Meta upgraded the number; the operator raises its tier.
@@ -100,7 +75,7 @@ async fn a_reload_raises_a_tier_and_refuses_what_needs_a_restart() {
     hang_up(&engine);
     log_line(&engine, &["configuration reloaded"], 0).await.expect("the reload was not applied");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (at_1000, span) = accepted_during(&stack, Duration::from_secs(2)).await;
+    let (at_1000, span) = accepted_during(&stack, PHONE, Duration::from_secs(2)).await;
     results.stop().await;
     engine.terminate();
     assert!(
@@ -133,7 +108,7 @@ async fn a_rotated_token_file_resumes_a_halted_waba_by_itself() {
     toml.graph.push("token_check_interval_ms = 600000".into());
     let mut engine = EngineProcess::spawn(Program::Wabulk, &toml.write(dir.path()), dir.path(), 0);
     let results = Collector::start(&stack.brokers(), RESULTS);
-    write_jobs(&stack, "token", JOBS_N).await;
+    write_text_jobs(&stack, PHONE, "token", JOBS_N).await;
     assert!(results.wait_until(Duration::from_secs(60), |r| r.len() >= 20).await, "the number never sent");
 
     // The token is revoked at Meta: the engine halts the WABA.
